@@ -1,0 +1,147 @@
+"""The job table and its attempts: the source of truth for every job's outcome."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is. The last four are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    REFUSED = "refused"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.REFUSED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+class AttemptOutcome(enum.StrEnum):
+    """What one submission to fal came to."""
+
+    SENDING = "sending"  # the POST is on its way (or the worker died while it was)
+    SUBMITTED = "submitted"  # fal accepted it and gave a request id
+    SUCCEEDED = "succeeded"
+    REFUSED = "refused"
+    TRANSIENT = "transient"  # failed in a way that may pass; the job was retried or gave up
+    PERMANENT = "permanent"  # failed for good
+    CANCELLED = "cancelled"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Job(Base):
+    """One image-generation request and its outcome."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    prompt: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
+    refusal_category: Mapped[str | None] = mapped_column(String(100))
+    refusal_message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    fal_request_id: Mapped[str | None] = mapped_column(String(100))
+    images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()
+    )
+
+    attempt_rows: Mapped[list[JobAttempt]] = relationship(
+        back_populates="job", order_by="JobAttempt.number", passive_deletes=True
+    )
+
+    __table_args__ = (
+        Index(None, "status", "created_at"),
+        Index(None, "refusal_category", "created_at"),
+        Index(None, "created_at"),
+    )
+
+
+class JobAttempt(Base):
+    """One submission to fal for a job: every POST that left the worker, whatever came back."""
+
+    __tablename__ = "job_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    fal_request_id: Mapped[str | None] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[AttemptOutcome] = mapped_column(_enum(AttemptOutcome, "attempt_outcome"))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String(100))
+    detail: Mapped[Any | None] = mapped_column(JSONType)
+
+    job: Mapped[Job] = relationship(back_populates="attempt_rows")
+
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_job_attempts_job_number"),)
+
+
+__all__ = ["TERMINAL_STATUSES", "AttemptOutcome", "Base", "Job", "JobAttempt", "JobStatus"]

@@ -1,0 +1,226 @@
+"""Real services for the tests: Postgres, Redis, the fal emulator and Celery workers.
+
+The emulator starts before anything imports fal-client (which reads FAL_QUEUE_RUN_HOST at
+import), and its environment is exported so that worker subprocesses inherit it. Each test
+gets its own Postgres database (cloned from a migrated template) and its own Redis db.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("IMAGEGEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+TEMPLATE_DB = "imagegen_test_template"
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Fast retry and polling settings so failure paths finish in seconds.
+FAST_ENV = {
+    "IMAGEGEN_BACKOFF_BASE_S": "0.2",
+    "IMAGEGEN_BACKOFF_CAP_S": "1",
+    "IMAGEGEN_POLL_INITIAL_S": "0.1",
+    "IMAGEGEN_POLL_MAX_S": "0.3",
+    "IMAGEGEN_SUBMIT_TIMEOUT_S": "2",
+    "IMAGEGEN_POLL_TIMEOUT_S": "2",
+    "IMAGEGEN_GENERATION_TIMEOUT_S": "20",
+    "IMAGEGEN_MAX_ATTEMPTS": "3",
+}
+
+_emulator: Any = None
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _emulator
+    from worker.emulator import FalEmulator
+
+    _emulator = FalEmulator(latency_s=0.3).start()
+    os.environ.update(_emulator.env())
+    os.environ.setdefault("FAL_KEY", "test-key-not-secret")
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        os.environ.pop(name, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _emulator is not None:
+        _emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Any:
+    return _emulator
+
+
+@pytest.fixture(autouse=True)
+def _clean_emulator(emulator: Any) -> None:
+    emulator.configure(latency_s=0.3, concurrency_limit=None)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    """A migrated database that every test's database is cloned from."""
+    if not _port_open("127.0.0.1", 5432):
+        pytest.exit("Postgres is not reachable on 127.0.0.1:5432 (see README: Services)", 2)
+    from sqlalchemy import create_engine, text
+
+    from worker.db import upgrade
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {TEMPLATE_DB}"))
+    upgrade(_db_url(TEMPLATE_DB))
+    admin.dispose()
+    return TEMPLATE_DB
+
+
+def _db_url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test."""
+    from sqlalchemy import create_engine, text
+
+    name = f"imagegen_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {pg_template}"))
+    yield _db_url(name)
+    from worker.db import dispose_engines
+
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A flushed Redis database for this test."""
+    if not _port_open(REDIS_HOST, REDIS_PORT):
+        pytest.exit(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT} (see README)", 2)
+    import redis
+
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{next(_redis_dbs)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@dataclass
+class Stack:
+    """One test's services: settings pointing at them, and helpers to drive them."""
+
+    database_url: str
+    redis_url: str
+    emulator: Any
+    env: dict[str, str]
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_dir: Path = field(default_factory=Path)
+
+    def settings(self, **overrides: Any) -> Any:
+        from worker.settings import Settings
+
+        values = {**self.env, **{k.upper(): str(v) for k, v in overrides.items()}}
+        return Settings(**{k: v for k, v in values.items()})  # aliases are env names
+
+    def app(self) -> Any:
+        from worker.celery_app import create_app
+
+        return create_app(self.settings())
+
+    def enqueue(self, prompt: str, **kwargs: Any) -> uuid.UUID:
+        from worker.enqueue import enqueue
+
+        return enqueue(prompt, settings=self.settings(), app=self.app(), **kwargs)
+
+    def start_worker(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        log = self.log_dir / f"worker-{len(self.workers)}.log"
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads",
+               "-c", "8", "-Q", "imagegen", "--without-gossip", "--without-mingle",
+               "-n", f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h", "-l", "INFO", *args]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        self._wait_ready(log, proc)
+
+    def _wait_ready(self, log: Path, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}:\n{log.read_text()}")
+            if b" ready." in log.read_bytes():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"worker not ready after 30 s:\n{log.read_text()}")
+
+    def wait_terminal(self, job_id: uuid.UUID, timeout_s: float = 30) -> dict[str, Any]:
+        from worker.db import session_scope
+        from worker.queries import get_job, job_to_dict
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with session_scope(self.database_url) as session:
+                data = job_to_dict(get_job(session=session, job_id=job_id), with_attempts=True)
+            if data["status"] in ("succeeded", "refused", "failed", "cancelled"):
+                return data
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {data['status']}: {data}\n{self.logs()}")
+            time.sleep(0.05)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            proc.terminate()
+        for proc in self.workers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path) -> Iterator[Stack]:
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **emulator.env(), **FAST_ENV}
+    s = Stack(database_url, redis_url, emulator, env, log_dir=tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def running(stack: Stack) -> Stack:
+    """The stack with one real Celery worker running."""
+    stack.start_worker()
+    return stack
+
+
+def unique(text: str) -> str:
+    """A prompt no other test uses (the emulator counts submissions per prompt)."""
+    return f"{text} #{uuid.uuid4().hex[:8]}"

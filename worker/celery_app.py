@@ -1,0 +1,64 @@
+"""The Celery application: Redis as broker, Postgres (the job table) as the source of truth.
+
+Reliability settings (see shared reference notes on Celery + Redis):
+acks_late with reject_on_worker_lost so a killed worker's job is redelivered, prefetch 1
+so a worker holds no job it is not running, and a visibility timeout (default 1 h) longer
+than the longest generation (fal's p95 is ~2 min; IMAGEGEN_GENERATION_TIMEOUT_S = 15 min)
+plus the longest retry countdown (IMAGEGEN_RETRY_AFTER_CAP_S, capped below it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+
+from worker.constants import RUN_JOB_TASK
+from worker.settings import Settings, get_settings
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("imagegen", broker=settings.redis_url, include=["worker.tasks"])
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=settings.visibility_timeout_s,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue="imagegen",
+        task_routes={RUN_JOB_TASK: {"queue": "imagegen"}},
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = create_app(get_settings())
+
+
+@worker_init.connect
+def _check_configuration(**_: Any) -> None:
+    """Fail at worker start, not per job, when FAL_KEY is missing for the real fal.ai."""
+    from worker.fal_gateway import resolve_key
+    from worker.logs import configure
+
+    settings = get_settings()
+    configure(settings.log_format)
+    resolve_key(settings)
+
+
+@worker_process_init.connect
+def _per_process(**_: Any) -> None:
+    from worker.logs import configure
+
+    configure(get_settings().log_format)

@@ -1,0 +1,40 @@
+"""Names and defaults shared across imagegen, documented in one place."""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "openai/gpt-image-2"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///imagegen.db"
+#: fal's production queue host, as fal-client spells it when FAL_QUEUE_RUN_HOST is unset.
+FAL_PRODUCTION_QUEUE_HOST = "queue.fal.run"
+
+#: The Celery task that runs one job; only the job id travels through Redis.
+RUN_JOB_TASK = "imagegen.run_job"
+
+#: Redis key set while fal reports the account locked (403 "User is locked"); value: reason.
+ACCOUNT_LOCK_KEY = "imagegen:fal:account-locked"
+
+#: fal's error type for a content-policy refusal, in every shape it comes in.
+CONTENT_POLICY = "content_policy_violation"
+#: Refusal categories fal treats as a soft block: the user may resubmit with new intent.
+SOFT_BLOCK_CATEGORIES = frozenset({"trademark_ip"})
+#: Used when fal refuses without naming a category.
+UNSPECIFIED_CATEGORY = "unspecified"
+
+#: GPT Image 2 inputs (see fal's model page).
+IMAGE_SIZE_PRESETS = (
+    "square_hd",
+    "square",
+    "portrait_4_3",
+    "portrait_16_9",
+    "landscape_4_3",
+    "landscape_16_9",
+)
+QUALITIES = ("auto", "low", "medium", "high")
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+MAX_EDGE_PX = 3840
+MAX_ASPECT_RATIO = 3.0
+SIZE_MULTIPLE_PX = 16
+MAX_NUM_IMAGES = 4
+MAX_PROMPT_CHARS = 32_000
+MAX_IDEMPOTENCY_KEY_CHARS = 200

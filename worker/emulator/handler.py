@@ -1,0 +1,178 @@
+"""Routing for the emulator: the fal queue protocol, image files and control endpoints."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+from .protocol import Protocol, cancel_reply, file_reply, parse_num_images, parse_size
+from .reply import Reply, json_reply
+from .scenario import SUBMIT_STEPS, UnknownStep, step_for, submit_reply
+from .state import QueueState, Request
+from .transport import TLSHandler
+
+_REQUEST_PATH = re.compile(
+    r"/(?P<app>[^/]+/[^/]+)/requests/(?P<rid>[^/]+)(?P<tail>/status|/cancel)?"
+)
+_FILE_PATH = re.compile(r"/_files/(?P<rid>[^/]+)/(?P<name>[^/]+)")
+_TRUE = {"1", "true", "yes"}
+NOT_FOUND = json_reply(404, {"detail": "Not Found"})
+METHOD_NOT_ALLOWED = json_reply(405, {"detail": "Method Not Allowed"})
+REQUEST_NOT_FOUND = json_reply(404, {"detail": "Request not found"})
+
+
+@dataclass
+class AppContext:
+    state: QueueState
+    protocol: Protocol
+    expected_key: str | None = None
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _submit_app(path: str) -> str | None:
+    parts = [p for p in path.split("/") if p]
+    return "/".join(parts[:2]) if len(parts) >= 2 and not parts[0].startswith("_") else None
+
+
+class FalHandler(TLSHandler):
+    app: ClassVar[AppContext]
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        body = self.read_body()
+        method = "GET" if self.command == "HEAD" else self.command
+        self.perform(self._route(method, url.path, parse_qs(url.query), body))
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Reply:
+        if path.startswith("/_emulator/"):
+            return self._control(method, path, body)
+        file_match = _FILE_PATH.fullmatch(path)
+        if file_match is not None:
+            req = self.app.state.get(file_match["rid"]) if method == "GET" else None
+            return file_reply(req, file_match["name"])
+        if method == "POST":
+            return self._submit(path, body)
+        match = _REQUEST_PATH.fullmatch(path.rstrip("/"))
+        if match is None:
+            return NOT_FOUND
+        return self._auth_failure() or self._request_op(method, match, query)
+
+    def _auth_failure(self) -> Reply | None:
+        scheme, _, key = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme != "Key" or not key.strip():
+            return json_reply(401, {"detail": "Missing authorization header"})
+        expected = self.app.expected_key
+        if expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
+            return json_reply(401, {"detail": "Invalid API key"})
+        return None
+
+    def _submit(self, path: str, body: bytes) -> Reply:
+        payload = _json_object(body)
+        prompt = payload.get("prompt") if payload is not None else None
+        k = self.app.state.count_submission(prompt if isinstance(prompt, str) else None)
+        app = _submit_app(path)
+        if app is None:
+            return NOT_FOUND
+        failure = self._auth_failure()
+        if failure is not None:
+            return failure
+        if payload is None:
+            return json_reply(422, {"detail": "Request body must be a JSON object"})
+        return self._accept(app, payload, k)
+
+    def _accept(self, app: str, payload: dict[str, Any], k: int) -> Reply:
+        prompt = payload.get("prompt")
+        prompt = prompt if isinstance(prompt, str) else ""
+        try:
+            step = step_for(prompt, k)
+        except UnknownStep as error:
+            return error.reply()
+        if step.name in SUBMIT_STEPS:
+            return submit_reply(step, payload)
+        width, height = parse_size(payload.get("image_size"))
+        req = Request(
+            rid=str(uuid.uuid4()),
+            app=app,
+            prompt=prompt,
+            step=step,
+            width=width,
+            height=height,
+            num_images=parse_num_images(payload.get("num_images")),
+            created_wall=time.time(),
+        )
+        return self.app.protocol.submit_ok(self.app.state.add(req))
+
+    def _request_op(self, method: str, match: re.Match[str], query: dict[str, list[str]]) -> Reply:
+        app, rid, tail = match["app"], match["rid"], match["tail"]
+        state, protocol = self.app.state, self.app.protocol
+        if tail == "/cancel":
+            if method != "PUT":
+                return METHOD_NOT_ALLOWED
+            known = state.get(rid)
+            outcome = state.cancel(rid) if known and known.app == app else "unknown"
+            return cancel_reply(outcome, rid)
+        if method != "GET":
+            return METHOD_NOT_ALLOWED
+        counter = "status_polls" if tail == "/status" else "result_gets"
+        req = state.get(rid, counter)
+        if req is None or req.app != app:
+            return REQUEST_NOT_FOUND
+        if tail == "/status":
+            with_logs = query.get("logs", ["0"])[-1].lower() in _TRUE
+            return protocol.status(req, with_logs)
+        return protocol.result(req)
+
+    def _control(self, method: str, path: str, body: bytes) -> Reply:
+        state = self.app.state
+        if path == "/_emulator/stats" and method == "GET":
+            return json_reply(200, state.stats())
+        if path == "/_emulator/reset" and method == "POST":
+            state.reset()
+            return json_reply(200, {"ok": True})
+        if path == "/_emulator/config" and method == "POST":
+            return self._configure(_json_object(body))
+        return NOT_FOUND
+
+    def _configure(self, payload: dict[str, Any] | None) -> Reply:
+        if payload is None:
+            return json_reply(400, {"detail": "config body must be a JSON object"})
+        latency = payload.get("latency_s")
+        limit = payload.get("concurrency_limit", ...)
+        if latency is not None and (not isinstance(latency, int | float) or latency < 0):
+            return json_reply(400, {"detail": "latency_s must be a number >= 0"})
+        if limit is not ... and limit is not None and (not isinstance(limit, int) or limit < 1):
+            return json_reply(400, {"detail": "concurrency_limit must be an int >= 1 or null"})
+        state = self.app.state
+        state.configure(None if latency is None else float(latency), limit)
+        body = {"latency_s": state.latency_s, "concurrency_limit": state.concurrency_limit}
+        return json_reply(200, body)
+
+
+def bind_handler(app: AppContext) -> type[FalHandler]:
+    """A FalHandler subclass bound to one emulator's state."""
+    return type("BoundFalHandler", (FalHandler,), {"app": app})

@@ -1,0 +1,181 @@
+"""Request records and the queue lifecycle (IN_QUEUE -> IN_PROGRESS -> COMPLETED).
+
+State advances lazily on every access, under one lock, replaying completions in
+monotonic-clock order, so a limit of C with latency L runs exactly C at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from types import EllipsisType
+from typing import Any, Literal
+
+from .scenario import Step
+
+State = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "CANCELLED"]
+CancelOutcome = Literal["queued", "running", "completed", "unknown"]
+
+
+@dataclass(eq=False)
+class Request:
+    rid: str
+    app: str
+    prompt: str
+    step: Step
+    width: int
+    height: int
+    num_images: int
+    created_wall: float
+    state: State = "IN_QUEUE"
+    queue_position: int = 0
+    started_at: float | None = None
+    ends_at: float | None = None
+    finished_at: float | None = None
+    status_polls: int = 0
+    result_gets: int = 0
+    cancels: int = 0
+
+    @property
+    def inference_time(self) -> float:
+        if self.started_at is None or self.finished_at is None:
+            return 0.0
+        return round(self.finished_at - self.started_at, 3)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "state": self.state,
+            "status_polls": self.status_polls,
+            "result_gets": self.result_gets,
+            "cancels": self.cancels,
+        }
+
+
+class QueueState:
+    """All emulator bookkeeping; every public method takes the lock."""
+
+    def __init__(self, latency_s: float, concurrency_limit: int | None) -> None:
+        self._lock = threading.Lock()
+        self.latency_s = latency_s
+        self.concurrency_limit = concurrency_limit
+        self._clear()
+
+    def _clear(self) -> None:
+        self._requests: dict[str, Request] = {}
+        self._queue: deque[Request] = deque()
+        self._running: dict[str, Request] = {}
+        self._by_prompt: Counter[str] = Counter()
+        self._submissions = 0
+        self._status_polls = 0
+        self._peak = 0
+
+    # -- lifecycle (lock held) ------------------------------------------------------------
+
+    def _promote(self, at: float) -> None:
+        limit = self.concurrency_limit
+        while self._queue and (limit is None or len(self._running) < limit):
+            req = self._queue.popleft()
+            latency = req.step.latency_s if req.step.latency_s is not None else self.latency_s
+            req.state, req.started_at, req.ends_at = "IN_PROGRESS", at, at + latency
+            self._running[req.rid] = req
+        self._peak = max(self._peak, len(self._running))
+
+    def _advance(self, now: float) -> None:
+        while self._running:
+            done = min(self._running.values(), key=lambda r: r.ends_at or 0.0)
+            if done.ends_at is None or done.ends_at > now:
+                break
+            del self._running[done.rid]
+            done.state, done.finished_at = "COMPLETED", done.ends_at
+            self._promote(done.ends_at)
+        self._promote(now)
+
+    def _snapshot(self, req: Request) -> Request:
+        position = self._queue.index(req) if req.state == "IN_QUEUE" else 0
+        return dataclasses.replace(req, queue_position=position)
+
+    # -- public API --------------------------------------------------------------------------
+
+    def count_submission(self, prompt: str | None) -> int:
+        """Count one submit POST; return how many earlier ones had the same prompt."""
+        with self._lock:
+            self._submissions += 1
+            if prompt is None:
+                return 0
+            self._by_prompt[prompt] += 1
+            return self._by_prompt[prompt] - 1
+
+    def add(self, req: Request) -> Request:
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            self._requests[req.rid] = req
+            self._queue.append(req)
+            self._promote(now)
+            return self._snapshot(req)
+
+    def get(self, rid: str, counter: str | None = None) -> Request | None:
+        """Look up a request (advancing time); bump `counter` ("status_polls" etc.) if given."""
+        with self._lock:
+            self._advance(time.monotonic())
+            req = self._requests.get(rid)
+            if req is None:
+                return None
+            if counter is not None:
+                setattr(req, counter, getattr(req, counter) + 1)
+                self._status_polls += counter == "status_polls"
+            return self._snapshot(req)
+
+    def cancel(self, rid: str) -> CancelOutcome:
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            req = self._requests.get(rid)
+            if req is None:
+                return "unknown"
+            req.cancels += 1
+            return self._cancel_locked(req, now)
+
+    def _cancel_locked(self, req: Request, now: float) -> CancelOutcome:
+        if req.state == "IN_QUEUE":
+            self._queue.remove(req)
+            req.state, req.finished_at = "CANCELLED", now
+            return "queued"
+        if req.state == "IN_PROGRESS":
+            del self._running[req.rid]
+            req.state, req.finished_at = "CANCELLED", now
+            self._promote(now)
+            return "running"
+        return "completed"
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._advance(time.monotonic())
+            return {
+                "submissions_total": self._submissions,
+                "submissions_by_prompt": dict(self._by_prompt),
+                "requests": {rid: r.stats() for rid, r in self._requests.items()},
+                "status_polls_total": self._status_polls,
+                "in_progress": len(self._running),
+                "in_progress_peak": self._peak,
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def configure(
+        self, latency_s: float | None, concurrency_limit: int | EllipsisType | None
+    ) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            if latency_s is not None:
+                self.latency_s = latency_s
+            if not isinstance(concurrency_limit, EllipsisType):
+                self.concurrency_limit = concurrency_limit
+            self._promote(now)

@@ -1,0 +1,91 @@
+"""The one exception hierarchy of imagegen.
+
+``ImagegenError`` is the root. Input and lookup errors are raised to callers of the
+enqueue API and the CLI; ``FalError`` and its subclasses are what the fal gateway turns
+every answer from fal into. Only ``worker.fal_gateway`` sees fal-client's own exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ImagegenError(Exception):
+    """Root of every error imagegen raises on purpose."""
+
+
+class ConfigurationError(ImagegenError):
+    """The environment does not describe a usable setup (bad URL, missing FAL_KEY, ...)."""
+
+
+class JobRequestError(ImagegenError, ValueError):
+    """A job request is invalid; nothing was written or published."""
+
+
+class IdempotencyConflict(JobRequestError):
+    """The idempotency key is already used by a job with other parameters."""
+
+
+class JobNotFound(ImagegenError, LookupError):
+    """No job has this id."""
+
+
+class EnqueueError(ImagegenError):
+    """The job could not be handed to the broker; no job row was left behind."""
+
+
+class FalError(ImagegenError):
+    """An answer from fal (or the lack of one), classified; carries what fal said."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        error_type: str | None = None,
+        detail: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.error_type = error_type
+        self.detail = detail
+
+
+class PolicyRefusal(FalError):
+    """fal refused the prompt for content policy; permanent, never retried."""
+
+    def __init__(self, category: str, message: str, *, soft: bool, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.category = category
+        self.soft = soft
+
+
+class TransientFalError(FalError):
+    """A failure that may pass (429, 5xx, timeout, dropped connection); retried with backoff."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        resubmit: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+        #: True when fal's request itself ended in failure, so trying again means a new
+        #: (billable) submission; False when the request may still be alive at fal.
+        self.resubmit = resubmit
+
+
+class PermanentFalError(FalError):
+    """fal rejected the request for good (validation, auth, not found, malformed answer)."""
+
+
+class AccountLocked(PermanentFalError):
+    """fal locked the account (403 "User is locked"): stop submitting until an operator acts."""

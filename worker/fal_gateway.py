@@ -1,0 +1,244 @@
+"""The fal gateway: the only module that imports fal-client.
+
+How fal-client is kept under our retry policy
+---------------------------------------------
+fal-client 1.0.3 retries 408/409/429, nginx-style 502-504, transport errors and timeouts
+up to 10 times inside every call, and re-POSTs a submit whose answer timed out, which
+orphans a request fal still runs and bills. We keep the official client and its queue
+protocol, but give its ``SyncClient`` our own httpx transport, ``_FalTransport``:
+
+* every submit POST is counted at the moment it is sent, through the ``SubmitHooks`` of
+  the call (the job's attempt row is written before the request leaves);
+* every error answer (HTTP >= 400) and every transport failure is raised as
+  ``_Answered`` / ``_NoAnswer``, which are not httpx errors, so fal-client's retry loop lets
+  them through at once; this module classifies them (``worker.fal_answers``).
+
+So one ``submit()`` sends exactly one POST, and only ``worker.retry.RetryPolicy`` decides
+whether another is sent. Status and result polls get their own short timeout. fal-client
+reads ``FAL_QUEUE_RUN_HOST`` at import; ``SSL_CERT_FILE`` is honoured by httpx.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import fal_client
+import httpx
+from fal_client import client as fal_client_module
+
+from worker.constants import FAL_PRODUCTION_QUEUE_HOST
+from worker.errors import ConfigurationError, FalError, PermanentFalError, TransientFalError
+from worker.fal_answers import classify_answer, classify_completed_error
+from worker.settings import Settings
+
+
+class SubmitHooks(Protocol):
+    """Told about each submit POST, where it is sent."""
+
+    def sending(self) -> None:
+        """The POST is about to leave: persist the count now."""
+
+    def not_sent(self) -> None:
+        """The connection could not be opened: the POST never reached fal."""
+
+
+_hooks: contextvars.ContextVar[SubmitHooks | None] = contextvars.ContextVar(
+    "imagegen_submit_hooks", default=None
+)
+
+
+class _Answered(Exception):
+    """fal answered with an error status; carries the (read) response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+class _NoAnswer(Exception):
+    """No answer came back (timeout, refused or dropped connection)."""
+
+    def __init__(self, cause: httpx.TransportError) -> None:
+        super().__init__(str(cause) or type(cause).__name__)
+        self.cause = cause
+
+
+def _is_submit(request: httpx.Request) -> bool:
+    return request.method == "POST" and "/requests/" not in request.url.path
+
+
+class _FalTransport(httpx.BaseTransport):
+    """Counts submits where they are sent; surfaces failures past fal-client's retry loop."""
+
+    def __init__(self, inner: httpx.BaseTransport, *, submit_s: float, poll_s: float) -> None:
+        self._inner = inner
+        self._submit_timeout = httpx.Timeout(submit_s, connect=min(submit_s, 10.0)).as_dict()
+        self._poll_timeout = httpx.Timeout(poll_s, connect=min(poll_s, 10.0)).as_dict()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        submit = _is_submit(request)
+        request.extensions["timeout"] = self._submit_timeout if submit else self._poll_timeout
+        hooks = _hooks.get() if submit else None
+        if hooks is not None:
+            hooks.sending()
+        try:
+            response = self._inner.handle_request(request)
+        except httpx.ConnectError as exc:
+            if hooks is not None:
+                hooks.not_sent()
+            raise _NoAnswer(exc) from exc
+        except httpx.TransportError as exc:
+            raise _NoAnswer(exc) from exc
+        if response.status_code >= 400:
+            try:
+                response.read()
+            except httpx.TransportError as exc:
+                raise _NoAnswer(exc) from exc
+            finally:
+                response.close()
+            raise _Answered(response)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _SyncClient(fal_client.SyncClient):
+    """fal-client's SyncClient on our transport (``_client`` is the one seam it offers)."""
+
+    transport: httpx.BaseTransport | None = None
+
+    @cached_property
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
+            transport=self.transport,
+            headers={
+                "Authorization": self._auth.header_value,
+                "User-Agent": fal_client_module.USER_AGENT,
+            },
+            follow_redirects=True,
+        )
+
+
+@dataclass(frozen=True)
+class FalStatus:
+    """One status answer: IN_QUEUE, IN_PROGRESS or COMPLETED (with an error if it failed)."""
+
+    state: str
+    queue_position: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state == "COMPLETED"
+
+    def failure(self) -> FalError | None:
+        if self.done and (self.error or self.error_type):
+            return classify_completed_error(self.error_type, self.error)
+        return None
+
+
+def queue_host() -> str:
+    """The queue host fal-client was pointed at (FAL_QUEUE_RUN_HOST, read at its import)."""
+    return httpx.URL(fal_client_module.QUEUE_URL_FORMAT).netloc.decode()
+
+
+def targets_production() -> bool:
+    return queue_host() in (FAL_PRODUCTION_QUEUE_HOST, "queue.falrun.com")
+
+
+def resolve_key(settings: Settings) -> str:
+    """FAL_KEY; required against the real fal.ai, a placeholder for an emulator."""
+    if settings.fal_key is not None and settings.fal_key.get_secret_value():
+        return settings.fal_key.get_secret_value()
+    if targets_production():
+        raise ConfigurationError(
+            "FAL_KEY is not set but the worker targets fal.ai "
+            f"({queue_host()}); set FAL_KEY, or FAL_QUEUE_RUN_HOST for an emulator"
+        )
+    return "emulator-no-key"
+
+
+class FalGateway:
+    """Submit, poll, fetch and cancel GPT Image 2 requests on fal's queue."""
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        submit_timeout_s: float = 30.0,
+        poll_timeout_s: float = 30.0,
+        inner_transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        inner = inner_transport or fal_client_module.BackupDomainTransport(
+            transport=httpx.HTTPTransport(retries=0)
+        )
+        transport = _FalTransport(inner, submit_s=submit_timeout_s, poll_s=poll_timeout_s)
+        self._client = _SyncClient(key=key)
+        object.__setattr__(self._client, "transport", transport)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FalGateway:
+        return cls(
+            key=resolve_key(settings),
+            submit_timeout_s=settings.submit_timeout_s,
+            poll_timeout_s=settings.poll_timeout_s,
+        )
+
+    def submit(self, model: str, arguments: dict[str, Any], hooks: SubmitHooks) -> str:
+        """Send one submit POST and return fal's request id."""
+        token = _hooks.set(hooks)
+        try:
+            with _translated("submit"):
+                return self._client.submit(model, arguments).request_id
+        finally:
+            _hooks.reset(token)
+
+    def status(self, model: str, request_id: str) -> FalStatus:
+        with _translated("status"):
+            status = self._client.status(model, request_id)
+        if isinstance(status, fal_client.Queued):
+            return FalStatus("IN_QUEUE", queue_position=status.position)
+        if isinstance(status, fal_client.InProgress):
+            return FalStatus("IN_PROGRESS")
+        assert isinstance(status, fal_client.Completed)
+        return FalStatus("COMPLETED", error=status.error, error_type=status.error_type)
+
+    def result(self, model: str, request_id: str) -> dict[str, Any]:
+        """The output of a COMPLETED request."""
+        with _translated("result"):
+            output = self._client.get_handle(model, request_id).get(interval=0.5)
+        if not isinstance(output, dict):
+            raise PermanentFalError("fal answered the result with JSON that is not an object")
+        return output
+
+    def cancel(self, model: str, request_id: str) -> None:
+        with _translated("cancel"):
+            self._client.cancel(model, request_id)
+
+    def close(self) -> None:
+        self._client._client.close()
+
+
+@contextmanager
+def _translated(call: str) -> Iterator[None]:
+    """Wrap fal-client and httpx errors at the boundary, chaining the cause."""
+    try:
+        yield
+    except _Answered as exc:
+        r = exc.response
+        raise classify_answer(r.status_code, r.headers, r.content) from exc
+    except _NoAnswer as exc:
+        kind = type(exc.cause).__name__
+        raise TransientFalError(f"no answer from fal to the {call} ({kind}: {exc})") from exc
+    except fal_client.FalClientHTTPError as exc:  # only if a call bypassed our transport
+        r = exc.response
+        raise classify_answer(r.status_code, r.headers, r.content) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PermanentFalError(f"fal answered the {call} with a malformed body ({exc})") from exc

@@ -1,0 +1,101 @@
+"""Reads for people and programs: one job, a filtered list, counts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from models import Job, JobAttempt, JobStatus
+from worker.errors import JobNotFound
+
+
+def get_job(*, session: Session, job_id: uuid.UUID) -> Job:
+    job = session.execute(
+        select(Job).where(Job.id == job_id).options(selectinload(Job.attempt_rows))
+    ).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
+
+
+def list_jobs(
+    *,
+    session: Session,
+    status: JobStatus | None = None,
+    category: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Newest first; each filter is served by an index on (column, created_at)."""
+    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if category is not None:
+        query = query.where(Job.refusal_category == category)
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    return list(session.execute(query).scalars())
+
+
+def stats(*, session: Session) -> dict[str, Any]:
+    """Counts by status and by refusal category, plus submissions sent to fal."""
+    by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    by_category = dict(
+        session.execute(
+            select(Job.refusal_category, func.count())
+            .where(Job.refusal_category.is_not(None))
+            .group_by(Job.refusal_category)
+        ).all()
+    )
+    submissions = session.execute(select(func.count()).select_from(JobAttempt)).scalar_one()
+    return {
+        "total": sum(by_status.values()),
+        "by_status": {s.value: by_status.get(s, 0) for s in JobStatus},
+        "by_refusal_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+        "fal_submissions": submissions,
+    }
+
+
+def job_to_dict(job: Job, *, with_attempts: bool = False) -> dict[str, Any]:
+    """The JSON shape of a job, for ``--json`` and for web apps."""
+    data: dict[str, Any] = {
+        "id": str(job.id),
+        "status": job.status.value,
+        "prompt": job.prompt,
+        "params": job.params,
+        "model": job.model,
+        "refusal_category": job.refusal_category,
+        "refusal_message": job.refusal_message,
+        "error": job.error,
+        "attempts": job.attempts,
+        "fal_request_id": job.fal_request_id,
+        "images": job.images,
+        "idempotency_key": job.idempotency_key,
+        **{k: _iso(getattr(job, k)) for k in _TIMES},
+    }
+    if with_attempts:
+        data["attempt_log"] = [
+            {
+                "number": a.number,
+                "outcome": a.outcome.value,
+                "fal_request_id": a.fal_request_id,
+                "http_status": a.http_status,
+                "error_type": a.error_type,
+                "detail": a.detail,
+                "started_at": _iso(a.started_at),
+                "finished_at": _iso(a.finished_at),
+            }
+            for a in job.attempt_rows
+        ]
+    return data
+
+
+_TIMES = ("created_at", "started_at", "finished_at", "updated_at")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,74 @@
+"""One typed settings object, read from the environment once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from worker.constants import DEFAULT_DATABASE_URL, DEFAULT_MODEL, DEFAULT_REDIS_URL
+
+
+class Settings(BaseSettings):
+    """Every knob of imagegen. Environment names are given in the field docs."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
+    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias="REDIS_URL")
+    fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")
+    model: str = Field(DEFAULT_MODEL, validation_alias="IMAGEGEN_MODEL")
+
+    # Retry policy: submissions per job, capped exponential backoff with full jitter.
+    max_attempts: int = Field(5, ge=1, le=50, validation_alias="IMAGEGEN_MAX_ATTEMPTS")
+    backoff_base_s: float = Field(2.0, gt=0, validation_alias="IMAGEGEN_BACKOFF_BASE_S")
+    backoff_cap_s: float = Field(120.0, gt=0, validation_alias="IMAGEGEN_BACKOFF_CAP_S")
+    retry_after_cap_s: float = Field(600.0, gt=0, validation_alias="IMAGEGEN_RETRY_AFTER_CAP_S")
+
+    # HTTP towards fal: one submit POST, then status polls with a growing interval.
+    submit_timeout_s: float = Field(30.0, gt=0, validation_alias="IMAGEGEN_SUBMIT_TIMEOUT_S")
+    poll_timeout_s: float = Field(30.0, gt=0, validation_alias="IMAGEGEN_POLL_TIMEOUT_S")
+    poll_initial_s: float = Field(1.0, gt=0, validation_alias="IMAGEGEN_POLL_INITIAL_S")
+    poll_max_s: float = Field(5.0, gt=0, validation_alias="IMAGEGEN_POLL_MAX_S")
+    poll_factor: float = Field(1.5, ge=1.0, validation_alias="IMAGEGEN_POLL_FACTOR")
+    generation_timeout_s: float = Field(
+        900.0, gt=0, validation_alias="IMAGEGEN_GENERATION_TIMEOUT_S"
+    )
+    account_lock_ttl_s: int = Field(900, gt=0, validation_alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
+
+    # Celery / Redis.
+    visibility_timeout_s: int = Field(3600, gt=0, validation_alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
+    log_format: str = Field(
+        "console", pattern="^(console|json)$", validation_alias="IMAGEGEN_LOG_FORMAT"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """Parse the DSN once, here; plain postgres URLs get the psycopg 3 driver."""
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"DATABASE_URL is not a valid SQLAlchemy URL: {exc}") from None
+        if url.drivername in ("postgres", "postgresql"):
+            url = url.set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("redis", "rediss", "memory", "unix"):
+            raise ValueError(
+                "REDIS_URL must look like redis://host:6379/0 (or memory:// for demos)"
+            )
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,37 @@
+"""The Celery task: a thin shell around ``worker.pipeline.run_job``."""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+
+from celery import Task
+
+from worker.account import AccountGuard
+from worker.celery_app import app
+from worker.constants import RUN_JOB_TASK
+from worker.fal_gateway import FalGateway
+from worker.pipeline import RetryLater, Runtime, run_job
+from worker.retry import RetryPolicy
+from worker.settings import get_settings
+
+
+@lru_cache(maxsize=1)
+def runtime() -> Runtime:
+    """The process's collaborators, built on first use (after fork, in prefork pools)."""
+    settings = get_settings()
+    return Runtime(
+        settings=settings,
+        gateway=FalGateway.from_settings(settings),
+        policy=RetryPolicy.from_settings(settings),
+        guard=AccountGuard.for_url(app.conf.broker_url or "", settings.account_lock_ttl_s),
+    )
+
+
+@app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, max_retries=None)
+def run_job_task(self: Task, job_id: str) -> str:
+    """Load the job, submit or resume, wait, record; retry transient failures later."""
+    outcome = run_job(uuid.UUID(job_id), runtime(), task_retries=self.request.retries)
+    if isinstance(outcome, RetryLater):
+        raise self.retry(countdown=outcome.delay_s, max_retries=None)
+    return outcome.summary
