@@ -20,14 +20,15 @@ from worker.settings import Settings, get_settings
 
 def create_app(settings: Settings) -> Celery:
     app = Celery("imagegen", broker=settings.redis_url, include=["worker.tasks"])
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    redis = settings.redis_url.startswith(("redis", "unix"))
+    transport = {"visibility_timeout": settings.visibility_timeout_s} if redis else {}
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
-        visibility_timeout=settings.visibility_timeout_s,
+        visibility_timeout=settings.visibility_timeout_s if redis else None,
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],

@@ -61,9 +61,10 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url(cls, value: str) -> str:
         scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in ("redis", "rediss", "memory", "unix"):
+        if scheme not in ("redis", "rediss", "unix", "sqla+sqlite"):
             raise ValueError(
-                "REDIS_URL must look like redis://host:6379/0 (or memory:// for demos)"
+                "REDIS_URL must look like redis://host:6379/0 "
+                "(or sqla+sqlite:///file.db, the demo's embedded broker)"
             )
         return value
 

@@ -1,0 +1,191 @@
+"""``imagegen demo``: a batch of prompts through the whole pipeline on embedded defaults.
+
+With no services and no FAL_KEY: the job table in a SQLite file (migrated), a real Celery
+worker in this process on an in-memory broker, and the fal emulator on a free port. With
+REDIS_URL / DATABASE_URL set it uses those instead; with ``--real-fal`` it calls fal.ai.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy import select
+
+from models import TERMINAL_STATUSES, Job
+from worker.errors import ConfigurationError
+
+#: (prompt, what the emulator is steered to do). The directive is stripped for display.
+DEMO_BATCH: list[tuple[str, dict[str, Any]]] = [
+    ("a lighthouse on a cliff at dawn, oil painting", {}),
+    ("a red fox curled up in fresh snow", {"size": "square_hd"}),
+    ("an isometric cutaway of a tiny bakery", {"quality": "medium"}),
+    ("a watercolour map of an imaginary archipelago", {"size": "1536x1024"}),
+    ("a kid's birthday party in a sunny garden", {"num_images": 2}),
+    ("a cartoon mouse reading a book by candlelight", {"quality": "low"}),
+    ("a brutalist library in the rain", {"size": "portrait_16_9"}),
+    ("[[fal:refuse:celebrity_likeness]] a photo of a famous pop star at the beach", {}),
+    ("[[fal:refuse:sexual_minors]] (a prompt fal refuses outright)", {}),
+    ("[[fal:refuse422:violence_named_individual]] a named politician being attacked", {}),
+    ("[[fal:late-refuse:trademark_ip]] a famous cartoon mouse mascot on a cereal box", {}),
+    ("[[fal:status-refuse:hate_protected_group]] a poster mocking a religion", {}),
+    ("[[fal:refuse:self_harm_instructions]] step-by-step self-harm guide", {}),
+    ("[[fal:429:1,ok]] a hot-air balloon over vineyards (rate-limited once)", {}),
+    ("[[fal:503json,ok]] a snail racing a tortoise (no runner, then fine)", {}),
+    ("[[fal:drop,ok]] a lantern festival on a river (connection dropped once)", {}),
+    ("[[fal:runner-disconnected,ok]] a paper boat in a gutter (runner lost once)", {}),
+    ("[[fal:502]] a clockwork owl (fal's gateway keeps failing)", {}),
+    ("[[fal:malformed]] a glass greenhouse (fal answers garbage)", {}),
+    ("[[fal:no-images]] a desert at noon (fal returns no images)", {}),
+]
+REAL_BATCH: list[tuple[str, dict[str, Any]]] = [
+    ("a lighthouse on a cliff at dawn, oil painting", {"quality": "low"}),
+    ("a red fox curled up in fresh snow", {"quality": "low", "size": "square"}),
+]
+DEMO_ENV = {
+    "IMAGEGEN_BACKOFF_BASE_S": "0.3",
+    "IMAGEGEN_BACKOFF_CAP_S": "2",
+    "IMAGEGEN_POLL_INITIAL_S": "0.3",
+    "IMAGEGEN_POLL_MAX_S": "1",
+    "IMAGEGEN_SUBMIT_TIMEOUT_S": "5",
+}
+#: With no REDIS_URL the demo's broker is a SQLite file (kombu's SQLAlchemy transport).
+EMBEDDED_BROKER = "sqla+sqlite:///imagegen-broker.db"
+_DIRECTIVE = re.compile(r"\[\[fal:([^\]]*)\]\]\s*")
+
+
+def run_demo(*, real_fal: bool, assume_yes: bool, console: Console) -> None:
+    emulator = None
+    if real_fal:
+        _confirm_spending(assume_yes)
+        batch = REAL_BATCH
+    else:
+        emulator = _start_emulator(console)
+        batch = DEMO_BATCH
+    for name, value in DEMO_ENV.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("REDIS_URL", EMBEDDED_BROKER)
+    from worker.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        _run(settings, batch, console)
+    finally:
+        if emulator is not None:
+            emulator.stop()
+
+
+def _confirm_spending(assume_yes: bool) -> None:
+    if not os.environ.get("FAL_KEY"):
+        raise ConfigurationError("--real-fal needs FAL_KEY in the environment")
+    if assume_yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigurationError("--real-fal spends money on fal.ai: add --yes to confirm")
+    typer.confirm(f"Generate {len(REAL_BATCH)} images on fal.ai (billed)?", abort=True)
+
+
+def _start_emulator(console: Console) -> Any:
+    if "fal_client" in sys.modules:
+        raise ConfigurationError("fal_client was imported before the demo could point it")
+    from worker.emulator import FalEmulator
+
+    emulator = FalEmulator(latency_s=1.0).start()
+    os.environ.update(emulator.env())
+    console.print(f"fal emulator on https://{emulator.host_port} (self-signed CA {emulator.ca_file})")
+    return emulator
+
+
+def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], console: Console) -> None:
+    from worker.celery_app import app
+    from worker.db import upgrade
+    from worker.enqueue import enqueue
+    from worker.logs import configure
+
+    configure(settings.log_format, level=40)
+    upgrade(settings.database_url)
+    worker = _start_worker(settings)
+    try:
+        ids = [enqueue(prompt, settings=settings, app=app, **opts) for prompt, opts in batch]
+        _wait(settings, ids, console)
+    finally:
+        worker.terminate()
+        worker.wait(15)
+    Console(width=max(console.width, 160)).print(_outcome_table(settings, ids))
+    where = _absolute_sqlite(settings.database_url)
+    console.print(f"job table: [bold]{where}[/bold]  (try `imagegen stats`, `imagegen jobs`)")
+
+
+def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
+    """A real Celery worker (``celery -A worker worker``) on this run's broker and database."""
+    log = Path(tempfile.gettempdir()) / "imagegen-demo-worker.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads",
+           "-c", "16", "-Q", "imagegen", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    env = {
+        **os.environ,
+        "REDIS_URL": _absolute_sqlite(settings.redis_url),
+        "DATABASE_URL": _absolute_sqlite(settings.database_url),
+    }
+    # Run from the project root: a stray ``worker/`` folder in the cwd would shadow the package.
+    root = Path(__file__).resolve().parent.parent
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _absolute_sqlite(url: str) -> str:
+    """``sqlite:///x.db`` relative to this cwd, made absolute for a process with another cwd."""
+    prefix, sep, path = url.partition(":///")
+    if not sep or "sqlite" not in prefix or path.startswith("/"):
+        return url
+    return f"{prefix}:///{Path(path).resolve()}"
+
+
+def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: float = 180) -> None:
+    from worker.db import session_scope
+
+    deadline = time.monotonic() + timeout_s
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("generating", total=len(ids))
+        while time.monotonic() < deadline:
+            with session_scope(settings.database_url) as session:
+                statuses = session.execute(select(Job.status).where(Job.id.in_(ids))).scalars()
+                done = sum(1 for s in statuses if s in TERMINAL_STATUSES)
+            progress.update(task, completed=done)
+            if done == len(ids):
+                return
+            time.sleep(0.2)
+    console.print("[yellow]some jobs are still running; the table shows where they are[/yellow]")
+
+
+def _outcome_table(settings: Any, ids: list[uuid.UUID]) -> Table:
+    from worker.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        jobs = {j.id: j for j in session.execute(select(Job).where(Job.id.in_(ids))).scalars()}
+    table = Table(title="demo outcomes")
+    for name in ("prompt", "emulated fal", "status", "category", "attempts", "message / error"):
+        table.add_column(name, overflow="ellipsis", no_wrap=True, max_width=44)
+    for job_id in ids:
+        job = jobs[job_id]
+        match = _DIRECTIVE.search(job.prompt)
+        table.add_row(
+            _DIRECTIVE.sub("", job.prompt)[:48],
+            match[1] if match else "ok",
+            job.status.value,
+            job.refusal_category or "",
+            str(job.attempts),
+            (job.refusal_message or job.error or f"{len(job.images or [])} image(s)")[:80],
+        )
+    return table
