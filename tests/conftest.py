@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-PG_ADMIN_URL = os.environ.get("IMAGEGEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "IMAGEGEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 TEMPLATE_DB = "imagegen_test_template"
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,16 +155,34 @@ class Stack:
         return create_app(self.settings())
 
     def enqueue(self, prompt: str, **kwargs: Any) -> uuid.UUID:
-        from worker.enqueue import enqueue
+        from worker.api import enqueue
 
         return enqueue(prompt, settings=self.settings(), app=self.app(), **kwargs)
 
     def start_worker(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_dir / f"worker-{len(self.workers)}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads",
-               "-c", "8", "-Q", "imagegen", "--without-gossip", "--without-mingle",
-               "-n", f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h", "-l", "INFO", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--pool",
+            "threads",
+            "-c",
+            "8",
+            "-Q",
+            "imagegen",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h",
+            "-l",
+            "INFO",
+            *args,
+        ]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)

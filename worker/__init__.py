@@ -1,11 +1,30 @@
 """imagegen: Celery workers that run GPT Image 2 generations on fal.ai.
 
 ``from worker import enqueue`` is the Python API for web apps; ``celery -A worker worker``
-starts a worker (the Celery app is ``worker.app``).
+starts a worker (the Celery app is ``worker.app``). Both load lazily, so importing a
+submodule (the CLI, the models) never reads the environment by itself.
 """
 
-from worker.celery_app import app
-from worker.enqueue import enqueue
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from worker.errors import IdempotencyConflict, ImagegenError, JobRequestError
 
+if TYPE_CHECKING:
+    from worker.api import enqueue
+    from worker.celery_app import app
+
 __all__ = ["IdempotencyConflict", "ImagegenError", "JobRequestError", "app", "enqueue"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from worker.celery_app import app
+
+        return app
+    if name == "enqueue":
+        from worker.api import enqueue
+
+        return enqueue
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ account_cli = typer.Typer(help="The fal account switch.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(account_cli, name="account")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
@@ -65,7 +64,7 @@ def enqueue(
     idempotency_key: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Queue a generation; prints the job id alone."""
-    from worker.enqueue import enqueue as enqueue_job
+    from worker.api import enqueue as enqueue_job
 
     with _errors():
         job_id = enqueue_job(
@@ -221,4 +220,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

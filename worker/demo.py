@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -104,14 +104,16 @@ def _start_emulator(console: Console) -> Any:
 
     emulator = FalEmulator(latency_s=1.0).start()
     os.environ.update(emulator.env())
-    console.print(f"fal emulator on https://{emulator.host_port} (self-signed CA {emulator.ca_file})")
+    console.print(
+        f"fal emulator on https://{emulator.host_port} (self-signed CA {emulator.ca_file})"
+    )
     return emulator
 
 
 def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], console: Console) -> None:
+    from worker.api import enqueue
     from worker.celery_app import app
     from worker.db import upgrade
-    from worker.enqueue import enqueue
     from worker.logs import configure
 
     configure(settings.log_format, level=40)
@@ -131,8 +133,24 @@ def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], console: Consol
 def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
     """A real Celery worker (``celery -A worker worker``) on this run's broker and database."""
     log = Path(tempfile.gettempdir()) / "imagegen-demo-worker.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads",
-           "-c", "16", "-Q", "imagegen", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--pool",
+        "threads",
+        "-c",
+        "16",
+        "-Q",
+        "imagegen",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+    ]
     env = {
         **os.environ,
         "REDIS_URL": _absolute_sqlite(settings.redis_url),

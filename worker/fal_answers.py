@@ -103,7 +103,8 @@ def refusal_from(body: Any, *, http_status: int | None, error_type: str | None) 
         category = str(detail.get("category") or category)
         message = str(detail.get("message") or message)
     elif first := _first_entry(detail):  # fal's documented 422: {"detail": [{"type", "msg"}]}
-        ctx = first.get("ctx") if isinstance(first.get("ctx"), dict) else {}
+        raw_ctx = first.get("ctx")
+        ctx: dict[str, Any] = raw_ctx if isinstance(raw_ctx, dict) else {}
         category = str(ctx.get("category") or category)
         message = str(first.get("msg") or message)
         stored = first

@@ -17,32 +17,30 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
-    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
-    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias="REDIS_URL")
-    fal_key: SecretStr | None = Field(None, validation_alias="FAL_KEY")
-    model: str = Field(DEFAULT_MODEL, validation_alias="IMAGEGEN_MODEL")
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    redis_url: str = Field(default=DEFAULT_REDIS_URL, alias="REDIS_URL")
+    fal_key: SecretStr | None = Field(default=None, alias="FAL_KEY")
+    model: str = Field(default=DEFAULT_MODEL, alias="IMAGEGEN_MODEL")
 
     # Retry policy: submissions per job, capped exponential backoff with full jitter.
-    max_attempts: int = Field(5, ge=1, le=50, validation_alias="IMAGEGEN_MAX_ATTEMPTS")
-    backoff_base_s: float = Field(2.0, gt=0, validation_alias="IMAGEGEN_BACKOFF_BASE_S")
-    backoff_cap_s: float = Field(120.0, gt=0, validation_alias="IMAGEGEN_BACKOFF_CAP_S")
-    retry_after_cap_s: float = Field(600.0, gt=0, validation_alias="IMAGEGEN_RETRY_AFTER_CAP_S")
+    max_attempts: int = Field(default=5, ge=1, le=50, alias="IMAGEGEN_MAX_ATTEMPTS")
+    backoff_base_s: float = Field(default=2.0, gt=0, alias="IMAGEGEN_BACKOFF_BASE_S")
+    backoff_cap_s: float = Field(default=120.0, gt=0, alias="IMAGEGEN_BACKOFF_CAP_S")
+    retry_after_cap_s: float = Field(default=600.0, gt=0, alias="IMAGEGEN_RETRY_AFTER_CAP_S")
 
     # HTTP towards fal: one submit POST, then status polls with a growing interval.
-    submit_timeout_s: float = Field(30.0, gt=0, validation_alias="IMAGEGEN_SUBMIT_TIMEOUT_S")
-    poll_timeout_s: float = Field(30.0, gt=0, validation_alias="IMAGEGEN_POLL_TIMEOUT_S")
-    poll_initial_s: float = Field(1.0, gt=0, validation_alias="IMAGEGEN_POLL_INITIAL_S")
-    poll_max_s: float = Field(5.0, gt=0, validation_alias="IMAGEGEN_POLL_MAX_S")
-    poll_factor: float = Field(1.5, ge=1.0, validation_alias="IMAGEGEN_POLL_FACTOR")
-    generation_timeout_s: float = Field(
-        900.0, gt=0, validation_alias="IMAGEGEN_GENERATION_TIMEOUT_S"
-    )
-    account_lock_ttl_s: int = Field(900, gt=0, validation_alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
+    submit_timeout_s: float = Field(default=30.0, gt=0, alias="IMAGEGEN_SUBMIT_TIMEOUT_S")
+    poll_timeout_s: float = Field(default=30.0, gt=0, alias="IMAGEGEN_POLL_TIMEOUT_S")
+    poll_initial_s: float = Field(default=1.0, gt=0, alias="IMAGEGEN_POLL_INITIAL_S")
+    poll_max_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_POLL_MAX_S")
+    poll_factor: float = Field(default=1.5, ge=1.0, alias="IMAGEGEN_POLL_FACTOR")
+    generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
+    account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
 
     # Celery / Redis.
-    visibility_timeout_s: int = Field(3600, gt=0, validation_alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
+    visibility_timeout_s: int = Field(default=3600, gt=0, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
     log_format: str = Field(
-        "console", pattern="^(console|json)$", validation_alias="IMAGEGEN_LOG_FORMAT"
+        default="console", pattern="^(console|json)$", alias="IMAGEGEN_LOG_FORMAT"
     )
 
     @field_validator("database_url")

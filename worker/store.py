@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, AttemptOutcome, Job, JobAttempt, JobStatus, utcnow
@@ -120,12 +120,12 @@ def finish(*, session: Session, job_id: uuid.UUID, status: JobStatus, **values: 
     """Move an open job to a terminal status; False if it was already terminal."""
     assert status in TERMINAL_STATUSES
     now = utcnow()
-    done = session.execute(
+    result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(_OPEN))
         .values(status=status, finished_at=now, updated_at=now, **values)
-    ).rowcount
-    return bool(done)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
 
 
 def close_attempt(

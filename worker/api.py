@@ -1,4 +1,4 @@
-"""The Python API for web apps: ``enqueue`` a prompt, get a job id back.
+"""The enqueue API for web apps: ``enqueue`` a prompt, get a job id back.
 
 A job row is committed first (status ``queued``), then only its id is published to
 the broker. If publishing fails the row is removed again and ``EnqueueError`` is raised,

@@ -1,0 +1,132 @@
+"""The imagegen command as a user runs it: a real process, real Postgres and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import Stack, unique
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def imagegen(
+    stack: Stack, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **stack.env, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=30,
+        check=False,
+    )
+
+
+def _count_jobs(stack: Stack) -> int:
+    from sqlalchemy import func, select
+
+    from models import Job
+    from worker.db import session_scope
+
+    with session_scope(stack.database_url) as session:
+        return session.execute(select(func.count()).select_from(Job)).scalar_one()
+
+
+def test_enqueue_prints_the_job_id_alone_and_a_worker_finishes_it(running: Stack) -> None:
+    done = imagegen(
+        running, "enqueue", unique("a tin robot"), "--size", "1024x1536", "--quality", "low"
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    uuid.UUID(job_id)
+    running.wait_terminal(uuid.UUID(job_id))
+    shown = json.loads(imagegen(running, "job", job_id, "--json").stdout)
+    assert shown["status"] == "succeeded"
+    assert shown["params"]["image_size"] == {"width": 1024, "height": 1536}
+    assert shown["attempt_log"][0]["outcome"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["   "], "prompt is empty"),
+        (["a\x01b", "--size", "huge"], "unknown size"),
+        (["x", "--size", "1000x1000"], "multiples of 16"),
+        (["x", "--quality", "ultra"], "unknown quality"),
+        (["x", "--num-images", "9"], "between 1 and 4"),
+        (["x" * 40_000], "limit is"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_clear_error_and_no_row(
+    stack: Stack, args: list[str], words: str
+) -> None:
+    done = imagegen(stack, "enqueue", *args)
+    assert done.returncode == 2
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr
+    assert _count_jobs(stack) == 0
+
+
+def test_idempotency_key_returns_the_same_job_and_conflicts_on_other_params(stack: Stack) -> None:
+    key = f"order-{uuid.uuid4().hex[:6]}"
+    first = imagegen(stack, "enqueue", "a blue bicycle", "--idempotency-key", key)
+    again = imagegen(stack, "enqueue", "a blue bicycle", "--idempotency-key", key)
+    assert first.returncode == again.returncode == 0, first.stderr
+    assert first.stdout == again.stdout
+    other = imagegen(stack, "enqueue", "a red bicycle", "--idempotency-key", key)
+    assert other.returncode == 2
+    assert "already used" in other.stderr
+    assert _count_jobs(stack) == 1
+
+
+def test_unknown_job_and_bad_database_url(stack: Stack) -> None:
+    missing = imagegen(stack, "job", str(uuid.uuid4()))
+    assert missing.returncode == 2 and "no job with id" in missing.stderr
+    not_uuid = imagegen(stack, "job", "nope")
+    assert not_uuid.returncode == 2 and "not a job id" in not_uuid.stderr
+    bad = imagegen(stack, "stats", env={"DATABASE_URL": "not a url"})
+    assert bad.returncode == 2 and "DATABASE_URL" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_sql_and_markup_are_stored_verbatim(stack: Stack) -> None:
+    prompt = "'; DROP TABLE jobs; -- <script>alert(1)</script>"
+    job_id = imagegen(stack, "enqueue", prompt).stdout.strip()
+    shown = json.loads(imagegen(stack, "job", job_id, "--json").stdout)
+    assert shown["prompt"] == prompt
+    assert shown["status"] == "queued"
+
+
+def test_jobs_and_stats_answer_what_happened(running: Stack) -> None:
+    refused = running.enqueue(unique("[[fal:refuse:celebrity_likeness]] a star"))
+    ok = running.enqueue(unique("a calm lake"))
+    running.wait_terminal(refused)
+    running.wait_terminal(ok)
+    rows = json.loads(imagegen(running, "jobs", "--status", "refused", "--json").stdout)
+    assert [r["id"] for r in rows] == [str(refused)]
+    assert rows[0]["refusal_category"] == "celebrity_likeness"
+    by_cat = json.loads(
+        imagegen(
+            running, "jobs", "--category", "celebrity_likeness", "--since", "1h", "--json"
+        ).stdout
+    )
+    assert len(by_cat) == 1
+    stats = json.loads(imagegen(running, "stats", "--json").stdout)
+    assert stats["by_status"]["refused"] == 1 and stats["by_status"]["succeeded"] == 1
+    assert stats["by_refusal_category"] == {"celebrity_likeness": 1}
+    human = imagegen(running, "stats")
+    assert "celebrity_likeness" in human.stdout
+
+
+def test_enqueue_with_the_broker_down_writes_nothing(stack: Stack) -> None:
+    done = imagegen(stack, "enqueue", "a moth", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert done.returncode == 1
+    assert "broker could not be reached" in done.stderr
+    assert _count_jobs(stack) == 0
