@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import Stack, unique
@@ -21,6 +23,10 @@ def test_success_records_images_and_one_submission(running: Stack) -> None:
     assert job["attempt_log"][0]["outcome"] == "succeeded"
     assert running.emulator.stats()["submissions_by_prompt"][prompt] == 1
     assert job["started_at"] and job["finished_at"]
+    logs = running.logs()
+    assert "job.succeeded" in logs
+    assert os.environ["FAL_KEY"] not in logs, "FAL_KEY leaked into the worker's log"
+    assert prompt not in logs, "prompts are user data: only their hash is logged"
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ error and ``X-Fal-Retryable`` says whether it may pass.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -55,18 +56,20 @@ def parse_json(body: bytes) -> Any:
 
 
 def retry_after_s(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After in seconds: either a number of seconds or an HTTP date."""
+    """Retry-After in seconds: a number of seconds or an HTTP date; None if unusable."""
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # asctime and "-0000" dates are UTC
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def _header_bool(value: str | None) -> bool | None:
