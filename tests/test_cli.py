@@ -130,3 +130,18 @@ def test_enqueue_with_the_broker_down_writes_nothing(stack: Stack) -> None:
     assert done.returncode == 1
     assert "broker could not be reached" in done.stderr
     assert _count_jobs(stack) == 0
+
+
+def test_worker_refuses_to_start_against_real_fal_without_a_key(stack: Stack) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "SSL_CERT"))}
+    env.update(REDIS_URL=stack.redis_url, DATABASE_URL=stack.database_url)
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads", "-c", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "FAL_KEY is not set" in done.stderr

@@ -50,12 +50,17 @@ app = create_app(get_settings())
 @worker_init.connect
 def _check_configuration(**_: Any) -> None:
     """Fail at worker start, not per job, when FAL_KEY is missing for the real fal.ai."""
+    from worker.errors import ConfigurationError
     from worker.fal_gateway import resolve_key
-    from worker.logs import configure
+    from worker.logs import configure, get_logger
 
     settings = get_settings()
     configure(settings.log_format)
-    resolve_key(settings)
+    try:
+        resolve_key(settings)
+    except ConfigurationError as exc:
+        get_logger(__name__).critical("worker.misconfigured", error=str(exc))
+        raise SystemExit(f"imagegen worker not started: {exc}") from None
 
 
 @worker_process_init.connect
