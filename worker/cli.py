@@ -188,14 +188,21 @@ def fal_emulator(
 
 @cli.command()
 def demo(
-    real_fal: Annotated[
-        bool, typer.Option("--real-fal", help="Use fal.ai (needs FAL_KEY; costs money)")
-    ] = False,
+    emulator: Annotated[
+        bool | None,
+        typer.Option(
+            "--emulator/--real-fal",
+            help="The bundled emulator, or fal.ai (billed); default: fal.ai if FAL_KEY is set",
+        ),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before spending")] = False,
 ) -> None:
     """Run a batch of ~20 prompts end to end and print the outcome table."""
+    import os
+
     from worker.demo import run_demo
 
+    real_fal = bool(os.environ.get("FAL_KEY")) if emulator is None else not emulator
     with _errors():
         run_demo(real_fal=real_fal, assume_yes=yes, console=out)
 

@@ -1,8 +1,9 @@
 """``imagegen demo``: a batch of prompts through the whole pipeline on embedded defaults.
 
-With no services and no FAL_KEY: the job table in a SQLite file (migrated), a real Celery
-worker in this process on an in-memory broker, and the fal emulator on a free port. With
-REDIS_URL / DATABASE_URL set it uses those instead; with ``--real-fal`` it calls fal.ai.
+With no services and no FAL_KEY (or with ``--emulator``): the job table in a SQLite file
+(migrated), the fal emulator on a free port, and a real Celery worker (a subprocess) on an
+embedded broker, a SQLite file. With REDIS_URL / DATABASE_URL set it uses those instead;
+with FAL_KEY set (or ``--real-fal``) it calls fal.ai after asking (or with ``--yes``).
 """
 
 from __future__ import annotations
