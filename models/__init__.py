@@ -103,6 +103,12 @@ class Job(Base):
     fal_request_id: Mapped[str | None] = mapped_column(String(100))
     images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: running: until when the run holding ``lease_owner`` may work on it undisturbed;
+    #: queued: after when the sweeper considers the job's broker message lost.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    #: after this the job ends ``failed`` with a timeout error, wherever it is.
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -118,6 +124,7 @@ class Job(Base):
         Index(None, "status", "created_at"),
         Index(None, "refusal_category", "created_at"),
         Index(None, "created_at"),
+        Index(None, "status", "lease_until"),
     )
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -38,7 +39,7 @@ def emu() -> Iterator[FalEmulator]:
 @pytest.fixture(autouse=True)
 def _fresh(emu: FalEmulator) -> None:
     emu.reset()
-    emu.configure(latency_s=0.2, concurrency_limit=None)
+    emu.configure(latency_s=0.2, concurrency_limit=None, reject_over_limit=False)
 
 
 @pytest.fixture
@@ -104,6 +105,7 @@ def test_lifecycle_and_png_images(emu: FalEmulator, client: httpx.Client) -> Non
         assert png.content[12:16] == b"IHDR"
         assert struct.unpack(">II", png.content[16:24]) == (640, 480)
         assert len(png.content) == image["file_size"]
+    assert emu.stats()["images_served"] == 2
     missing = client.get(f"{emu.base_url}/{APP}/requests/nope/status")
     assert missing.status_code == 404
     assert missing.json() == {"detail": "Request not found"}
@@ -140,6 +142,49 @@ def test_concurrency_limit(emu: FalEmulator, client: httpx.Client) -> None:
     for handle in handles:
         wait_completed(client, handle["status_url"])
     assert emu.stats()["in_progress_peak"] == 2
+    assert emu.stats()["active_peak"] == 5
+    assert emu.stats()["rejected_429_total"] == 0
+
+
+def test_strict_limit_rejects_instead_of_queueing(emu: FalEmulator, client: httpx.Client) -> None:
+    emu.configure(latency_s=0.3, concurrency_limit=2, reject_over_limit=True)
+    first, second = (submit(emu, client, f"s{i}") for i in range(2))
+    assert (first.status_code, second.status_code) == (200, 200)
+    over = submit(emu, client, "s2")
+    assert over.status_code == 429
+    assert over.headers["retry-after"] == "1"
+    assert over.json() == {"detail": "Concurrent request limit reached"}
+    stats = emu.stats()
+    assert stats["submissions_total"] == 3 and stats["submissions_by_prompt"]["s2"] == 1
+    assert len(stats["requests"]) == 2
+    assert (stats["rejected_429_total"], stats["active_peak"]) == (1, 2)
+    wait_completed(client, first.json()["status_url"])
+    assert submit(emu, client, "s3").status_code == 200
+    assert emu.stats()["active_peak"] == 2
+    emu.reset()
+    assert (emu.stats()["rejected_429_total"], emu.stats()["active_peak"]) == (0, 0)
+
+
+def test_strict_limit_is_atomic_under_parallel_submits(
+    emu: FalEmulator, client: httpx.Client
+) -> None:
+    emu.configure(latency_s=1.0, concurrency_limit=2, reject_over_limit=True)
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(lambda i: submit(emu, client, f"p{i}").status_code, range(8)))
+    assert codes == [200, 200] + [429] * 6
+    stats = emu.stats()
+    assert (stats["submissions_total"], stats["rejected_429_total"]) == (8, 6)
+    assert stats["active_peak"] == 2 and stats["in_progress"] == 2
+
+
+def test_missing_image_is_404(emu: FalEmulator, client: httpx.Client) -> None:
+    handle = submit(emu, client, "[[fal:url-404]]").json()
+    wait_completed(client, handle["status_url"])
+    url = client.get(handle["response_url"]).json()["images"][0]["url"]
+    assert url.endswith(f"/_files/{handle['request_id']}/missing.png")
+    assert client.get(url).status_code == 404
+    assert client.get(f"{emu.base_url}/_files/nope/0.png").status_code == 404
+    assert emu.stats()["images_served"] == 0
 
 
 def test_auth(emu: FalEmulator) -> None:
@@ -163,6 +208,7 @@ def test_429_then_ok_and_counts(emu: FalEmulator, client: httpx.Client) -> None:
     assert submit(emu, client, prompt).status_code == 200
     assert submit(emu, client, prompt).status_code == 200
     assert emu.stats()["submissions_by_prompt"][prompt] == 3
+    assert emu.stats()["rejected_429_total"] == 1
 
 
 def test_submit_time_error_shapes(emu: FalEmulator, client: httpx.Client) -> None:
@@ -219,7 +265,11 @@ def test_drop_and_slow(emu: FalEmulator, client: httpx.Client) -> None:
 def test_control_endpoints(emu: FalEmulator, client: httpx.Client) -> None:
     submit(emu, client, "x")
     config = client.post(f"{emu.base_url}/_emulator/config", json={"concurrency_limit": 3})
-    assert config.json() == {"latency_s": 0.2, "concurrency_limit": 3}
+    assert config.json() == {"latency_s": 0.2, "concurrency_limit": 3, "reject_over_limit": False}
+    strict = client.post(f"{emu.base_url}/_emulator/config", json={"reject_over_limit": True})
+    assert strict.json() == {"latency_s": 0.2, "concurrency_limit": 3, "reject_over_limit": True}
+    bad = client.post(f"{emu.base_url}/_emulator/config", json={"reject_over_limit": "yes"})
+    assert bad.status_code == 400
     assert client.post(f"{emu.base_url}/_emulator/reset").status_code == 200
     assert emu.stats()["submissions_total"] == 0
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from worker.errors import IdempotencyConflict, ImagegenError, JobRequestError
 
 if TYPE_CHECKING:
-    from worker.api import enqueue
+    from worker.api import cancel, enqueue
     from worker.celery_app import app
 
-__all__ = ["IdempotencyConflict", "ImagegenError", "JobRequestError", "app", "enqueue"]
+__all__ = ["IdempotencyConflict", "ImagegenError", "JobRequestError", "app", "cancel", "enqueue"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,8 +23,8 @@ def __getattr__(name: str) -> Any:
         from worker.celery_app import app
 
         return app
-    if name == "enqueue":
-        from worker.api import enqueue
+    if name in ("enqueue", "cancel"):
+        from worker import api
 
-        return enqueue
+        return getattr(api, name)
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -8,6 +8,7 @@ so a caller never holds an id for a job no worker will see.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -15,12 +16,16 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import Job, JobStatus
+from models import Job, JobStatus, utcnow
+from worker import store
 from worker.constants import RUN_JOB_TASK
 from worker.db import session_scope
-from worker.errors import EnqueueError, IdempotencyConflict
+from worker.errors import EnqueueError, FalError, IdempotencyConflict, JobNotFound, JobRequestError
+from worker.logs import get_logger
 from worker.params import ImageSize, JobRequest, validate_request
 from worker.settings import Settings, get_settings
+
+log = get_logger(__name__)
 
 
 def enqueue(
@@ -31,6 +36,7 @@ def enqueue(
     num_images: int | None = None,
     output_format: str | None = None,
     idempotency_key: str | None = None,
+    deadline_s: float | None = None,
     settings: Settings | None = None,
     app: Celery | None = None,
 ) -> uuid.UUID:
@@ -39,7 +45,8 @@ def enqueue(
     Raises ``JobRequestError`` (a ``ValueError``) with a clear message for invalid input,
     before anything is written or published; ``IdempotencyConflict`` (a subclass) when
     the key names a job with other parameters. With a known key and the same parameters,
-    returns the existing job's id.
+    returns the existing job's id. ``deadline_s`` (default IMAGEGEN_JOB_DEADLINE_S) bounds
+    how long the job may take from now; past it the job ends ``failed``.
     """
     request = validate_request(
         prompt=prompt,
@@ -50,7 +57,9 @@ def enqueue(
         idempotency_key=idempotency_key,
     )
     settings = settings or get_settings()
-    job_id = uuid.uuid4()
+    if deadline_s is not None and deadline_s <= 0:
+        raise JobRequestError("invalid job request: deadline_s must be positive")
+    job_id, now = uuid.uuid4(), utcnow()
     try:
         with session_scope(settings.database_url) as session:
             existing = _existing(session, request)
@@ -64,6 +73,8 @@ def enqueue(
                     model=settings.model,
                     status=JobStatus.QUEUED,
                     idempotency_key=request.idempotency_key,
+                    lease_until=now + timedelta(seconds=settings.queued_grace_s),
+                    deadline_at=now + timedelta(seconds=deadline_s or settings.job_deadline_s),
                 )
             )
     except IntegrityError:
@@ -104,3 +115,30 @@ def _publish(job_id: uuid.UUID, settings: Settings, app: Celery | None) -> None:
         with session_scope(settings.database_url) as session:
             session.execute(delete(Job).where(Job.id == job_id))
         raise EnqueueError(f"the broker could not be reached, job not queued: {exc}") from exc
+
+
+def cancel(job_id: uuid.UUID, *, settings: Settings | None = None) -> str:
+    """Cancel a job: a queued one never reaches fal, a running one gets fal's cancel call.
+
+    Returns the job's status afterwards (``cancelled``, or the terminal status it already
+    had). Raises ``JobNotFound`` for an unknown id.
+    """
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        request_id, model = job.fal_request_id, job.model
+        cancelled = store.finish(session=session, job_id=job_id, status=JobStatus.CANCELLED)
+        status = JobStatus.CANCELLED if cancelled else job.status
+    if cancelled and request_id is not None:
+        from worker.fal_gateway import FalGateway
+
+        gateway = FalGateway.from_settings(settings)
+        try:
+            gateway.cancel(model, request_id)
+        except FalError as exc:  # already finished at fal, or unreachable: the row decides
+            log.info("fal.cancel_failed", job_id=str(job_id), error=exc.message)
+        finally:
+            gateway.close()
+    return status.value

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
-from worker.constants import RUN_JOB_TASK
+from worker.constants import RUN_JOB_TASK, SWEEP_TASK
 from worker.settings import Settings, get_settings
 
 
@@ -40,6 +40,13 @@ def create_app(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         worker_hijack_root_logger=False,
+        # Enforced by the prefork pool only; the threads pool relies on the HTTP timeouts,
+        # IMAGEGEN_GENERATION_TIMEOUT_S and the per-job deadline instead.
+        task_soft_time_limit=settings.generation_timeout_s + 120,
+        task_time_limit=settings.generation_timeout_s + 180,
+        beat_schedule={
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
+        },
     )
     return app
 

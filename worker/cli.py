@@ -84,10 +84,7 @@ def job(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -
     from worker.queries import get_job, job_to_dict
 
     with _errors():
-        try:
-            uid = uuid.UUID(job_id)
-        except ValueError:
-            raise JobNotFound(f"{job_id!r} is not a job id (expected a UUID)") from None
+        uid = _job_uuid(job_id)
         with _session() as session:
             data = job_to_dict(get_job(session=session, job_id=uid), with_attempts=True)
     if as_json:
@@ -140,6 +137,34 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
     for table in stats_tables(data):
         out.print(table)
+
+
+@cli.command()
+def cancel(job_id: str) -> None:
+    """Cancel a job (a queued one never reaches fal; a running one is cancelled at fal)."""
+    from worker.api import cancel as cancel_job
+
+    with _errors():
+        status = cancel_job(_job_uuid(job_id))
+    typer.echo(status)
+
+
+@cli.command()
+def sweep() -> None:
+    """Re-publish jobs whose broker message was lost; fail jobs past their deadline."""
+    from worker.celery_app import app
+    from worker.sweeper import sweep as sweep_jobs
+
+    with _errors():
+        report = sweep_jobs(_settings(), app)
+    err.print(f"republished {len(report.republished)}, failed past deadline {len(report.expired)}")
+
+
+def _job_uuid(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise JobNotFound(f"{job_id!r} is not a job id (expected a UUID)") from None
 
 
 @db_cli.command("upgrade")

@@ -10,6 +10,8 @@ FAL_PRODUCTION_QUEUE_HOST = "queue.fal.run"
 
 #: The Celery task that runs one job; only the job id travels through Redis.
 RUN_JOB_TASK = "imagegen.run_job"
+#: The beat task that re-publishes jobs whose broker message was lost.
+SWEEP_TASK = "imagegen.sweep"
 
 #: Redis key set while fal reports the account locked (403 "User is locked"); value: reason.
 ACCOUNT_LOCK_KEY = "imagegen:fal:account-locked"

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
+from worker.logs import get_logger
+
+T = TypeVar("T")
+log = get_logger(__name__)
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -74,6 +80,33 @@ def session_scope(database_url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def write(
+    database_url: str,
+    work: Callable[[Session], T],
+    *,
+    attempts: int = 8,
+    base_s: float = 0.25,
+    cap_s: float = 5.0,
+) -> T:
+    """Run ``work`` in its own transaction, again if the connection to the database broke.
+
+    Used for the writes that record what fal said: a Postgres restart or a dropped
+    connection delays them (about 20 s at most by default) instead of losing them.
+    ``work`` must be safe to repeat (every store function is: conditional updates).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(database_url) as session:
+                return work(session)
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == attempts:
+                raise
+            delay = min(cap_s, base_s * 2 ** (attempt - 1))
+            log.warning("db.retry", attempt=attempt, delay_s=delay, error=type(exc).__name__)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def alembic_config(database_url: str) -> Config:

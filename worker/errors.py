@@ -89,3 +89,11 @@ class PermanentFalError(FalError):
 
 class AccountLocked(PermanentFalError):
     """fal locked the account (403 "User is locked"): stop submitting until an operator acts."""
+
+
+class RequestCancelled(PermanentFalError):
+    """fal reports the request cancelled (``client_cancelled``): the job was cancelled."""
+
+
+class DeadlineExceeded(PermanentFalError):
+    """The job's deadline passed before fal finished it."""

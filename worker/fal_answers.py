@@ -20,6 +20,7 @@ from worker.errors import (
     FalError,
     PermanentFalError,
     PolicyRefusal,
+    RequestCancelled,
     TransientFalError,
 )
 
@@ -174,6 +175,10 @@ def classify_completed_error(error_type: str | None, error: str | None) -> FalEr
             detail={"error": error, "error_type": error_type},
         )
     detail = {"error": error, "error_type": error_type}
+    if error_type in ("client_cancelled", "client_disconnected"):
+        return RequestCancelled(
+            "the request was cancelled at fal", error_type=error_type, detail=detail
+        )
     if error_type in RETRYABLE_ERROR_TYPES:
         return TransientFalError(message, error_type=error_type, detail=detail, resubmit=True)
     return PermanentFalError(message, error_type=error_type, detail=detail)

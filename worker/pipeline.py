@@ -10,17 +10,22 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from models import AttemptOutcome, JobStatus
+from sqlalchemy.orm import Session
+
+from models import AttemptOutcome, JobStatus, utcnow
 from worker import store
 from worker.account import AccountGuard
-from worker.db import session_scope
+from worker.db import write
 from worker.errors import (
     AccountLocked,
+    DeadlineExceeded,
     FalError,
     PermanentFalError,
     PolicyRefusal,
+    RequestCancelled,
     TransientFalError,
 )
 from worker.fal_gateway import FalGateway
@@ -58,6 +63,10 @@ class Runtime:
     monotonic: Callable[[], float] = field(default=time.monotonic)
 
 
+class _LeaseLost(Exception):
+    """The job was cancelled, finished or taken over while this run waited."""
+
+
 class _AttemptHooks:
     """Writes the attempt row and bumps ``jobs.attempts`` as each submit POST is sent."""
 
@@ -66,47 +75,80 @@ class _AttemptHooks:
         self.number: int | None = None
 
     def sending(self) -> None:
-        with session_scope(self._url) as session:
-            self.number = store.begin_attempt(session=session, job_id=self._job_id)
+        self.number = write(
+            self._url, lambda s: store.begin_attempt(session=s, job_id=self._job_id)
+        )
 
     def not_sent(self) -> None:
         if self.number is not None:
-            with session_scope(self._url) as session:
-                store.retract_attempt(session=session, job_id=self._job_id, number=self.number)
+            number = self.number
+            write(
+                self._url,
+                lambda s: store.retract_attempt(session=s, job_id=self._job_id, number=number),
+            )
             self.number = None
 
 
 def run_job(job_id: uuid.UUID, rt: Runtime, *, task_retries: int = 0) -> Done | RetryLater:
     """Take the job as far as it goes in this run."""
-    with session_scope(rt.settings.database_url) as session:
-        job = store.claim(session=session, job_id=job_id)
-        number = store.latest_attempt(session=session, job_id=job_id) if job else None
+    owner = uuid.uuid4().hex
+
+    def take(session: Session) -> tuple[store.JobSnapshot | None, int | None]:
+        job = store.claim(session=session, job_id=job_id, owner=owner, lease_s=rt.settings.lease_s)
+        return job, store.latest_attempt(session=session, job_id=job_id) if job else None
+
+    job, number = write(rt.settings.database_url, take)
     if job is None:
-        log.info("job.skipped", job_id=str(job_id), reason="unknown or already finished")
+        log.info("job.skipped", job_id=str(job_id), reason="unknown, finished or leased")
         return Done("skipped")
-    run = _Run(rt, job, number, task_retries)
-    return run.execute()
+    return _Run(rt, job, number, task_retries, owner).execute()
 
 
 class _Run:
     def __init__(
-        self, rt: Runtime, job: store.JobSnapshot, number: int | None, task_retries: int
+        self,
+        rt: Runtime,
+        job: store.JobSnapshot,
+        number: int | None,
+        task_retries: int,
+        owner: str,
     ) -> None:
         self.rt, self.job, self.number, self.task_retries = rt, job, number, task_retries
+        self.owner = owner
         self.submissions = job.attempts
         self.phase = "submit"
+        self.request_id = job.fal_request_id
         self.log = log.bind(job_id=str(job.id), prompt_hash=prompt_hash(job.prompt))
+        self.lease_renew_at = rt.monotonic() + rt.settings.lease_s / 3
 
     def execute(self) -> Done | RetryLater:
         try:
-            request_id = self.job.fal_request_id or self.submit()
+            self.check_deadline()
+            self.request_id = self.request_id or self.submit()
             self.phase = "wait"
-            images = self.wait(request_id)
+            images = self.wait(self.request_id)
+        except _LeaseLost:
+            self.log.info("job.left", reason="cancelled, finished or taken over meanwhile")
+            return Done("left")
         except PolicyRefusal as refusal:
             return self.refused(refusal)
+        except RequestCancelled:
+            return self.finish(JobStatus.CANCELLED, AttemptOutcome.CANCELLED, "cancelled")
         except FalError as error:
             return self.failed_or_retry(error)
-        return self.succeeded(images)
+        return self.finish(
+            JobStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, "succeeded", images=images
+        )
+
+    def write(self, work: Callable[[Session], Any]) -> Any:
+        return write(self.rt.settings.database_url, work)
+
+    def check_deadline(self) -> None:
+        deadline = self.job.deadline_at
+        if deadline is not None and utcnow() >= deadline:
+            if self.request_id is not None:
+                self.cancel_at_fal()
+            raise DeadlineExceeded("the job's deadline passed (IMAGEGEN_JOB_DEADLINE_S)")
 
     def submit(self) -> str:
         settings = self.rt.settings
@@ -123,12 +165,14 @@ class _Run:
         finally:
             self.number = hooks.number
             self.submissions += 1 if hooks.number is not None else 0
-        assert self.number is not None
-        with session_scope(settings.database_url) as session:
-            store.record_submitted(
-                session=session, job_id=self.job.id, number=self.number, request_id=request_id
+        number = self.number
+        assert number is not None
+        self.log.info("fal.submitted", attempt=number, fal_request_id=request_id)
+        self.write(
+            lambda s: store.record_submitted(
+                session=s, job_id=self.job.id, number=number, request_id=request_id
             )
-        self.log.info("fal.submitted", attempt=self.number, fal_request_id=request_id)
+        )
         return request_id
 
     def wait(self, request_id: str) -> list[dict[str, Any]]:
@@ -138,6 +182,7 @@ class _Run:
         interval, failures = settings.poll_initial_s, 0
         while True:
             self.rt.sleep(interval)
+            self.keep_lease()
             try:
                 status = gateway.status(self.job.model, request_id)
             except TransientFalError:
@@ -154,6 +199,21 @@ class _Run:
                     "(IMAGEGEN_GENERATION_TIMEOUT_S)"
                 )
             interval = min(interval * settings.poll_factor, settings.poll_max_s)
+
+    def keep_lease(self) -> None:
+        """Renew the lease when a third of it is used; notice cancellation and deadlines."""
+        if self.rt.monotonic() < self.lease_renew_at:
+            return
+        lease_s = self.rt.settings.lease_s
+        held = self.write(
+            lambda s: store.renew_lease(
+                session=s, job_id=self.job.id, owner=self.owner, lease_s=lease_s
+            )
+        )
+        if not held:
+            raise _LeaseLost
+        self.lease_renew_at = self.rt.monotonic() + lease_s / 3
+        self.check_deadline()
 
     def fetch(self, request_id: str, failure: FalError | None) -> list[dict[str, Any]]:
         """The images of a COMPLETED request, or the error it completed with.
@@ -178,6 +238,14 @@ class _Run:
             raise failure
         return _images(output)
 
+    def cancel_at_fal(self) -> None:
+        if self.request_id is None:
+            return
+        try:
+            self.rt.gateway.cancel(self.job.model, self.request_id)
+        except FalError as error:
+            self.log.info("fal.cancel_failed", error=error.message)
+
     def failed_or_retry(self, error: FalError) -> Done | RetryLater:
         # Submissions are what IMAGEGEN_MAX_ATTEMPTS caps; a request that is still alive at
         # fal but could not be polled counts Celery runs instead.
@@ -185,20 +253,9 @@ class _Run:
         counts_submissions = self.phase == "submit" or resubmit
         attempt = self.submissions if counts_submissions else self.task_retries + 1
         decision = self.rt.policy.decide(error, max(attempt, 1))
-        with session_scope(self.rt.settings.database_url) as session:
-            if self.number is not None:
-                store.record_attempt_error(
-                    session=session, job_id=self.job.id, number=self.number, error=error
-                )
-            if isinstance(decision, GiveUp):
-                message = error.message
-                if error.retryable:
-                    message = f"{message} ({decision.reason})"
-                store.finish(
-                    session=session, job_id=self.job.id, status=JobStatus.FAILED, error=message
-                )
-            elif resubmit:
-                store.forget_request(session=session, job_id=self.job.id)
+        if isinstance(decision, GiveUp) and self.phase == "wait" and not resubmit:
+            self.cancel_at_fal()  # do not leave a request running that nobody will read
+        self.write(lambda s: self._record_failure(s, error, decision, resubmit))
         if isinstance(error, AccountLocked):
             self.rt.guard.lock(error.message)
         if isinstance(decision, GiveUp):
@@ -207,8 +264,33 @@ class _Run:
         self.log.info("job.retry", error=error.message, delay_s=round(decision.delay_s, 2))
         return RetryLater(decision.delay_s, decision.reason)
 
+    def _record_failure(
+        self, session: Session, error: FalError, decision: Any, resubmit: bool
+    ) -> None:
+        if self.number is not None:
+            store.record_attempt_error(
+                session=session, job_id=self.job.id, number=self.number, error=error
+            )
+        if isinstance(decision, GiveUp):
+            message = error.message
+            if error.retryable:
+                message = f"{message} ({decision.reason})"
+            store.finish(
+                session=session, job_id=self.job.id, status=JobStatus.FAILED, error=message
+            )
+            return
+        if resubmit:
+            store.forget_request(session=session, job_id=self.job.id)
+        store.release_for_retry(
+            session=session,
+            job_id=self.job.id,
+            owner=self.owner,
+            retry_at=utcnow() + timedelta(seconds=decision.delay_s),
+            grace_s=self.rt.settings.queued_grace_s,
+        )
+
     def refused(self, refusal: PolicyRefusal) -> Done:
-        with session_scope(self.rt.settings.database_url) as session:
+        def record(session: Session) -> None:
             if self.number is not None:
                 store.record_attempt_error(
                     session=session, job_id=self.job.id, number=self.number, error=refusal
@@ -220,24 +302,25 @@ class _Run:
                 refusal_category=refusal.category,
                 refusal_message=refusal.message,
             )
+
+        self.write(record)
         self.log.info(
             "job.refused", category=refusal.category, soft=refusal.soft, attempt=self.number
         )
         return Done(f"refused:{refusal.category}")
 
-    def succeeded(self, images: list[dict[str, Any]]) -> Done:
-        with session_scope(self.rt.settings.database_url) as session:
+    def finish(
+        self, status: JobStatus, outcome: AttemptOutcome, summary: str, **values: Any
+    ) -> Done:
+        def record(session: Session) -> None:
             store.close_attempt(
-                session=session,
-                job_id=self.job.id,
-                number=self.number,
-                outcome=AttemptOutcome.SUCCEEDED,
+                session=session, job_id=self.job.id, number=self.number, outcome=outcome
             )
-            store.finish(
-                session=session, job_id=self.job.id, status=JobStatus.SUCCEEDED, images=images
-            )
-        self.log.info("job.succeeded", images=len(images), attempt=self.number)
-        return Done("succeeded")
+            store.finish(session=session, job_id=self.job.id, status=status, **values)
+
+        self.write(record)
+        self.log.info(f"job.{summary}", attempt=self.number)
+        return Done(summary)
 
 
 def _images(output: dict[str, Any]) -> list[dict[str, Any]]:

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
     account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
 
+    # Leases, the sweeper and deadlines (the job row is the source of truth).
+    lease_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_LEASE_S")
+    queued_grace_s: float = Field(default=600.0, ge=0, alias="IMAGEGEN_QUEUED_GRACE_S")
+    sweep_interval_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_SWEEP_INTERVAL_S")
+    job_deadline_s: float = Field(default=3600.0, gt=0, alias="IMAGEGEN_JOB_DEADLINE_S")
+
     # Celery / Redis.
     visibility_timeout_s: int = Field(default=3600, gt=0, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
     log_format: str = Field(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import TERMINAL_STATUSES, AttemptOutcome, Job, JobAttempt, JobStatus, utcnow
@@ -27,21 +27,38 @@ class JobSnapshot:
     attempts: int
     fal_request_id: str | None
     created_at: datetime
+    deadline_at: datetime | None
 
 
-def claim(*, session: Session, job_id: uuid.UUID) -> JobSnapshot | None:
-    """Mark the job running; None when it is unknown or already terminal."""
+def claim(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) -> JobSnapshot | None:
+    """Take the job's lease and mark it running.
+
+    None when the job is unknown, terminal, or running under another run's live lease
+    (two runs never work on one job at the same time; the sweeper re-publishes the job if
+    that run dies and its lease expires).
+    """
     now = utcnow()
+    claimable = or_(
+        Job.status == JobStatus.QUEUED,
+        and_(
+            Job.status == JobStatus.RUNNING,
+            or_(Job.lease_until.is_(None), Job.lease_until < now),
+        ),
+    )
     job = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(_OPEN))
-        .values(status=JobStatus.RUNNING, updated_at=now)
+        .where(Job.id == job_id, claimable)
+        .values(
+            status=JobStatus.RUNNING,
+            lease_owner=owner,
+            lease_until=now + timedelta(seconds=lease_s),
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
         .returning(Job)
     ).scalar_one_or_none()
     if job is None:
         return None
-    if job.started_at is None:
-        job.started_at = now
     return JobSnapshot(
         job.id,
         job.prompt,
@@ -50,6 +67,34 @@ def claim(*, session: Session, job_id: uuid.UUID) -> JobSnapshot | None:
         job.attempts,
         job.fal_request_id,
         job.created_at,
+        job.deadline_at,
+    )
+
+
+def renew_lease(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) -> bool:
+    """Extend our lease; False when the job was cancelled, finished or taken over."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def release_for_retry(
+    *, session: Session, job_id: uuid.UUID, owner: str, retry_at: datetime, grace_s: float
+) -> None:
+    """Back to ``queued`` while the Celery retry waits; swept if it never comes."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(
+            status=JobStatus.QUEUED,
+            lease_owner=None,
+            lease_until=retry_at + timedelta(seconds=grace_s),
+            updated_at=utcnow(),
+        )
     )
 
 
@@ -123,7 +168,14 @@ def finish(*, session: Session, job_id: uuid.UUID, status: JobStatus, **values: 
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(_OPEN))
-        .values(status=status, finished_at=now, updated_at=now, **values)
+        .values(
+            status=status,
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_until=None,
+            **values,
+        )
     )
     return bool(cast(CursorResult[Any], result).rowcount)
 

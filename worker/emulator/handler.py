@@ -25,6 +25,8 @@ _TRUE = {"1", "true", "yes"}
 NOT_FOUND = json_reply(404, {"detail": "Not Found"})
 METHOD_NOT_ALLOWED = json_reply(405, {"detail": "Method Not Allowed"})
 REQUEST_NOT_FOUND = json_reply(404, {"detail": "Request not found"})
+# fal's answer when the account already runs as many requests as it may (strict mode).
+OVER_LIMIT = json_reply(429, {"detail": "Concurrent request limit reached"}, ("Retry-After", "1"))
 
 
 @dataclass
@@ -73,14 +75,23 @@ class FalHandler(TLSHandler):
             return self._control(method, path, body)
         file_match = _FILE_PATH.fullmatch(path)
         if file_match is not None:
-            req = self.app.state.get(file_match["rid"]) if method == "GET" else None
-            return file_reply(req, file_match["name"])
+            return self._file(method, file_match)
         if method == "POST":
-            return self._submit(path, body)
+            reply = self._submit(path, body)
+            if reply.status == 429:
+                self.app.state.count_rejection()
+            return reply
         match = _REQUEST_PATH.fullmatch(path.rstrip("/"))
         if match is None:
             return NOT_FOUND
         return self._auth_failure() or self._request_op(method, match, query)
+
+    def _file(self, method: str, match: re.Match[str]) -> Reply:
+        req = self.app.state.get(match["rid"]) if method == "GET" else None
+        reply = file_reply(req, match["name"])
+        if reply.status == 200 and self.command == "GET":
+            self.app.state.count_image()
+        return reply
 
     def _auth_failure(self) -> Reply | None:
         scheme, _, key = (self.headers.get("Authorization") or "").partition(" ")
@@ -125,7 +136,8 @@ class FalHandler(TLSHandler):
             num_images=parse_num_images(payload.get("num_images")),
             created_wall=time.time(),
         )
-        return self.app.protocol.submit_ok(self.app.state.add(req))
+        added = self.app.state.add(req)
+        return OVER_LIMIT if added is None else self.app.protocol.submit_ok(added)
 
     def _request_op(self, method: str, match: re.Match[str], query: dict[str, list[str]]) -> Reply:
         app, rid, tail = match["app"], match["rid"], match["tail"]
@@ -163,13 +175,26 @@ class FalHandler(TLSHandler):
             return json_reply(400, {"detail": "config body must be a JSON object"})
         latency = payload.get("latency_s")
         limit = payload.get("concurrency_limit", ...)
-        if latency is not None and (not isinstance(latency, int | float) or latency < 0):
+        reject = payload.get("reject_over_limit", ...)
+        if latency is not None and (
+            isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0
+        ):
             return json_reply(400, {"detail": "latency_s must be a number >= 0"})
-        if limit is not ... and limit is not None and (not isinstance(limit, int) or limit < 1):
+        if (
+            limit is not ...
+            and limit is not None
+            and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1)
+        ):
             return json_reply(400, {"detail": "concurrency_limit must be an int >= 1 or null"})
+        if reject is not ... and not isinstance(reject, bool):
+            return json_reply(400, {"detail": "reject_over_limit must be a boolean"})
         state = self.app.state
-        state.configure(None if latency is None else float(latency), limit)
-        body = {"latency_s": state.latency_s, "concurrency_limit": state.concurrency_limit}
+        state.configure(None if latency is None else float(latency), limit, reject)
+        body = {
+            "latency_s": state.latency_s,
+            "concurrency_limit": state.concurrency_limit,
+            "reject_over_limit": state.reject_over_limit,
+        }
         return json_reply(200, body)
 
 

@@ -48,6 +48,7 @@ class FalEmulator:
         concurrency_limit: int | None = None,
         cert_dir: str | Path | None = None,
         expected_key: str | None = None,
+        reject_over_limit: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -55,7 +56,7 @@ class FalEmulator:
         self._cert_dir = cert_dir
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._expected_key = expected_key
-        self._state = QueueState(latency_s, concurrency_limit)
+        self._state = QueueState(latency_s, concurrency_limit, reject_over_limit)
         self._server: TLSServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -139,13 +140,24 @@ class FalEmulator:
         *,
         latency_s: float | None = None,
         concurrency_limit: int | EllipsisType | None = ...,
+        reject_over_limit: bool | EllipsisType = ...,
     ) -> None:
-        """Change latency and/or the concurrency limit (None = unlimited; omit to keep)."""
-        self._state.configure(latency_s, concurrency_limit)
+        """Change latency, the concurrency limit (None = unlimited) and/or strict mode.
+
+        Omitted arguments keep their value. With `reject_over_limit` and a limit, a submit
+        while `limit` requests are queued or running gets 429 instead of being queued.
+        """
+        self._state.configure(latency_s, concurrency_limit, reject_over_limit)
 
 
 def serve(
-    *, host: str, port: int, latency_s: float, concurrency_limit: int | None, cert_dir: str | None
+    *,
+    host: str,
+    port: int,
+    latency_s: float,
+    concurrency_limit: int | None,
+    cert_dir: str | None,
+    reject_over_limit: bool = False,
 ) -> None:
     """Run an emulator until Ctrl-C or SIGTERM, printing `export` lines for its environment."""
     emulator = FalEmulator(
@@ -154,6 +166,7 @@ def serve(
         latency_s=latency_s,
         concurrency_limit=concurrency_limit,
         cert_dir=cert_dir,
+        reject_over_limit=reject_over_limit,
     )
     done = threading.Event()
     previous = _install_sigterm(done)
@@ -162,6 +175,8 @@ def serve(
         for name, value in emulator.env().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
         limit = "unlimited" if concurrency_limit is None else concurrency_limit
+        if reject_over_limit and concurrency_limit is not None:
+            limit = f"{limit}, 429 over it"
         print(
             f"# fal emulator on {emulator.base_url} (latency {latency_s}s, "
             f"concurrency {limit}); Ctrl-C to stop",

@@ -2,6 +2,7 @@
 
 State advances lazily on every access, under one lock, replaying completions in
 monotonic-clock order, so a limit of C with latency L runs exactly C at once.
+With `reject_over_limit`, a submit beyond the limit is refused instead of queued.
 """
 
 from __future__ import annotations
@@ -58,10 +59,13 @@ class Request:
 class QueueState:
     """All emulator bookkeeping; every public method takes the lock."""
 
-    def __init__(self, latency_s: float, concurrency_limit: int | None) -> None:
+    def __init__(
+        self, latency_s: float, concurrency_limit: int | None, reject_over_limit: bool = False
+    ) -> None:
         self._lock = threading.Lock()
         self.latency_s = latency_s
         self.concurrency_limit = concurrency_limit
+        self.reject_over_limit = reject_over_limit
         self._clear()
 
     def _clear(self) -> None:
@@ -72,6 +76,9 @@ class QueueState:
         self._submissions = 0
         self._status_polls = 0
         self._peak = 0
+        self._active_peak = 0
+        self._rejected_429 = 0
+        self._images_served = 0
 
     # -- lifecycle (lock held) ------------------------------------------------------------
 
@@ -109,12 +116,27 @@ class QueueState:
             self._by_prompt[prompt] += 1
             return self._by_prompt[prompt] - 1
 
-    def add(self, req: Request) -> Request:
+    def count_rejection(self) -> None:
+        """Count one submit answered 429 (limit rejection or `429` directive)."""
+        with self._lock:
+            self._rejected_429 += 1
+
+    def count_image(self) -> None:
+        with self._lock:
+            self._images_served += 1
+
+    def add(self, req: Request) -> Request | None:
+        """Queue `req`; None (nothing created) when strict mode refuses it as over the limit."""
         with self._lock:
             now = time.monotonic()
             self._advance(now)
+            active = len(self._queue) + len(self._running)
+            limit = self.concurrency_limit
+            if self.reject_over_limit and limit is not None and active >= limit:
+                return None
             self._requests[req.rid] = req
             self._queue.append(req)
+            self._active_peak = max(self._active_peak, active + 1)
             self._promote(now)
             return self._snapshot(req)
 
@@ -162,6 +184,9 @@ class QueueState:
                 "status_polls_total": self._status_polls,
                 "in_progress": len(self._running),
                 "in_progress_peak": self._peak,
+                "active_peak": self._active_peak,
+                "rejected_429_total": self._rejected_429,
+                "images_served": self._images_served,
             }
 
     def reset(self) -> None:
@@ -169,7 +194,10 @@ class QueueState:
             self._clear()
 
     def configure(
-        self, latency_s: float | None, concurrency_limit: int | EllipsisType | None
+        self,
+        latency_s: float | None,
+        concurrency_limit: int | EllipsisType | None,
+        reject_over_limit: bool | EllipsisType = ...,
     ) -> None:
         with self._lock:
             now = time.monotonic()
@@ -178,4 +206,6 @@ class QueueState:
                 self.latency_s = latency_s
             if not isinstance(concurrency_limit, EllipsisType):
                 self.concurrency_limit = concurrency_limit
+            if not isinstance(reject_over_limit, EllipsisType):
+                self.reject_over_limit = reject_over_limit
             self._promote(now)

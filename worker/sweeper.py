@@ -1,0 +1,84 @@
+"""The sweeper: the job table is the source of truth, Redis only a wake-up signal.
+
+It re-publishes jobs whose broker message was lost: ``queued`` past their grace (Redis
+restarted without persistence, a publish that never arrived, a retry that never came) and
+``running`` whose lease expired (the worker died). It never makes two runs of one job work
+at the same time: a run needs the job's lease (``worker.store.claim``). It also fails jobs
+past their deadline that no run is working on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import or_, select, update
+
+from models import Job, JobStatus, utcnow
+from worker.constants import RUN_JOB_TASK
+from worker.db import session_scope
+from worker.logs import get_logger
+from worker.settings import Settings
+
+log = get_logger(__name__)
+BATCH = 500
+
+
+@dataclass
+class SweepReport:
+    republished: list[uuid.UUID] = field(default_factory=list)
+    expired: list[uuid.UUID] = field(default_factory=list)
+
+
+def sweep(settings: Settings, app: Celery) -> SweepReport:
+    """One pass; safe to run from several processes at once."""
+    report = SweepReport()
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        report.expired = list(
+            session.execute(
+                update(Job)
+                .where(
+                    Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+                    Job.deadline_at < now,
+                    or_(Job.lease_until.is_(None), Job.lease_until < now),
+                )
+                .values(
+                    status=JobStatus.FAILED,
+                    error="deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)",
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+                .returning(Job.id)
+            ).scalars()
+        )
+        stale = select(Job.id).where(
+            Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+            or_(Job.lease_until.is_(None), Job.lease_until < now),
+        )
+        ids = list(session.execute(stale.limit(BATCH).with_for_update(skip_locked=True)).scalars())
+        if ids:
+            # Requeue them and push their grace forward, so that a second sweeper (or the
+            # next pass) does not publish them again before this message had a chance.
+            report.republished = list(
+                session.execute(
+                    update(Job)
+                    .where(Job.id.in_(ids), or_(Job.lease_until.is_(None), Job.lease_until < now))
+                    .values(
+                        status=JobStatus.QUEUED,
+                        lease_owner=None,
+                        lease_until=now + timedelta(seconds=max(settings.queued_grace_s, 30)),
+                        updated_at=now,
+                    )
+                    .returning(Job.id)
+                ).scalars()
+            )
+    for job_id in report.republished:
+        app.send_task(RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id))
+    if report.republished or report.expired:
+        log.warning("sweep", republished=len(report.republished), expired=len(report.expired))
+    return report
