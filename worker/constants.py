@@ -16,6 +16,10 @@ SWEEP_TASK = "imagegen.sweep"
 #: Redis key set while fal reports the account locked (403 "User is locked"); value: reason.
 ACCOUNT_LOCK_KEY = "imagegen:fal:account-locked"
 
+#: Fleet-wide fal limits (worker/fleet.py): a cool-down after a 429 and the in-flight slots.
+FAL_COOLDOWN_KEY = "imagegen:fal:cooldown-until"
+FAL_SLOTS_KEY = "imagegen:fal:slots"
+
 #: fal's error type for a content-policy refusal, in every shape it comes in.
 CONTENT_POLICY = "content_policy_violation"
 #: Refusal categories fal treats as a soft block: the user may resubmit with new intent.

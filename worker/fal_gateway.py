@@ -182,6 +182,7 @@ class FalGateway:
         transport = _FalTransport(inner, submit_s=submit_timeout_s, poll_s=poll_timeout_s)
         self._client = _SyncClient(key=key)
         object.__setattr__(self._client, "transport", transport)
+        self._files = httpx.Client(timeout=poll_timeout_s, follow_redirects=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FalGateway:
@@ -218,12 +219,30 @@ class FalGateway:
             raise PermanentFalError("fal answered the result with JSON that is not an object")
         return output
 
+    def check_images(self, images: list[dict[str, Any]]) -> None:
+        """Each image URL must answer: a 404 from fal's CDN fails the job, clearly.
+
+        Uses a plain client: fal's Authorization header is never sent to the file host.
+        """
+        for image in images:
+            url = str(image["url"])
+            try:
+                with self._files.stream("GET", url) as response:
+                    status = response.status_code
+            except httpx.HTTPError as exc:
+                raise TransientFalError(f"could not fetch an image fal returned ({exc})") from exc
+            if status == 404 or status == 410:
+                raise PermanentFalError(f"fal returned an image URL that answers {status}: {url}")
+            if status >= 400:
+                raise TransientFalError(f"an image URL fal returned answers {status}: {url}")
+
     def cancel(self, model: str, request_id: str) -> None:
         with _translated("cancel"):
             self._client.cancel(model, request_id)
 
     def close(self) -> None:
         self._client._client.close()
+        self._files.close()
 
 
 @contextmanager

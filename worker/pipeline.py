@@ -6,6 +6,7 @@ The Celery task (``worker.tasks``) only turns ``RetryLater`` into ``Task.retry``
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from worker.errors import (
     TransientFalError,
 )
 from worker.fal_gateway import FalGateway
+from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
 from worker.retry import GiveUp, RetryPolicy
 from worker.settings import Settings
@@ -59,6 +61,7 @@ class Runtime:
     gateway: FalGateway
     policy: RetryPolicy
     guard: AccountGuard
+    limiter: FalLimiter
     sleep: Callable[[float], None] = field(default=time.sleep)
     monotonic: Callable[[], float] = field(default=time.monotonic)
 
@@ -120,11 +123,22 @@ class _Run:
         self.request_id = job.fal_request_id
         self.log = log.bind(job_id=str(job.id), prompt_hash=prompt_hash(job.prompt))
         self.lease_renew_at = rt.monotonic() + rt.settings.lease_s / 3
+        self.slot = rt.limiter.new_token()
 
     def execute(self) -> Done | RetryLater:
         try:
+            return self._execute()
+        finally:
+            self.rt.limiter.release(self.slot)
+
+    def _execute(self) -> Done | RetryLater:
+        try:
             self.check_deadline()
-            self.request_id = self.request_id or self.submit()
+            if self.request_id is None:
+                self.wait_for_turn()
+                self.request_id = self.submit()
+            else:  # resuming a request already in flight at fal: it holds a slot there
+                self.rt.limiter.try_acquire(self.slot, force=True)
             self.phase = "wait"
             images = self.wait(self.request_id)
         except _LeaseLost:
@@ -149,6 +163,16 @@ class _Run:
             if self.request_id is not None:
                 self.cancel_at_fal()
             raise DeadlineExceeded("the job's deadline passed (IMAGEGEN_JOB_DEADLINE_S)")
+
+    def wait_for_turn(self) -> None:
+        """Block until no fleet-wide cool-down runs and a fal slot is ours (lease kept)."""
+        limiter = self.rt.limiter
+        while True:
+            cooling = limiter.cooldown_remaining_s()
+            if cooling <= 0 and limiter.try_acquire(self.slot):
+                return
+            self.rt.sleep(min(cooling, 1.0) if cooling > 0 else 0.1 + 0.2 * random.random())
+            self.keep_lease()
 
     def submit(self) -> str:
         settings = self.rt.settings
@@ -212,6 +236,7 @@ class _Run:
         )
         if not held:
             raise _LeaseLost
+        self.rt.limiter.renew(self.slot)
         self.lease_renew_at = self.rt.monotonic() + lease_s / 3
         self.check_deadline()
 
@@ -236,7 +261,10 @@ class _Run:
             raise
         if failure is not None:
             raise failure
-        return _images(output)
+        images = _images(output)
+        if self.rt.settings.verify_images:
+            self.rt.gateway.check_images(images)
+        return images
 
     def cancel_at_fal(self) -> None:
         if self.request_id is None:
@@ -258,6 +286,11 @@ class _Run:
         self.write(lambda s: self._record_failure(s, error, decision, resubmit))
         if isinstance(error, AccountLocked):
             self.rt.guard.lock(error.message)
+        elif error.http_status in (401, 403):
+            self.log.critical("fal.auth_rejected", error=error.message, action="check FAL_KEY")
+        if error.http_status == 429:  # every worker waits, not just this job
+            retry_after = getattr(error, "retry_after_s", None)
+            self.rt.limiter.cool_down(retry_after or self.rt.policy.backoff_s(1))
         if isinstance(decision, GiveUp):
             self.log.warning("job.failed", error=error.message, reason=decision.reason)
             return Done("failed")

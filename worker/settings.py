@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     poll_max_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_POLL_MAX_S")
     poll_factor: float = Field(default=1.5, ge=1.0, alias="IMAGEGEN_POLL_FACTOR")
     generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
+    verify_images: bool = Field(default=True, alias="IMAGEGEN_VERIFY_IMAGES")
     account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
 
     # Leases, the sweeper and deadlines (the job row is the source of truth).
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     queued_grace_s: float = Field(default=600.0, ge=0, alias="IMAGEGEN_QUEUED_GRACE_S")
     sweep_interval_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_SWEEP_INTERVAL_S")
     job_deadline_s: float = Field(default=3600.0, gt=0, alias="IMAGEGEN_JOB_DEADLINE_S")
+
+    # Fleet-wide cap on fal requests in flight (a Redis semaphore); unset: no cap.
+    fal_concurrency: int | None = Field(default=None, ge=1, alias="IMAGEGEN_FAL_CONCURRENCY")
 
     # Celery / Redis.
     visibility_timeout_s: int = Field(default=3600, gt=0, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")

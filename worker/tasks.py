@@ -12,6 +12,7 @@ from worker.account import AccountGuard
 from worker.celery_app import app
 from worker.constants import RUN_JOB_TASK, SWEEP_TASK
 from worker.fal_gateway import FalGateway
+from worker.fleet import FalLimiter
 from worker.pipeline import RetryLater, Runtime, run_job
 from worker.retry import RetryPolicy
 from worker.settings import get_settings
@@ -27,6 +28,9 @@ def runtime() -> Runtime:
         gateway=FalGateway.from_settings(settings),
         policy=RetryPolicy.from_settings(settings),
         guard=AccountGuard.for_url(app.conf.broker_url or "", settings.account_lock_ttl_s),
+        limiter=FalLimiter.for_url(
+            app.conf.broker_url or "", limit=settings.fal_concurrency, lease_s=settings.lease_s
+        ),
     )
 
 

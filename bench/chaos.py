@@ -1,0 +1,400 @@
+"""A repeatable chaos run of the real pipeline: workers SIGKILLed while fal misbehaves.
+
+`python -m bench.chaos [--jobs 300] [--workers 3] [--seed N] [--latency 1.0] [--kill-every 4.0]
+[--timeout 600]`: a fresh Postgres database, Redis db 14 flushed, the fal emulator in-process,
+jobs whose prompts carry random fault directives, Celery workers as subprocesses (one SIGKILLed
+and replaced every few seconds; `sweep` every 2 s stands in for celery beat), then invariants
+checked against what the emulator saw. Exit code 0 only when every invariant holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import create_engine, text
+
+# None of these imports fal-client (worker.tasks and worker.fal_gateway do; never imported here).
+from worker.api import enqueue
+from worker.celery_app import create_app
+from worker.db import dispose_engines, get_engine, upgrade
+from worker.emulator import FalEmulator
+from worker.logs import configure
+from worker.settings import Settings
+from worker.sweeper import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/14"
+TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
+SWEEP_EVERY_S = 2.0
+FAST_ENV = {
+    "IMAGEGEN_BACKOFF_BASE_S": "0.2",
+    "IMAGEGEN_BACKOFF_CAP_S": "2",
+    "IMAGEGEN_POLL_INITIAL_S": "0.2",
+    "IMAGEGEN_POLL_MAX_S": "1",
+    "IMAGEGEN_SUBMIT_TIMEOUT_S": "3",
+    "IMAGEGEN_POLL_TIMEOUT_S": "3",
+    "IMAGEGEN_LEASE_S": "4",
+    "IMAGEGEN_QUEUED_GRACE_S": "8",
+    "IMAGEGEN_MAX_ATTEMPTS": "5",
+    "IMAGEGEN_GENERATION_TIMEOUT_S": "60",
+}
+CATEGORIES: tuple[str, ...] = ("celebrity_likeness", "trademark_ip", "violence_named_individual")
+CATEGORIES += ("hate_protected_group", "self_harm_instructions", "chaos_unknown_category")
+TRANSIENT = ("429:1", "503json", "drop", "502", "runner-disconnected", "slow:5", "hang")
+console = Console()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    kind: str  # ok | refusal | transient | failing
+    directive: str | None  # what goes inside [[fal:...]], None for none
+    expect: str  # the terminal status the scenario should end in
+
+
+def _latency(rng: random.Random) -> str:
+    return f"+latency:{rng.uniform(0.5, 3.0):.1f}"
+
+
+def draw_scenario(rng: random.Random) -> Scenario:
+    roll, ok = rng.random(), "ok" + (_latency(rng) if rng.random() < 0.4 else "")
+    if roll < 0.55:
+        return Scenario("ok", None if ok == "ok" else ok, "succeeded")
+    if roll < 0.70:
+        step = f"{rng.choice(('refuse', 'late-refuse'))}:{rng.choice(CATEGORIES)}"
+        late = step.startswith("late") and rng.random() < 0.5
+        return Scenario("refusal", step + (_latency(rng) if late else ""), "refused")
+    if roll < 0.90:
+        return Scenario("transient", f"{rng.choice(TRANSIENT)},{ok}", "succeeded")
+    return Scenario("failing", "500", "failed")
+
+
+@dataclass
+class Fleet:
+    """The worker subprocesses; SIGKILLs one at a time and starts replacements."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: int = 0
+    kills: int = 0
+    crashes: int = 0
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
+        cmd += ["-c", "16", "-Q", "imagegen", "--without-gossip", "--without-mingle"]
+        cmd += ["-n", f"chaos{self.started}-{uuid.uuid4().hex[:6]}@%h", "-l", "WARNING"]
+        with (self.log_dir / f"worker-{self.started:03d}.log").open("wb") as out:
+            self.procs.append(
+                subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            )
+        self.started += 1
+
+    def kill_one(self, rng: random.Random) -> None:
+        alive = [p for p in self.procs if p.poll() is None]
+        if alive:
+            victim = rng.choice(alive)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            self.procs.remove(victim)
+            self.kills += 1
+        self.start()
+
+    def replace_dead(self) -> None:
+        for proc in [p for p in self.procs if p.poll() is not None]:
+            self.procs.remove(proc)
+            self.crashes += 1
+            self.start()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+@dataclass
+class Drive:
+    sweeps: int = 0
+    republished: int = 0
+    expired: int = 0
+    elapsed_s: float = 0.0
+    timed_out: bool = False
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--latency", type=float, default=1.0, help="emulator latency, s")
+    parser.add_argument("--kill-every", type=float, default=4.0, help="mean s between kills")
+    parser.add_argument("--timeout", type=float, default=600.0, help="s to wait for all jobs")
+    parser.add_argument("--keep-logs", action="store_true", help="keep worker logs on success")
+    return parser.parse_args(argv)
+
+
+def db_url(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def admin_sql(statement: str) -> None:
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+    finally:
+        admin.dispose()
+
+
+def flush_redis() -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def enqueue_all(args: argparse.Namespace, settings: Settings, app: Celery) -> dict[str, Scenario]:
+    rng, tag = random.Random(args.seed), uuid.uuid4().hex[:6]
+    jobs: dict[str, Scenario] = {}
+    for i in range(args.jobs):
+        scenario = draw_scenario(rng)
+        prompt = f"chaos job {i} {tag} {scenario.kind}"
+        if scenario.directive is not None:
+            prompt += f" [[fal:{scenario.directive}]]"
+        jobs[str(enqueue(prompt, quality="low", settings=settings, app=app))] = scenario
+    return jobs
+
+
+def drive(args: argparse.Namespace, settings: Settings, app: Celery, fleet: Fleet) -> Drive:
+    """Sweep, kill and replace workers until every job is terminal or the timeout."""
+    rng, report, start = random.Random(args.seed + 1), Drive(), time.monotonic()
+    next_kill, next_sweep, next_print = start + args.kill_every, start, start + 10.0
+    while True:
+        now = time.monotonic()
+        if now >= next_sweep:
+            swept, report.sweeps, next_sweep = sweep(settings, app), report.sweeps + 1, now + 2
+            report.republished += len(swept.republished)
+            report.expired += len(swept.expired)
+        with get_engine(settings.database_url).connect() as conn:
+            rows = conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status"))
+            counts = Counter({str(status): int(n) for status, n in rows})
+        report.elapsed_s = now - start
+        if sum(n for status, n in counts.items() if status in TERMINAL) >= args.jobs:
+            return report
+        if report.elapsed_s > args.timeout:
+            report.timed_out = True
+            return report
+        if now >= next_kill:
+            fleet.kill_one(rng)
+            next_kill = now + args.kill_every * rng.uniform(0.5, 1.5)
+        fleet.replace_dead()
+        if now >= next_print:
+            progress = f"t={report.elapsed_s:4.0f}s {dict(counts)} kills={fleet.kills}"
+            console.print(progress, style="dim", soft_wrap=True, highlight=False)
+            next_print = now + 10.0
+        time.sleep(0.25)
+
+
+@dataclass
+class Facts:
+    id: str
+    prompt: str
+    status: str
+    attempts: int
+    rows: int
+    succeeded_rows: int
+    submissions: int  # what the emulator counted for the job's prompt
+    expect: str
+    took_s: float  # created to finished (0 while open)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.id} status={self.status} (scenario: {self.expect}) attempts={self.attempts} "
+            f"attempt_rows={self.rows} succeeded_rows={self.succeeded_rows} "
+            f"fal_submissions={self.submissions} took={self.took_s:.1f}s prompt={self.prompt!r}"
+        )
+
+
+FACTS_SQL = """
+SELECT j.id::text, j.prompt, j.status, j.attempts, count(a.id),
+       count(a.id) FILTER (WHERE a.outcome = 'succeeded'),
+       coalesce(extract(epoch FROM j.finished_at - j.created_at), 0)
+FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id
+GROUP BY j.id, j.prompt, j.status, j.attempts ORDER BY j.created_at
+"""
+
+
+def collect(url: str, jobs: dict[str, Scenario], emulator: FalEmulator) -> list[Facts]:
+    by_prompt: dict[str, int] = emulator.stats()["submissions_by_prompt"]
+    with get_engine(url).connect() as conn:
+        rows = list(conn.execute(text(FACTS_SQL)))
+    expect = {job_id: scenario.expect for job_id, scenario in jobs.items()}
+    return [
+        Facts(
+            jid,
+            prompt,
+            status,
+            tries,
+            n,
+            ok,
+            by_prompt.get(prompt, 0),
+            expect.get(jid, "?"),
+            float(took),
+        )
+        for jid, prompt, status, tries, n, ok, took in rows
+    ]
+
+
+@dataclass
+class Invariant:
+    name: str
+    expected: str
+    observed: str
+    bad: list[Facts]
+    holds: bool
+    info: bool = False  # reported, not part of the verdict
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.holds else "INFO" if self.info else "FAIL"
+
+
+def check(facts: list[Facts], n: int) -> list[Invariant]:
+    def rule(name: str, bad_if: Callable[[Facts], bool], among: list[Facts]) -> Invariant:
+        bad = [f for f in among if bad_if(f)]
+        of = f" of {len(among)}"
+        return Invariant(name, "0" + of, f"{len(bad)}{of}", bad, not bad)
+
+    done = [f for f in facts if f.status in TERMINAL]
+    prompts = Counter(f.prompt for f in facts)
+    refused = [f for f in facts if f.status == "refused"]
+    surprises = rule("status as its scenario predicts", lambda f: f.status != f.expect, facts)
+    surprises.info = True
+    return [
+        Invariant(
+            "every job terminal",
+            str(n),
+            str(len(done)),
+            [f for f in facts if f.status not in TERMINAL],
+            len(done) == n == len(facts),
+        ),
+        rule("jobs.attempts == emulator submissions", lambda f: f.attempts != f.submissions, facts),
+        rule(
+            "≤ 1 succeeded attempt (succeeded: = 1)",
+            lambda f: f.succeeded_rows > 1 or (f.status == "succeeded") != (f.succeeded_rows == 1),
+            facts,
+        ),
+        rule("refused jobs submitted exactly once", lambda f: f.submissions != 1, refused),
+        Invariant(
+            "no duplicate rows (jobs, distinct prompts)",
+            f"{n}, {n}",
+            f"{len(facts)}, {len(prompts)}",
+            [f for f in facts if prompts[f.prompt] > 1],
+            len(facts) == n == len(prompts),
+        ),
+        rule("jobs.attempts == job_attempts rows", lambda f: f.attempts != f.rows, facts),
+        surprises,
+    ]
+
+
+def render(invariants: list[Invariant], facts: list[Facts], fleet: Fleet, run: Drive) -> None:
+    table = Table(title="chaos invariants")
+    for column in ("invariant", "expected", "observed", "verdict"):
+        table.add_column(column)
+    colour = {"PASS": "green", "FAIL": "bold red", "INFO": "yellow"}
+    for inv in invariants:
+        table.add_row(inv.name, inv.expected, inv.observed, f"[{colour[inv.verdict]}]{inv.verdict}")
+    console.print(table)
+    for inv in (inv for inv in invariants if inv.bad):
+        console.print(f"[bold]{inv.verdict} {inv.name}[/] (first 10 of {len(inv.bad)}):")
+        for fact in inv.bad[:10]:
+            console.print(f"  {fact}", soft_wrap=True, highlight=False, markup=False)
+    counts = Counter(f.status for f in facts)
+    summary = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+    slowest = max(facts, key=lambda f: f.took_s, default=None)
+    if slowest is not None:
+        console.print(f"slowest job: {slowest}", soft_wrap=True, highlight=False, markup=False)
+    console.print(
+        f"jobs: {summary} | {run.elapsed_s:.1f}s{' (TIMED OUT)' if run.timed_out else ''} | "
+        f"kills {fleet.kills}, workers started {fleet.started}, unexpected exits "
+        f"{fleet.crashes} | sweeps {run.sweeps}, republished {run.republished}, "
+        f"expired {run.expired}",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def run(args: argparse.Namespace, url: str, emulator: FalEmulator, log_dir: Path) -> int:
+    env = {"DATABASE_URL": url, "REDIS_URL": REDIS_URL, "FAL_KEY": "chaos-key", **FAST_ENV}
+    env.update(emulator.env())
+    values: dict[str, Any] = dict(env)  # Settings takes the environment names as keywords
+    settings = Settings(**values)
+    app = create_app(settings)
+    fleet = Fleet({**os.environ, **env}, log_dir)
+    try:
+        for _ in range(args.workers):
+            fleet.start()
+        jobs = enqueue_all(args, settings, app)
+        console.print(f"enqueued {len(jobs)} jobs (seed {args.seed}); worker logs in {log_dir}")
+        report = drive(args, settings, app, fleet)
+    finally:
+        fleet.stop()
+    facts = collect(url, jobs, emulator)
+    invariants = check(facts, args.jobs)
+    render(invariants, facts, fleet, report)
+    return 1 if any(inv.verdict == "FAIL" for inv in invariants) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure(level=logging.ERROR)  # the sweeper's warnings would drown the output
+    name = f"imagegen_chaos_{uuid.uuid4().hex[:12]}"
+    log_dir = Path(tempfile.mkdtemp(prefix="imagegen-chaos-"))
+    emulator = FalEmulator(latency_s=args.latency).start()
+    os.environ.update(emulator.env())  # before anything imports fal-client
+    code = 2
+    try:
+        admin_sql(f"CREATE DATABASE {name}")
+        upgrade(db_url(name))
+        flush_redis()
+        code = run(args, db_url(name), emulator, log_dir)
+        return code
+    finally:
+        emulator.stop()
+        dispose_engines()
+        admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        flush_redis()
+        if code == 0 and not args.keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            console.print(f"worker logs kept in {log_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

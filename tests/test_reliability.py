@@ -1,0 +1,181 @@
+"""Faults injected for real: killed workers, lost queues, database drops, 429 storms, cancels."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Stack, unique
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _job(stack: Stack, job_id: uuid.UUID) -> dict[str, Any]:
+    from worker.db import session_scope
+    from worker.queries import get_job, job_to_dict
+
+    with session_scope(stack.database_url) as session:
+        return job_to_dict(get_job(session=session, job_id=job_id), with_attempts=True)
+
+
+def _wait_for(predicate: Any, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _sweep_until_terminal(stack: Stack, ids: list[uuid.UUID], **settings: Any) -> None:
+    from worker.sweeper import sweep
+
+    app, conf = stack.app(), stack.settings(**settings)
+    deadline = time.monotonic() + 60
+    while any(_job(stack, i)["status"] in ("queued", "running") for i in ids):
+        assert time.monotonic() < deadline, [_job(stack, i) for i in ids]
+        sweep(conf, app)
+        time.sleep(0.5)
+
+
+def test_killed_worker_resumes_by_request_id_without_paying_twice(stack: Stack) -> None:
+    lease = {"IMAGEGEN_LEASE_S": "1.5"}
+    stack.env.update(lease)
+    stack.start_worker()
+    prompt = unique("[[fal:ok+latency:4]] a long generation")
+    job_id = stack.enqueue(prompt)
+    _wait_for(lambda: _job(stack, job_id)["fal_request_id"] is not None)
+    stack.workers[0].kill()  # SIGKILL while fal is still generating
+    stack.workers[0].wait()
+    stack.start_worker()
+    _sweep_until_terminal(stack, [job_id], **lease)
+    job = _job(stack, job_id)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
+
+
+def test_lost_redis_queue_is_recovered_by_the_sweeper_without_duplicates(stack: Stack) -> None:
+    grace = {"IMAGEGEN_QUEUED_GRACE_S": "0"}
+    stack.env.update(grace)
+    prompts = [unique(f"a lost job {i}") for i in range(5)]
+    ids = [stack.enqueue(p) for p in prompts]
+    redis.Redis.from_url(stack.redis_url).flushdb()  # Redis restarted without persistence
+    stack.start_worker()
+    _sweep_until_terminal(stack, ids, **grace)
+    from worker.sweeper import sweep
+
+    assert sweep(stack.settings(**grace), stack.app()).republished == []
+    counts = stack.emulator.stats()["submissions_by_prompt"]
+    assert [counts[p] for p in prompts] == [1] * 5
+    assert {_job(stack, i)["status"] for i in ids} == {"succeeded"}
+
+
+def test_postgres_dropping_connections_mid_task_loses_no_result(stack: Stack) -> None:
+    from tests.tcp_proxy import FaultyProxy
+
+    proxy = FaultyProxy("127.0.0.1", 5432)
+    proxied = stack.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    stack.start_worker(extra_env={"DATABASE_URL": proxied})
+    prompt = unique("[[fal:ok+latency:2]] through a flaky database")
+    job_id = stack.enqueue(prompt)
+    _wait_for(lambda: _job(stack, job_id)["fal_request_id"] is not None)
+    proxy.cut(3)  # every connection dropped, and none accepted for 3 s, while fal finishes
+    job = stack.wait_terminal(job_id, timeout_s=60)
+    proxy.close()
+    assert proxy.drops >= 1
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
+    assert [a["outcome"] for a in job["attempt_log"]] == ["succeeded"]
+
+
+def test_fleet_wide_cap_means_zero_429s_from_an_account_limit(stack: Stack) -> None:
+    stack.emulator.configure(latency_s=0.5, concurrency_limit=3, reject_over_limit=True)
+    stack.emulator.reset()
+    cap = {"IMAGEGEN_FAL_CONCURRENCY": "3"}
+    stack.start_worker(extra_env=cap)
+    stack.start_worker(extra_env=cap)
+    ids = [stack.enqueue(unique(f"capped {i}")) for i in range(12)]
+    jobs = [stack.wait_terminal(i, timeout_s=60) for i in ids]
+    stats = stack.emulator.stats()
+    assert {j["status"] for j in jobs} == {"succeeded"}
+    assert stats["rejected_429_total"] == 0
+    assert stats["active_peak"] == 3
+    assert {j["attempts"] for j in jobs} == {1}
+
+
+def test_a_429_cools_down_every_worker(stack: Stack) -> None:
+    stack.start_worker()
+    stack.start_worker()
+    limited = stack.enqueue(unique("[[fal:429:2,ok]] first"))
+    _wait_for(lambda: _job(stack, limited)["attempts"] == 1)
+    time.sleep(0.3)
+    other = stack.enqueue(unique("another prompt"))
+    job = stack.wait_terminal(other)
+    first = _job(stack, limited)["attempt_log"][0]
+    gap = _ts(job["attempt_log"][0]["started_at"]) - _ts(first["finished_at"])
+    assert gap >= 1.8, f"a second worker submitted {gap:.2f}s into a 2 s cool-down"
+    assert stack.wait_terminal(limited)["status"] == "succeeded"
+
+
+def test_cancel_a_queued_job_never_reaches_fal(stack: Stack) -> None:
+    from worker.api import cancel
+
+    prompt = unique("cancel me before any worker")
+    job_id = stack.enqueue(prompt)
+    assert cancel(job_id, settings=stack.settings()) == "cancelled"
+    stack.start_worker()
+    time.sleep(1.5)
+    job = _job(stack, job_id)
+    assert job["status"] == "cancelled" and job["attempts"] == 0
+    assert prompt not in stack.emulator.stats()["submissions_by_prompt"]
+
+
+def test_cancel_a_running_job_cancels_it_at_fal(running: Stack) -> None:
+    from worker.api import cancel
+
+    job_id = running.enqueue(unique("[[fal:ok+latency:5]] cancel me mid-flight"))
+    _wait_for(lambda: _job(running, job_id)["fal_request_id"] is not None)
+    assert cancel(job_id, settings=running.settings()) == "cancelled"
+    request_id = _job(running, job_id)["fal_request_id"]
+    time.sleep(1.0)
+    assert running.emulator.stats()["requests"][request_id]["state"] == "CANCELLED"
+    job = _job(running, job_id)
+    assert job["status"] == "cancelled" and job["images"] is None
+
+
+def test_deadline_fails_the_job_with_a_timeout_error(running: Stack) -> None:
+    job_id = running.enqueue(unique("[[fal:ok+latency:30]] too slow"), deadline_s=2)
+    job = running.wait_terminal(job_id, timeout_s=30)
+    assert job["status"] == "failed"
+    assert "deadline" in job["error"]
+
+
+def test_image_url_that_404s_fails_clearly(running: Stack) -> None:
+    job = running.wait_terminal(running.enqueue(unique("[[fal:url-404]] a missing file")))
+    assert job["status"] == "failed" and "answers 404" in job["error"]
+
+
+def test_fal_key_never_appears_in_logs_rows_or_task_messages(stack: Stack) -> None:
+    key = "fal-secret-" + uuid.uuid4().hex
+    stack.start_worker(extra_env={"FAL_KEY": key, "IMAGEGEN_LOG_FORMAT": "json"})
+    app = stack.app()
+    job_id = stack.enqueue(unique("[[fal:401]] a bad key"))
+    seen: list[str] = []
+    with app.connection_for_read() as conn:  # peek at what travels through Redis
+        seen.append(json.dumps(conn.default_channel.client.lrange("imagegen", 0, -1), default=str))
+    job = stack.wait_terminal(job_id)
+    assert job["status"] == "failed" and "FAL_KEY" in job["error"]
+    assert "fal.auth_rejected" in stack.logs()
+    everything = stack.logs() + json.dumps(job) + "".join(seen)
+    assert key not in everything
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
