@@ -94,6 +94,10 @@ def test_unknown_job_and_bad_database_url(stack: Stack) -> None:
     bad = imagegen(stack, "stats", env={"DATABASE_URL": "not a url"})
     assert bad.returncode == 2 and "DATABASE_URL" in bad.stderr
     assert "Traceback" not in bad.stderr
+    bad_redis = imagegen(stack, "enqueue", "a fox", env={"REDIS_URL": "http://nope"})
+    assert bad_redis.returncode == 2 and "REDIS_URL" in bad_redis.stderr
+    unknown = imagegen(stack, "cancel", str(uuid.uuid4()))
+    assert unknown.returncode == 2 and "no job with id" in unknown.stderr
 
 
 def test_sql_and_markup_are_stored_verbatim(stack: Stack) -> None:

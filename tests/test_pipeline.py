@@ -78,7 +78,7 @@ def test_429_then_success_honours_retry_after(running: Stack) -> None:
     assert running.emulator.stats()["submissions_by_prompt"][prompt] == 2
 
 
-@pytest.mark.parametrize("step", ["503json", "500", "502", "504user"])
+@pytest.mark.parametrize("step", ["503json", "500", "502", "504user", "html"])
 def test_5xx_until_the_cap_fails_with_attempts_equal_to_the_cap(running: Stack, step: str) -> None:
     prompt = unique(f"[[fal:{step}]] always failing")
     job = running.wait_terminal(running.enqueue(prompt), timeout_s=60)
