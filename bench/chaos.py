@@ -10,6 +10,7 @@ checked against what the emulator saw. Exit code 0 only when every invariant hol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -23,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +100,17 @@ class Fleet:
     started: int = 0
     kills: int = 0
     crashes: int = 0
+    logs: dict[int, str] = field(default_factory=dict)  # pid -> its log file's name
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
         cmd += ["-c", "16", "-Q", "imagegen", "--without-gossip", "--without-mingle"]
         cmd += ["-n", f"chaos{self.started}-{uuid.uuid4().hex[:6]}@%h", "-l", "WARNING"]
-        with (self.log_dir / f"worker-{self.started:03d}.log").open("wb") as out:
-            self.procs.append(
-                subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-            )
+        log = self.log_dir / f"worker-{self.started:03d}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=out)
+        self.procs.append(proc)
+        self.logs[proc.pid] = log.name
         self.started += 1
 
     def kill_one(self, rng: random.Random) -> None:
@@ -115,6 +119,9 @@ class Fleet:
             victim = rng.choice(alive)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
+            with (self.log_dir / "kills.log").open("a") as log:
+                stamp = datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+                log.write(f"{stamp} SIGKILL {self.logs[victim.pid]} (pid {victim.pid})\n")
             self.procs.remove(victim)
             self.kills += 1
         self.start()
@@ -172,11 +179,8 @@ def admin_sql(statement: str) -> None:
 
 
 def flush_redis() -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
+    with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as client:
         client.flushdb()
-    finally:
-        client.close()
 
 
 def enqueue_all(args: argparse.Namespace, settings: Settings, app: Celery) -> dict[str, Scenario]:
@@ -198,7 +202,8 @@ def drive(args: argparse.Namespace, settings: Settings, app: Celery, fleet: Flee
     while True:
         now = time.monotonic()
         if now >= next_sweep:
-            swept, report.sweeps, next_sweep = sweep(settings, app), report.sweeps + 1, now + 2
+            swept, next_sweep = sweep(settings, app), now + SWEEP_EVERY_S
+            report.sweeps += 1
             report.republished += len(swept.republished)
             report.expired += len(swept.expired)
         with get_engine(settings.database_url).connect() as conn:
@@ -229,22 +234,32 @@ class Facts:
     attempts: int
     rows: int
     succeeded_rows: int
+    sending_rows: int  # 'unknown' (or 'sending'): the worker died during its submit POST
     submissions: int  # what the emulator counted for the job's prompt
     expect: str
     took_s: float  # created to finished (0 while open)
+    history: str  # its job_attempts rows: number, outcome, HTTP status, error type, start
 
     def __str__(self) -> str:
         return (
             f"{self.id} status={self.status} (scenario: {self.expect}) attempts={self.attempts} "
             f"attempt_rows={self.rows} succeeded_rows={self.succeeded_rows} "
             f"fal_submissions={self.submissions} took={self.took_s:.1f}s prompt={self.prompt!r}"
+            f"\n      job_attempts: {self.history}"
         )
 
 
 FACTS_SQL = """
-SELECT j.id::text, j.prompt, j.status, j.attempts, count(a.id),
-       count(a.id) FILTER (WHERE a.outcome = 'succeeded'),
-       coalesce(extract(epoch FROM j.finished_at - j.created_at), 0)
+SELECT j.id::text AS id, j.prompt, j.status, j.attempts, count(a.id) AS rows,
+       count(a.id) FILTER (WHERE a.outcome = 'succeeded') AS succeeded_rows,
+       count(a.id) FILTER (WHERE a.outcome IN ('sending', 'unknown')) AS sending_rows,
+       coalesce(extract(epoch FROM j.finished_at - j.created_at), 0)::float AS took_s,
+       coalesce(string_agg(
+         '#' || a.number || ' ' || a.outcome || coalesce(' http ' || a.http_status, '')
+         || coalesce(' ' || a.error_type, '') || CASE WHEN a.fal_request_id IS NULL
+         THEN ' (no request id)' ELSE '' END || ' begun '
+         || to_char(a.started_at AT TIME ZONE 'UTC', 'HH24:MI:SS.MS'),
+         '; ' ORDER BY a.number), 'none') AS history
 FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id
 GROUP BY j.id, j.prompt, j.status, j.attempts ORDER BY j.created_at
 """
@@ -253,21 +268,11 @@ GROUP BY j.id, j.prompt, j.status, j.attempts ORDER BY j.created_at
 def collect(url: str, jobs: dict[str, Scenario], emulator: FalEmulator) -> list[Facts]:
     by_prompt: dict[str, int] = emulator.stats()["submissions_by_prompt"]
     with get_engine(url).connect() as conn:
-        rows = list(conn.execute(text(FACTS_SQL)))
+        rows = [dict(row) for row in conn.execute(text(FACTS_SQL)).mappings()]
     expect = {job_id: scenario.expect for job_id, scenario in jobs.items()}
     return [
-        Facts(
-            jid,
-            prompt,
-            status,
-            tries,
-            n,
-            ok,
-            by_prompt.get(prompt, 0),
-            expect.get(jid, "?"),
-            float(took),
-        )
-        for jid, prompt, status, tries, n, ok, took in rows
+        Facts(**row, submissions=by_prompt.get(row["prompt"], 0), expect=expect.get(row["id"], "?"))
+        for row in rows
     ]
 
 
@@ -296,6 +301,8 @@ def check(facts: list[Facts], n: int) -> list[Invariant]:
     refused = [f for f in facts if f.status == "refused"]
     surprises = rule("status as its scenario predicts", lambda f: f.status != f.expect, facts)
     surprises.info = True
+    cut = rule("submits cut by a kill (unknown; not resent)", lambda f: f.sending_rows > 0, facts)
+    cut.info = True
     return [
         Invariant(
             "every job terminal",
@@ -304,7 +311,16 @@ def check(facts: list[Facts], n: int) -> list[Invariant]:
             [f for f in facts if f.status not in TERMINAL],
             len(done) == n == len(facts),
         ),
-        rule("jobs.attempts == emulator submissions", lambda f: f.attempts != f.submissions, facts),
+        rule(
+            "jobs.attempts == emulator submissions (± submits cut by a kill)",
+            lambda f: not f.attempts - f.sending_rows <= f.submissions <= f.attempts,
+            facts,
+        ),
+        rule(
+            "jobs.attempts == emulator submissions, exactly",
+            lambda f: f.attempts != f.submissions,
+            [f for f in facts if f.sending_rows == 0],
+        ),
         rule(
             "≤ 1 succeeded attempt (succeeded: = 1)",
             lambda f: f.succeeded_rows > 1 or (f.status == "succeeded") != (f.succeeded_rows == 1),
@@ -320,6 +336,7 @@ def check(facts: list[Facts], n: int) -> list[Invariant]:
         ),
         rule("jobs.attempts == job_attempts rows", lambda f: f.attempts != f.rows, facts),
         surprises,
+        cut,
     ]
 
 
@@ -338,13 +355,14 @@ def render(invariants: list[Invariant], facts: list[Facts], fleet: Fleet, run: D
     counts = Counter(f.status for f in facts)
     summary = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
     slowest = max(facts, key=lambda f: f.took_s, default=None)
+    orphans = sum(f.sending_rows for f in facts)
     if slowest is not None:
         console.print(f"slowest job: {slowest}", soft_wrap=True, highlight=False, markup=False)
     console.print(
         f"jobs: {summary} | {run.elapsed_s:.1f}s{' (TIMED OUT)' if run.timed_out else ''} | "
         f"kills {fleet.kills}, workers started {fleet.started}, unexpected exits "
         f"{fleet.crashes} | sweeps {run.sweeps}, republished {run.republished}, "
-        f"expired {run.expired}",
+        f"expired {run.expired} | submits cut by a kill (unknown): {orphans}",
         soft_wrap=True,
         highlight=False,
     )

@@ -61,6 +61,8 @@ class AttemptOutcome(enum.StrEnum):
     TRANSIENT = "transient"  # failed in a way that may pass; the job was retried or gave up
     PERMANENT = "permanent"  # failed for good
     CANCELLED = "cancelled"
+    #: the worker died while this POST was in flight: it may or may not have reached fal
+    UNKNOWN = "unknown"
 
 
 class Base(DeclarativeBase):

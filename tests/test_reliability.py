@@ -179,3 +179,28 @@ def _ts(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.parametrize("resubmit", [False, True])
+def test_a_submit_whose_worker_died_mid_post_is_not_blindly_repeated(
+    stack: Stack, resubmit: bool
+) -> None:
+    from sqlalchemy import update
+
+    from models import AttemptOutcome, Job, JobAttempt
+    from worker.db import session_scope
+
+    prompt = unique("a submit in flight when the worker died")
+    job_id = stack.enqueue(prompt)
+    with session_scope(stack.database_url) as session:  # what a SIGKILL mid-POST leaves
+        session.execute(update(Job).where(Job.id == job_id).values(attempts=1))
+        session.add(JobAttempt(job_id=job_id, number=1, outcome=AttemptOutcome.SENDING))
+    stack.start_worker(extra_env={"IMAGEGEN_RESUBMIT_UNKNOWN": str(resubmit).lower()})
+    job = stack.wait_terminal(job_id)
+    outcomes = [a["outcome"] for a in job["attempt_log"]]
+    sent = stack.emulator.stats()["submissions_by_prompt"].get(prompt, 0)
+    if resubmit:
+        assert (job["status"], outcomes, sent) == ("succeeded", ["unknown", "succeeded"], 1)
+    else:
+        assert (job["status"], outcomes, sent) == ("failed", ["unknown"], 0)
+        assert "to avoid paying twice" in job["error"]

@@ -96,15 +96,20 @@ def run_job(job_id: uuid.UUID, rt: Runtime, *, task_retries: int = 0) -> Done | 
     """Take the job as far as it goes in this run."""
     owner = uuid.uuid4().hex
 
-    def take(session: Session) -> tuple[store.JobSnapshot | None, int | None]:
+    def take(session: Session) -> tuple[store.JobSnapshot | None, Any]:
         job = store.claim(session=session, job_id=job_id, owner=owner, lease_s=rt.settings.lease_s)
         return job, store.latest_attempt(session=session, job_id=job_id) if job else None
 
-    job, number = write(rt.settings.database_url, take)
+    job, latest = write(rt.settings.database_url, take)
     if job is None:
         log.info("job.skipped", job_id=str(job_id), reason="unknown, finished or leased")
         return Done("skipped")
-    return _Run(rt, job, number, task_retries, owner).execute()
+    run = _Run(rt, job, task_retries, owner)
+    if latest is not None and job.fal_request_id is not None:
+        run.number = latest[0]  # resuming: errors belong to the request in flight
+    elif latest is not None and latest[1] is AttemptOutcome.SENDING:
+        return run.orphaned_submit(latest[0])
+    return run.execute()
 
 
 class _Run:
@@ -112,11 +117,11 @@ class _Run:
         self,
         rt: Runtime,
         job: store.JobSnapshot,
-        number: int | None,
         task_retries: int,
         owner: str,
     ) -> None:
-        self.rt, self.job, self.number, self.task_retries = rt, job, number, task_retries
+        self.rt, self.job, self.task_retries = rt, job, task_retries
+        self.number: int | None = None
         self.owner = owner
         self.submissions = job.attempts
         self.phase = "submit"
@@ -153,6 +158,23 @@ class _Run:
         return self.finish(
             JobStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, "succeeded", images=images
         )
+
+    def orphaned_submit(self, number: int) -> Done | RetryLater:
+        """A run died between counting a submit and hearing fal's answer.
+
+        fal offers no idempotency key, so sending again could pay twice. By default the
+        job fails saying so; IMAGEGEN_RESUBMIT_UNKNOWN=true sends it again (counted).
+        """
+        self.write(lambda s: store.mark_unknown(session=s, job_id=self.job.id, number=number))
+        self.log.warning("job.submit_outcome_unknown", attempt=number)
+        if self.rt.settings.resubmit_unknown:
+            return self.execute()
+        message = (
+            "a worker died while submitting this job to fal; the request may have reached "
+            "fal, so it was not sent again to avoid paying twice (enqueue it again, or set "
+            "IMAGEGEN_RESUBMIT_UNKNOWN=true)"
+        )
+        return self.finish(JobStatus.FAILED, AttemptOutcome.UNKNOWN, "failed", error=message)
 
     def write(self, work: Callable[[Session], Any]) -> Any:
         return write(self.rt.settings.database_url, work)

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     poll_max_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_POLL_MAX_S")
     poll_factor: float = Field(default=1.5, ge=1.0, alias="IMAGEGEN_POLL_FACTOR")
     generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
+    resubmit_unknown: bool = Field(default=False, alias="IMAGEGEN_RESUBMIT_UNKNOWN")
     verify_images: bool = Field(default=True, alias="IMAGEGEN_VERIFY_IMAGES")
     account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
 

@@ -152,13 +152,27 @@ def forget_request(*, session: Session, job_id: uuid.UUID) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(fal_request_id=None))
 
 
-def latest_attempt(*, session: Session, job_id: uuid.UUID) -> int | None:
-    return session.execute(
-        select(JobAttempt.number)
+def latest_attempt(*, session: Session, job_id: uuid.UUID) -> tuple[int, AttemptOutcome] | None:
+    row = session.execute(
+        select(JobAttempt.number, JobAttempt.outcome)
         .where(JobAttempt.job_id == job_id)
         .order_by(JobAttempt.number.desc())
         .limit(1)
-    ).scalar_one_or_none()
+    ).one_or_none()
+    return (row[0], row[1]) if row is not None else None
+
+
+def mark_unknown(*, session: Session, job_id: uuid.UUID, number: int) -> None:
+    """A previous run died mid-POST: nobody can tell whether fal received it."""
+    _update_attempt(
+        session,
+        job_id,
+        number,
+        outcome=AttemptOutcome.UNKNOWN,
+        finished_at=utcnow(),
+        error_type="worker_lost",
+        detail={"message": "the worker died while this submit was in flight"},
+    )
 
 
 def finish(*, session: Session, job_id: uuid.UUID, status: JobStatus, **values: Any) -> bool:

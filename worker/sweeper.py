@@ -71,7 +71,7 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
                     .values(
                         status=JobStatus.QUEUED,
                         lease_owner=None,
-                        lease_until=now + timedelta(seconds=max(settings.queued_grace_s, 30)),
+                        lease_until=now + timedelta(seconds=max(settings.queued_grace_s, 1.0)),
                         updated_at=now,
                     )
                     .returning(Job.id)
