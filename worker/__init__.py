@@ -12,10 +12,18 @@ from typing import TYPE_CHECKING, Any
 from worker.errors import IdempotencyConflict, ImagegenError, JobRequestError
 
 if TYPE_CHECKING:
-    from worker.api import cancel, enqueue
+    from worker.api import cancel, enqueue, enqueue_many
     from worker.celery_app import app
 
-__all__ = ["IdempotencyConflict", "ImagegenError", "JobRequestError", "app", "cancel", "enqueue"]
+__all__ = [
+    "IdempotencyConflict",
+    "ImagegenError",
+    "JobRequestError",
+    "app",
+    "cancel",
+    "enqueue",
+    "enqueue_many",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,7 +31,7 @@ def __getattr__(name: str) -> Any:
         from worker.celery_app import app
 
         return app
-    if name in ("enqueue", "cancel"):
+    if name in ("enqueue", "enqueue_many", "cancel"):
         from worker import api
 
         return getattr(api, name)

@@ -10,6 +10,7 @@ import redis
 from worker.constants import ACCOUNT_LOCK_KEY
 from worker.errors import AccountLocked
 from worker.logs import get_logger
+from worker.redis_client import shared_redis
 
 log = get_logger(__name__)
 
@@ -29,7 +30,7 @@ class AccountGuard:
 
     @classmethod
     def for_url(cls, redis_url: str, ttl_s: int) -> AccountGuard:
-        client = redis.Redis.from_url(redis_url) if redis_url.startswith("redis") else None
+        client = shared_redis(redis_url) if redis_url.startswith("redis") else None
         return cls(client, ttl_s)
 
     def reason(self) -> str | None:

@@ -8,11 +8,13 @@ so a caller never holds an id for a job no worker will see.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -88,6 +90,96 @@ def enqueue(
     return job_id
 
 
+def enqueue_many(
+    items: Iterable[str | Mapping[str, Any]],
+    *,
+    settings: Settings | None = None,
+    app: Celery | None = None,
+) -> list[uuid.UUID]:
+    """Queue many generations at once: one transaction, one broker connection.
+
+    Each item is a prompt, or a mapping of ``enqueue``'s keyword arguments (``prompt``,
+    ``size``, ``quality``, ``num_images``, ``output_format``, ``idempotency_key``,
+    ``deadline_s``). Every item is validated before anything is written; the first invalid
+    one raises ``JobRequestError`` naming its index. Returns the ids in item order (an
+    existing job's id for a known idempotency key).
+    """
+    settings = settings or get_settings()
+    specs = [_spec(i, item) for i, item in enumerate(items)]
+    keys = [spec[0].idempotency_key for spec in specs if spec[0].idempotency_key]
+    if keys and len(set(keys)) != len(keys):
+        raise JobRequestError("invalid job request: an idempotency key repeats in the batch")
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    ids: list[uuid.UUID] = []
+    with session_scope(settings.database_url) as session:
+        for request, deadline_s in specs:
+            existing = _existing(session, request)
+            if existing is not None:
+                ids.append(existing)
+                continue
+            row = _row(request, deadline_s, settings, now)
+            rows.append(row)
+            ids.append(row["id"])
+        if rows:
+            session.execute(insert(Job), rows)
+    _publish_many([row["id"] for row in rows], settings, app)
+    return ids
+
+
+def _spec(index: int, item: str | Mapping[str, Any]) -> tuple[JobRequest, float | None]:
+    fields: dict[str, Any] = {"prompt": item} if isinstance(item, str) else dict(item)
+    deadline_s: float | None = fields.pop("deadline_s", None)
+    if "size" in fields:
+        fields["image_size"] = fields.pop("size")
+    try:
+        if deadline_s is not None and deadline_s <= 0:
+            raise JobRequestError("invalid job request: deadline_s must be positive")
+        return validate_request(**fields), deadline_s
+    except (JobRequestError, TypeError) as exc:
+        raise JobRequestError(f"item {index}: {exc}") from None
+
+
+def _row(
+    request: JobRequest, deadline_s: float | None, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "prompt": request.prompt,
+        "params": request.params(),
+        "model": settings.model,
+        "status": JobStatus.QUEUED,
+        "idempotency_key": request.idempotency_key,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "lease_until": now + timedelta(seconds=settings.queued_grace_s),
+        "deadline_at": now + timedelta(seconds=deadline_s or settings.job_deadline_s),
+    }
+
+
+def _publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | None) -> None:
+    if not job_ids:
+        return
+    app = app or _default_app()
+    try:
+        with app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                app.send_task(
+                    RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id), producer=producer
+                )
+    except (OperationalError, OSError) as exc:
+        with session_scope(settings.database_url) as session:
+            session.execute(delete(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED))
+        raise EnqueueError(f"the broker could not be reached, jobs not queued: {exc}") from exc
+
+
+def _default_app() -> Celery:
+    from worker.celery_app import app
+
+    return app
+
+
 def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
     if request.idempotency_key is None:
         return None
@@ -105,10 +197,7 @@ def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
 
 
 def _publish(job_id: uuid.UUID, settings: Settings, app: Celery | None) -> None:
-    if app is None:
-        from worker.celery_app import app as default_app
-
-        app = default_app
+    app = app or _default_app()
     try:
         app.send_task(RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id))
     except (OperationalError, OSError) as exc:

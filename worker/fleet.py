@@ -15,6 +15,7 @@ import uuid
 import redis
 
 from worker.constants import FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
+from worker.redis_client import shared_redis
 
 # KEYS[1] slots zset; ARGV: now, lease_s, limit, token, force. Returns 1 if the slot is held.
 _ACQUIRE = """
@@ -48,7 +49,7 @@ class FalLimiter:
 
     @classmethod
     def for_url(cls, redis_url: str, *, limit: int | None, lease_s: float) -> FalLimiter:
-        client = redis.Redis.from_url(redis_url) if redis_url.startswith("redis") else None
+        client = shared_redis(redis_url) if redis_url.startswith("redis") else None
         return cls(client, limit=limit, lease_s=lease_s)
 
     def cooldown_remaining_s(self) -> float:

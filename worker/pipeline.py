@@ -29,7 +29,7 @@ from worker.errors import (
     RequestCancelled,
     TransientFalError,
 )
-from worker.fal_gateway import FalGateway
+from worker.fal_gateway import FalGateway, PerThreadGateway
 from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
 from worker.retry import GiveUp, RetryPolicy
@@ -58,7 +58,7 @@ class Runtime:
     """Everything a run talks to."""
 
     settings: Settings
-    gateway: FalGateway
+    gateway: FalGateway | PerThreadGateway
     policy: RetryPolicy
     guard: AccountGuard
     limiter: FalLimiter

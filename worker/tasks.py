@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from worker.account import AccountGuard
 from worker.celery_app import app
 from worker.constants import RUN_JOB_TASK, SWEEP_TASK
-from worker.fal_gateway import FalGateway
+from worker.fal_gateway import PerThreadGateway
 from worker.fleet import FalLimiter
 from worker.pipeline import RetryLater, Runtime, run_job
 from worker.retry import RetryPolicy
@@ -25,7 +25,7 @@ def runtime() -> Runtime:
     settings = get_settings()
     return Runtime(
         settings=settings,
-        gateway=FalGateway.from_settings(settings),
+        gateway=PerThreadGateway(settings),
         policy=RetryPolicy.from_settings(settings),
         guard=AccountGuard.for_url(app.conf.broker_url or "", settings.account_lock_ttl_s),
         limiter=FalLimiter.for_url(
