@@ -1,0 +1,122 @@
+"""The job table at scale: `imagegen jobs` and `imagegen stats` queries on N rows, with plans.
+
+    python -m bench.table_scale [--rows 1000000]
+
+Fills a throwaway Postgres database with N jobs (realistic mix of statuses and refusal
+categories, one attempt row per job) using generate_series, then times the exact queries
+the CLI runs (best of 5, warm) and prints their EXPLAIN ANALYZE plans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from models import JobStatus
+from worker.db import dispose_engines, session_scope, upgrade
+from worker.queries import list_jobs, stats
+
+ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+FILL = """
+INSERT INTO jobs (id, prompt, params, model, status, refusal_category, refusal_message,
+                  attempts, created_at, updated_at, finished_at)
+SELECT gen_random_uuid(), 'prompt ' || g, '{"quality": "high"}'::jsonb, 'openai/gpt-image-2',
+       (ARRAY['succeeded','succeeded','succeeded','succeeded','succeeded','succeeded',
+              'refused','failed','cancelled','queued'])[1 + g % 10],
+       CASE WHEN g % 10 = 6 THEN (ARRAY['celebrity_likeness','trademark_ip','sexual_minors',
+            'violence_named_individual','self_harm_instructions','hate_protected_group'])
+            [1 + (g / 10) % 6]
+       END,
+       CASE WHEN g % 10 = 6 THEN 'refused' END,
+       1, now() - (g || ' seconds')::interval, now(), now()
+FROM generate_series(1, :rows) AS g
+"""
+ATTEMPTS = """
+INSERT INTO job_attempts (job_id, number, started_at, outcome)
+SELECT id, 1, created_at, 'succeeded' FROM jobs
+"""
+
+
+def _timed(work: Callable[[], Any], repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def _plan(url: str, sql: str) -> str:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql)).scalars()
+        plan = "\n".join(rows)
+    engine.dispose()
+    return plan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    rows = parser.parse_args().rows
+    name = f"imagegen_scale_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    url = ADMIN.rsplit("/", 1)[0] + "/" + name
+    try:
+        run(url, rows)
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def run(url: str, rows: int) -> None:
+    upgrade(url)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    start = time.perf_counter()
+    with engine.connect() as conn:
+        conn.execute(text(FILL), {"rows": rows})
+        conn.execute(text(ATTEMPTS))
+        conn.execute(text("VACUUM ANALYZE"))
+    print(f"filled {rows:,} jobs (+ attempts) in {time.perf_counter() - start:.1f}s")
+    engine.dispose()
+
+    def refused() -> Any:
+        with session_scope(url) as s:
+            return list_jobs(session=s, status=JobStatus.REFUSED, limit=50)
+
+    def counts() -> Any:
+        with session_scope(url) as s:
+            return stats(session=s)
+
+    figures = {"jobs_refused_limit_50_ms": _timed(refused), "stats_ms": _timed(counts)}
+    print(json.dumps(counts(), indent=1))
+    for label, sql in (
+        ("imagegen jobs --status refused --limit 50", _LIST_SQL),
+        ("imagegen stats (by status)", _STATUS_SQL),
+        ("imagegen stats (by category)", _CATEGORY_SQL),
+        ("imagegen stats (submissions)", _SUBMISSIONS_SQL),
+    ):
+        print(f"\n--- {label}\n{_plan(url, sql)}")
+    print(json.dumps({"rows": rows, **{k: round(v, 1) for k, v in figures.items()}}))
+
+
+_LIST_SQL = "SELECT * FROM jobs WHERE status = 'refused' ORDER BY created_at DESC LIMIT 50"
+_STATUS_SQL = "SELECT status, count(*) FROM jobs GROUP BY status"
+_CATEGORY_SQL = (
+    "SELECT refusal_category, count(*) FROM jobs WHERE refusal_category IS NOT NULL "
+    "GROUP BY refusal_category"
+)
+_SUBMISSIONS_SQL = "SELECT count(*) FROM job_attempts"
+
+if __name__ == "__main__":
+    main()
