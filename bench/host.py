@@ -1,0 +1,194 @@
+"""Processes for the benchmarks: the fal emulator, a worker host, and /proc sampling.
+
+A worker host's RSS and CPU cover every process we started and all their descendants
+(prefork children included), read from /proc so that nothing is installed to measure it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from celery import Celery
+
+ROOT = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children of each of its threads), recursively."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime, plus those of its reaped children (cutime + cstime)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # fields from 3 on: state is fields[0]
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / CLK_TCK, sum(ticks) / CLK_TCK
+
+
+@dataclass
+class Emulator:
+    """``imagegen fal-emulator`` in its own process (its CPU is not the workers')."""
+
+    latency_s: float
+    concurrency: int
+    work_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    base_url: str = ""
+
+    def start(self) -> Emulator:
+        port, log = free_port(), self.work_dir / "emulator.log"
+        cmd = [str(Path(sys.executable).parent / "imagegen"), "fal-emulator", "--port", str(port)]
+        cmd += ["--latency", f"{self.latency_s:g}", "--concurrency", str(self.concurrency)]
+        cmd += ["--cert-dir", str(self.work_dir / "certs")]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while "# fal emulator" not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the emulator did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        for line in log.read_text().splitlines():
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").partition("=")
+                self.env[name] = shlex.split(value)[0]
+        self.base_url = f"https://{self.env['FAL_QUEUE_RUN_HOST']}"
+        return self
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.env["SSL_CERT_FILE"], timeout=30)
+
+    def stats(self) -> dict[str, Any]:
+        with self._client() as client:
+            data: dict[str, Any] = client.get("/_emulator/stats").raise_for_status().json()
+        return data
+
+    def reset(self) -> None:
+        with self._client() as client:
+            client.post("/_emulator/reset").raise_for_status()
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(pid) for pid in descendants(self.proc.pid)) if self.proc else 0.0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def active(stats: dict[str, Any]) -> int:
+    """Requests queued or running at the emulator."""
+    queued = sum(1 for r in stats["requests"].values() if r["state"] == "IN_QUEUE")
+    return queued + int(stats["in_progress"])
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        for pid in reversed(descendants(proc.pid)):
+            with_pid_kill(pid)
+        proc.wait()
+
+
+def with_pid_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class WorkerHost:
+    """Celery worker processes started with ``cmds``; sampled as one host."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, cmds: list[list[str]], label: str) -> None:
+        for i, cmd in enumerate(cmds):
+            with (self.log_dir / f"{label}-{i}.log").open("wb") as out:
+                self.procs.append(
+                    subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=out)
+                )
+
+    def wait_ready(self, app: Celery, names: list[str], timeout_s: float = 60) -> None:
+        """Until every worker answers a ping (its consumer is running)."""
+        deadline, missing = time.monotonic() + timeout_s, set(names)
+        while missing:
+            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"workers not ready: {sorted(missing)} (logs in {self.log_dir})")
+            answered = {node for reply in app.control.ping(timeout=1.0) for node in reply}
+            missing -= {prefix for prefix in missing if any(n.startswith(prefix) for n in answered)}
+
+    def pids(self) -> list[int]:
+        return [pid for proc in self.procs for pid in descendants(proc.pid)]
+
+    def rss_mb(self) -> float:
+        return sum(rss_kb(pid) for pid in self.pids()) / 1024
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(pid) for pid in self.pids())
+
+    def alive(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def stop(self, *, quit_now: bool = False) -> None:
+        """SIGTERM (warm shutdown), or SIGQUIT (cold: tasks in progress are dropped)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGQUIT if quit_now else signal.SIGTERM)
+        for proc in self.procs:
+            stop_process(proc)
+        self.procs.clear()
+
+    def log_text(self, label: str) -> str:
+        logs = sorted(self.log_dir.glob(f"{label}-*.log"))
+        return "\n".join(log.read_text(errors="replace") for log in logs)

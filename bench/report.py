@@ -1,0 +1,273 @@
+"""Figures from a throughput run, printed as a table and one JSON line (the last line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from bench.throughput import Run
+
+console = Console(width=130)
+TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
+NONE = "-"
+
+
+@dataclass
+class Figures:
+    jobs: int
+    done: int
+    jobs_per_s: float
+    upper_bound: bool  # no job finished: jobs_per_s is < 1/window
+    p50_s: float | None
+    p95_s: float | None
+    enqueue_jobs_per_s: float
+    peak_in_flight: int  # the emulator's active_peak (queued + running at fal)
+    peak_in_flight_db: int | None  # max over samples: running with a fal request id (ours)
+    peak_in_progress: int  # the emulator's in_progress_peak
+    ideal_jobs_per_s: float | None
+    achieved_over_ideal: float | None
+    cpu_ms_per_job: float | None
+    startup_cpu_s: float
+    peak_rss_mb: float
+    status_requests_per_job: float | None
+    db_transactions_per_job: float | None
+    db_statements_per_job: float | None
+    statuses: dict[str, int]
+    window_s: float | None
+    peak_worker_cores: float  # max over ~2 s windows of worker CPU s per s
+    machine_busy: float  # whole machine (workers, emulator, Postgres, Redis, bench) over the run
+    peak_machine_busy: float  # the same, busiest ~2 s
+    emulator_cpu_s: float  # the emulator's CPU over the run (a separate process)
+
+
+def polls_per_job(run: Run) -> float | None:
+    """Ours: status polls / N. Naive (time-boxed): mean over the requests fal completed."""
+    stats = run.emulator
+    if run.label == "ours":
+        return float(stats.get("status_polls_total", 0)) / run.jobs
+    completed = [r["status_polls"] for r in stats["requests"].values() if r["state"] == "COMPLETED"]
+    return sum(completed) / len(completed) if completed else None
+
+
+def per_job(value: float | None, jobs: int) -> float | None:
+    return None if value is None or jobs == 0 else value / jobs
+
+
+def figures(run: Run, args: argparse.Namespace) -> Figures:
+    done = run.done
+    upper = done == 0
+    rate = (1 / run.span_s if upper else done / run.span_s) if run.span_s > 0 else 0.0
+    peak = int(run.emulator.get("active_peak", 0))
+    peak_db = max((s.in_flight_db for s in run.samples), default=0)
+    # the transactions ran until the workers stopped: divide by every job finished by then
+    finished = sum(n for status, n in run.final.items() if status in TERMINAL)
+    ideal = min(args.fal_concurrency, peak, run.jobs) / args.latency if args.latency > 0 else None
+    return Figures(
+        jobs=run.jobs,
+        done=done,
+        jobs_per_s=rate,
+        upper_bound=upper,
+        p50_s=run.p50_s,
+        p95_s=run.p95_s,
+        enqueue_jobs_per_s=run.jobs / run.enqueue_s if run.enqueue_s > 0 else 0.0,
+        peak_in_flight=peak,
+        peak_in_flight_db=peak_db if run.label == "ours" else None,
+        peak_in_progress=int(run.emulator.get("in_progress_peak", 0)),
+        ideal_jobs_per_s=ideal,
+        achieved_over_ideal=rate / ideal if ideal else None,
+        cpu_ms_per_job=per_job(run.cpu_s * 1000, done),
+        startup_cpu_s=run.startup_cpu_s,
+        peak_rss_mb=max((s.rss_mb for s in run.samples), default=0.0),
+        status_requests_per_job=polls_per_job(run),
+        db_transactions_per_job=per_job(run.xacts, finished),
+        db_statements_per_job=per_job(run.statements, finished),
+        statuses=dict(run.final),
+        window_s=run.window_s,
+        peak_worker_cores=peak_rate(run, lambda s: s.cpu_s),
+        machine_busy=machine_busy(run),
+        peak_machine_busy=peak_machine_busy(run),
+        emulator_cpu_s=run.samples[-1].emulator_cpu_s - run.samples[0].emulator_cpu_s,
+    )
+
+
+def peak_rate(run: Run, value: Any, span: int = 4) -> float:
+    """The largest d(value)/dt over ~2 s (``span`` samples) of the run."""
+    samples = run.samples
+    span = max(1, min(span, len(samples) - 1))
+    pairs = zip(samples, samples[span:], strict=False)
+    return max(((value(b) - value(a)) / (b.t - a.t) for a, b in pairs if b.t > a.t), default=0.0)
+
+
+def machine_busy(run: Run) -> float:
+    if len(run.samples) < 2:
+        return 0.0
+    (busy0, total0), (busy1, total1) = run.samples[0].machine, run.samples[-1].machine
+    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
+
+
+def peak_machine_busy(run: Run, span: int = 4) -> float:
+    samples = run.samples
+    span = max(1, min(span, len(samples) - 1))
+    pairs = zip(samples, samples[span:], strict=False)
+    shares = (
+        (b.machine[0] - a.machine[0]) / (b.machine[1] - a.machine[1])
+        for a, b in pairs
+        if b.machine[1] > a.machine[1]
+    )
+    return max(shares, default=0.0)
+
+
+def fmt(value: float | int | None, spec: str = ".1f", prefix: str = "") -> str:
+    return NONE if value is None else f"{prefix}{value:{spec}}"
+
+
+def rows(ours: Figures, naive: Figures | None) -> list[tuple[str, str, str]]:
+    def row(name: str, get: Any, spec: str = ".1f") -> tuple[str, str, str]:
+        return name, fmt(get(ours), spec), fmt(get(naive), spec) if naive else NONE
+
+    naive_rate = NONE if naive is None else fmt(naive.jobs_per_s, ".2f", "< " * naive.upper_bound)
+    return [
+        row("jobs (naive: queued; finished)", lambda f: f.jobs, "d"),
+        ("", "", NONE if naive is None else f"{naive.done} finished"),
+        row("time-box, s", lambda f: f.window_s, ".0f"),
+        ("jobs/s end to end", fmt(ours.jobs_per_s, ".2f"), naive_rate),
+        row("p50 created→finished, s", lambda f: f.p50_s, ".2f"),
+        row("p95 created→finished, s", lambda f: f.p95_s, ".2f"),
+        row("enqueue jobs/s", lambda f: f.enqueue_jobs_per_s, ".0f"),
+        row("peak in flight (emulator active_peak)", lambda f: f.peak_in_flight, "d"),
+        row("peak in flight (DB: running + request id)", lambda f: f.peak_in_flight_db, "d"),
+        row("peak running at the emulator", lambda f: f.peak_in_progress, "d"),
+        row("ideal jobs/s = min(C, peak, N)/latency", lambda f: f.ideal_jobs_per_s, ".2f"),
+        row("achieved / ideal", lambda f: f.achieved_over_ideal, ".1%"),
+        row("worker CPU ms per job (run)", lambda f: f.cpu_ms_per_job, ".2f"),
+        row("worker CPU at start, s (not counted)", lambda f: f.startup_cpu_s, ".2f"),
+        row("worker CPU, busiest 2 s, cores", lambda f: f.peak_worker_cores, ".2f"),
+        row("machine CPU busy over the run (2 cores)", lambda f: f.machine_busy, ".0%"),
+        row("machine CPU busy, busiest 2 s", lambda f: f.peak_machine_busy, ".0%"),
+        row("emulator CPU over the run, s", lambda f: f.emulator_cpu_s, ".1f"),
+        row("peak RSS of the worker host, MB", lambda f: f.peak_rss_mb, ".0f"),
+        row("status requests per job", lambda f: f.status_requests_per_job, ".1f"),
+        row("DB transactions per job", lambda f: f.db_transactions_per_job, ".2f"),
+        row("DB statements per job", lambda f: f.db_statements_per_job, ".2f"),
+    ]
+
+
+def ratio(ours: Figures, naive: Figures | None) -> float | None:
+    if naive is None or naive.jobs_per_s <= 0:
+        return None
+    return ours.jobs_per_s / naive.jobs_per_s
+
+
+def table(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> Table:
+    title = (
+        f"throughput: {args.jobs} jobs, latency {args.latency:g} s, fal concurrency "
+        f"{args.fal_concurrency}, {args.processes} x threads {args.threads} vs prefork default"
+    )
+    result = Table(title=title)
+    for column in ("figure", "ours (threads pool)", "naive (subscribe, prefork)"):
+        result.add_column(column, justify="left" if column == "figure" else "right")
+    for name, a, b in rows(ours, naive):
+        if name == "DB statements per job" and a == NONE:
+            continue  # pg_stat_statements is not loaded on this server
+        result.add_row(name, a, b)
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(ours.statuses.items()))
+    result.add_row("final statuses", statuses, "" if naive is None else fmt_statuses(naive))
+    r = ratio(ours, naive)
+    bound = "≥ " if naive is not None and naive.upper_bound else ""
+    result.add_row("ours / naive jobs/s", fmt(r, ".1f", bound) + ("x" if r else ""), "")
+    return result
+
+
+def fmt_statuses(naive: Figures) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(naive.statuses.items()))
+
+
+def print_events(label: str, events: Counter[str]) -> None:
+    if not events:
+        console.print(f"{label} worker logs: no warnings or errors", highlight=False)
+        return
+    total = sum(events.values())
+    console.print(f"{label} worker logs: {total} warning/error lines", highlight=False)
+    for line, n in events.most_common(8):
+        console.print(f"  {n:6d} x {line}", soft_wrap=True, highlight=False, markup=False)
+
+
+def summary(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> dict[str, Any]:
+    r = ratio(ours, naive)
+    data: dict[str, Any] = {
+        "jobs_per_s": round(ours.jobs_per_s, 3),
+        "naive_jobs_per_s": None if naive is None else round(naive.jobs_per_s, 4),
+        "ratio_vs_naive": None if r is None else round(r, 1),
+        "peak_in_flight": ours.peak_in_flight,
+        "peak_in_flight_db": ours.peak_in_flight_db,
+        "achieved_over_ideal": rounded(ours.achieved_over_ideal, 3),
+        "ideal_jobs_per_s": rounded(ours.ideal_jobs_per_s, 3),
+        "peak_rss_mb": round(ours.peak_rss_mb, 1),
+        "worker_cpu_ms_per_job": rounded(ours.cpu_ms_per_job, 2),
+        "status_requests_per_job": rounded(ours.status_requests_per_job, 2),
+        "p50_s": rounded(ours.p50_s, 3),
+        "p95_s": rounded(ours.p95_s, 3),
+        "enqueue_jobs_per_s": round(ours.enqueue_jobs_per_s, 1),
+        "db_transactions_per_job": rounded(ours.db_transactions_per_job, 2),
+        "statuses": ours.statuses,
+        "peak_worker_cores": round(ours.peak_worker_cores, 2),
+        "machine_cpu_busy": round(ours.machine_busy, 3),
+        "machine_cpu_busy_peak": round(ours.peak_machine_busy, 3),
+        "jobs": args.jobs,
+        "latency_s": args.latency,
+        "fal_concurrency": args.fal_concurrency,
+        "processes": args.processes,
+        "threads": args.threads,
+    }
+    if ours.db_statements_per_job is not None:
+        data["db_statements_per_job"] = round(ours.db_statements_per_job, 2)
+    if naive is not None:
+        data |= naive_summary(naive)
+    return data
+
+
+def naive_summary(naive: Figures) -> dict[str, Any]:
+    return {
+        "naive_is_upper_bound": naive.upper_bound,
+        "ratio_is_lower_bound": naive.upper_bound,
+        "naive_finished": naive.done,
+        "naive_window_s": naive.window_s,
+        "naive_peak_in_flight": naive.peak_in_flight,
+        "naive_worker_cpu_ms_per_job": rounded(naive.cpu_ms_per_job, 2),
+        "naive_peak_rss_mb": round(naive.peak_rss_mb, 1),
+        "naive_status_requests_per_job": rounded(naive.status_requests_per_job, 1),
+        "naive_db_transactions_per_job": rounded(naive.db_transactions_per_job, 2),
+    }
+
+
+def rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def render(
+    args: argparse.Namespace,
+    ours_run: Run | None,
+    naive_run: Run | None,
+    passed: list[str],
+    work: Path,
+) -> None:
+    if ours_run is None:
+        return
+    ours = figures(ours_run, args)
+    naive = figures(naive_run, args) if naive_run is not None else None
+    console.print(table(args, ours, naive))
+    console.print(f"IMAGEGEN_* passed through from the environment: {passed or 'none'}")
+    print_events("ours", ours_run.log_events)
+    if naive_run is not None:
+        print_events("naive", naive_run.log_events)
+    if args.keep_logs:
+        console.print(f"logs kept in {work}", highlight=False)
+    print(json.dumps(summary(args, ours, naive)), flush=True)

@@ -1,0 +1,387 @@
+"""Throughput of the real pipeline against the fal emulator, next to the naive pattern.
+
+`python -m bench.throughput --jobs N --latency SECONDS --fal-concurrency C [--processes 2]
+[--threads 500] [--naive-window 60] [--skip-naive] [--timeout 900]`
+
+A throwaway Postgres database, Redis db 12 flushed, `imagegen fal-emulator` in its own
+process, one worker host started the documented way (`--processes` Celery workers on the
+threads pool, settings at their defaults), N jobs queued with `enqueue_many`; sampled every
+0.5 s until all are terminal. Then the naive pattern (`bench/naive.py`: `fal_client.subscribe`
+in a task on the default prefork pool) for `--naive-window` seconds against the same emulator.
+Prints a table, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import Connection, create_engine, insert, text
+from sqlalchemy.pool import NullPool
+
+from bench import naive
+from bench.host import Emulator, WorkerHost, active, machine_busy_s
+from bench.report import render
+from models import Job, JobStatus, utcnow
+from worker.api import enqueue_many
+from worker.celery_app import create_app
+from worker.db import dispose_engines, upgrade
+from worker.logs import configure
+from worker.settings import Settings
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
+SAMPLE_EVERY_S = 0.5
+FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
+COUNTS_SQL = "SELECT status, fal_request_id IS NOT NULL, count(*) FROM jobs GROUP BY 1, 2"
+TIMES_SQL = """
+SELECT count(*), max(finished_at), extract(epoch FROM max(finished_at) - min(created_at)),
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)),
+  percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
+FROM jobs WHERE finished_at IS NOT NULL AND finished_at <= :until
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
+    parser.add_argument("--jobs", type=int, required=True)
+    parser.add_argument("--latency", type=float, required=True, help="emulator latency, s")
+    parser.add_argument("--fal-concurrency", type=int, required=True, help="C")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=500)
+    parser.add_argument("--naive-window", type=float, default=60.0)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--keep-logs", action="store_true")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    db_name: str
+    emulator: Emulator
+    env: dict[str, str]
+    log_dir: Path
+
+    @property
+    def url(self) -> str:
+        return ADMIN_URL.rsplit("/", 1)[0] + "/" + self.db_name
+
+
+@dataclass
+class Sample:
+    t: float
+    counts: Counter[str]
+    in_flight_db: int  # running with a fal request id
+    emulator_active: int  # IN_QUEUE + IN_PROGRESS at the emulator
+    rss_mb: float
+    cpu_s: float  # the worker host's CPU so far
+    machine: tuple[float, float]  # busy and total CPU seconds of the whole machine so far
+    emulator_cpu_s: float
+
+
+@dataclass
+class Run:
+    """What one run measured; the figures are derived in bench.report."""
+
+    label: str
+    jobs: int
+    samples: list[Sample] = field(default_factory=list)
+    enqueue_s: float = 0.0
+    startup_cpu_s: float = 0.0
+    cpu_s: float = 0.0
+    emulator: dict[str, Any] = field(default_factory=dict)
+    xacts: int | None = None
+    statements: int | None = None
+    done: int = 0
+    span_s: float = 0.0
+    p50_s: float | None = None
+    p95_s: float | None = None
+    final: Counter[str] = field(default_factory=Counter)
+    log_events: Counter[str] = field(default_factory=Counter)
+    window_s: float | None = None  # naive: the time box, when it was used
+
+
+def admin_sql(statement: str, **params: Any) -> Any:
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            result = conn.execute(text(statement), params)
+            return result.all() if result.returns_rows else []
+    finally:
+        admin.dispose()
+
+
+def flush_redis() -> None:
+    with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as client:
+        client.flushdb()
+
+
+def db_counters(db_name: str) -> tuple[int, int | None]:
+    """Transactions of the bench database; statements too when pg_stat_statements runs."""
+    xacts = admin_sql(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = :n", n=db_name
+    )[0][0]
+    usable = admin_sql(
+        "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements' "
+        "AND current_setting('shared_preload_libraries') LIKE '%pg_stat_statements%'"
+    )[0][0]
+    if not usable:
+        return int(xacts), None
+    calls = admin_sql(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+        "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = :n",
+        n=db_name,
+    )[0][0]
+    return int(xacts), int(calls)
+
+
+def worker_env(url: str, emulator: Emulator, concurrency: int) -> dict[str, str]:
+    """The harness's environment (IMAGEGEN_* included) with the services pointed at."""
+    env = dict(os.environ)
+    env.update(DATABASE_URL=url, REDIS_URL=REDIS_URL, FAL_KEY="bench", **emulator.env)
+    env.update(IMAGEGEN_FAL_CONCURRENCY=str(concurrency), IMAGEGEN_LOG_FORMAT="json")
+    return env
+
+
+class Probe:
+    """Samples a run: one GROUP BY on the jobs table, the emulator's stats, the host's RSS."""
+
+    def __init__(self, ctx: Context, host: WorkerHost | None = None) -> None:
+        self.ctx, self.host, self.queries = ctx, host, 0
+        self._engine = create_engine(ctx.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        self._conn: Connection = self._engine.connect()
+
+    def counts(self) -> tuple[Counter[str], int]:
+        self.queries += 1
+        counts: Counter[str] = Counter()
+        in_flight = 0
+        for status, sent, n in self._conn.execute(text(COUNTS_SQL)):
+            counts[str(status)] += int(n)
+            in_flight += int(n) if status == "running" and sent else 0
+        return counts, in_flight
+
+    def sample(self, t0: float) -> Sample:
+        counts, in_flight = self.counts()
+        emulator_active = active(self.ctx.emulator.stats())
+        rss_mb, cpu = (self.host.rss_mb(), self.host.cpu_s()) if self.host else (0.0, 0.0)
+        t = time.monotonic() - t0
+        machine, emulator_cpu = machine_busy_s(), self.ctx.emulator.cpu_s()
+        return Sample(t, counts, in_flight, emulator_active, rss_mb, cpu, machine, emulator_cpu)
+
+    def watch(self, n: int, t0: float, until: float) -> list[Sample]:
+        """Every 0.5 s until n jobs are terminal, ``until`` passes or the host died."""
+        samples: list[Sample] = []
+        next_print = t0 + 10
+        while True:
+            tick = time.monotonic()
+            sample = self.sample(t0)
+            samples.append(sample)
+            terminal = sum(v for k, v in sample.counts.items() if k in TERMINAL)
+            if terminal >= n or tick >= until or (self.host and not self.host.alive()):
+                return samples
+            if tick >= next_print:
+                print(
+                    f"  t={sample.t:5.1f}s {dict(sample.counts)} in flight {sample.in_flight_db}"
+                    f" (emulator {sample.emulator_active}) rss {sample.rss_mb:.0f} MB"
+                    f" worker cpu {sample.cpu_s:.1f}s",
+                    file=sys.stderr,
+                )
+                next_print = tick + 10
+            time.sleep(max(0.0, tick + SAMPLE_EVERY_S - time.monotonic()))
+
+    def times(self, run: Run, until: datetime) -> datetime | None:
+        row = self._conn.execute(text(TIMES_SQL), {"until": until}).one()
+        run.done, last = int(row[0]), row[1]
+        run.span_s = float(row[2] or 0.0)
+        run.p50_s, run.p95_s = (None, None) if row[3] is None else (float(row[3]), float(row[4]))
+        run.final = self.counts()[0]
+        return last
+
+    def close(self) -> None:
+        self._conn.close()
+        self._engine.dispose()
+
+
+def our_workers(args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
+    cmds, names = [], []
+    for i in range(args.processes):
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
+        cmd += ["--concurrency", str(args.threads), "-Q", "imagegen", "--without-gossip"]
+        cmd += ["--without-mingle", "-n", f"bench{i}@%h", "-l", "WARNING"]
+        cmds.append(cmd)
+        names.append(f"bench{i}@")
+    return cmds, names
+
+
+def finish_run(ctx: Context, run: Run, probe: Probe, base: tuple[int, int | None]) -> None:
+    """After the host stopped: database counters (backends flush them as they exit), logs."""
+    run.log_events = log_events(WorkerHost({}, ctx.log_dir).log_text(run.label))
+    probe.close()
+    dispose_engines()
+    time.sleep(1.0)
+    xacts, statements = db_counters(ctx.db_name)
+    run.xacts = xacts - base[0] - probe.queries  # the probe's own queries are not the run's
+    if statements is not None and base[1] is not None:
+        run.statements = statements - base[1] - probe.queries
+
+
+def run_ours(ctx: Context) -> Run:
+    args, run = ctx.args, Run("ours", ctx.args.jobs)
+    values: dict[str, Any] = dict(ctx.env)  # Settings takes the environment names
+    settings = Settings(**values)
+    app = create_app(settings)
+    host = WorkerHost(ctx.env, ctx.log_dir)
+    try:
+        cmds, names = our_workers(args)
+        host.start(cmds, run.label)
+        host.wait_ready(app, names)
+        run.startup_cpu_s = host.cpu_s()
+        base = db_counters(ctx.db_name)
+        tag = uuid.uuid4().hex[:6]
+        t0 = time.monotonic()
+        enqueue_many([f"bench job {i} {tag}" for i in range(args.jobs)], settings=settings, app=app)
+        run.enqueue_s = time.monotonic() - t0
+        probe = Probe(ctx, host)
+        run.samples = probe.watch(args.jobs, t0, t0 + args.timeout)
+        run.cpu_s = host.cpu_s() - run.startup_cpu_s
+        run.emulator = ctx.emulator.stats()
+        host.stop()
+        finish_run(ctx, run, probe, base)
+    finally:
+        host.stop()
+    probe = Probe(ctx)
+    probe.times(run, FOREVER)
+    probe.close()
+    return run
+
+
+def insert_naive_rows(url: str, n: int) -> list[str]:
+    ids, now = [uuid.uuid4() for _ in range(n)], utcnow()
+    rows = [
+        {"id": job_id, "prompt": f"naive bench job {job_id}", "params": {}, "attempts": 0}
+        | {"model": naive.MODEL, "status": JobStatus.QUEUED, "created_at": now, "updated_at": now}
+        for job_id in ids
+    ]
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE jobs, job_attempts"))
+        conn.execute(insert(Job), rows)
+    engine.dispose()
+    return [str(job_id) for job_id in ids]
+
+
+def naive_worker() -> list[str]:
+    # The naive way: default prefork pool, default concurrency (CPU count).
+    return [sys.executable, "-m", "celery", "-A", "bench.naive", "worker", "-Q", naive.QUEUE]
+
+
+def run_naive(ctx: Context) -> Run:
+    args, run = ctx.args, Run("naive", ctx.args.jobs, window_s=ctx.args.naive_window)
+    ctx.emulator.reset()
+    flush_redis()
+    producer = Celery("naive-producer", broker=REDIS_URL)
+    host = WorkerHost(ctx.env, ctx.log_dir)
+    try:
+        host.start([[*naive_worker(), "-n", "naive@%h", "-l", "WARNING"]], run.label)
+        host.wait_ready(producer, ["naive@"])
+        ids = insert_naive_rows(ctx.url, run.jobs)  # created_at: just before the first send
+        run.startup_cpu_s = host.cpu_s()
+        base = db_counters(ctx.db_name)
+        t0, start = time.monotonic(), datetime.now(UTC)
+        with producer.producer_or_acquire() as publisher:
+            for job_id in ids:
+                producer.send_task(naive.TASK, args=[job_id], queue=naive.QUEUE, producer=publisher)
+        run.enqueue_s = time.monotonic() - t0
+        probe = Probe(ctx, host)
+        run.samples = probe.watch(run.jobs, t0, t0 + args.naive_window)
+        run.cpu_s = host.cpu_s() - run.startup_cpu_s
+        run.emulator = ctx.emulator.stats()
+        host.stop(quit_now=True)  # cold shutdown: do not wait out generations in progress
+        finish_run(ctx, run, probe, base)
+    finally:
+        host.stop(quit_now=True)
+    naive_times(ctx, run, start)
+    return run
+
+
+def naive_times(ctx: Context, run: Run, start: datetime) -> None:
+    """Jobs finished inside the window; all done early: the span from the first send."""
+    probe = Probe(ctx)
+    window = timedelta(seconds=ctx.args.naive_window)
+    last = probe.times(run, start + window)
+    probe.close()
+    if run.done >= run.jobs and last is not None:
+        run.window_s = None
+        run.span_s = (last - start).total_seconds()
+    else:
+        run.span_s = ctx.args.naive_window
+
+
+def log_events(logs: str) -> Counter[str]:
+    """Warnings and errors in the worker logs (JSON events, or Celery's own lines)."""
+    events: Counter[str] = Counter()
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                level, name = event.get("level"), event.get("event")
+                if level not in ("debug", "info"):
+                    events[f"{level}: {name} {event.get('error', '')}".strip()] += 1
+                continue
+        if any(word in line for word in ("ERROR", "WARNING", "CRITICAL", "Traceback", "Error")):
+            events[line.strip()[:200]] += 1
+    return events
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure(level=logging.ERROR)
+    work = Path(tempfile.mkdtemp(prefix="imagegen-throughput-"))
+    emulator = Emulator(args.latency, args.fal_concurrency, work)
+    db_name = f"imagegen_tp_{uuid.uuid4().hex[:12]}"
+    ours: Run | None = None
+    naive_run: Run | None = None
+    try:
+        emulator.start()
+        admin_sql(f"CREATE DATABASE {db_name}")
+        ctx = Context(args, db_name, emulator, {}, work)
+        upgrade(ctx.url)
+        flush_redis()
+        ctx.env = worker_env(ctx.url, emulator, args.fal_concurrency)
+        ours = run_ours(ctx)
+        naive_run = None if args.skip_naive else run_naive(ctx)
+    finally:
+        emulator.stop()
+        dispose_engines()
+        admin_sql(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        flush_redis()
+    render(args, ours, naive_run, passed_through(), work)
+    if not args.keep_logs:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def passed_through() -> list[str]:
+    return sorted(k for k in os.environ if k.startswith("IMAGEGEN_"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
