@@ -276,7 +276,7 @@ def test_status_result_cancel_never_call_hooks() -> None:
         gw.cancel(MODEL, RID)
     finally:
         fal_gateway._hooks.reset(token)
-    assert mock.methods() == ["GET", "GET", "GET", "PUT"]
+    assert mock.methods() == ["GET", "GET", "PUT"]  # result() does not re-poll the status
     assert hooks.calls == []
 
 
@@ -336,7 +336,7 @@ def test_result_truncated_json_is_malformed() -> None:
     with pytest.raises(PermanentFalError, match="malformed") as info:
         gateway(mock).result(MODEL, RID)
     assert type(info.value) is PermanentFalError
-    assert len(mock.requests) == 2  # one status poll, one result GET, no retries
+    assert len(mock.requests) == 1  # one result GET, no re-poll, no retries
 
 
 def test_result_json_that_is_not_an_object() -> None:

@@ -219,9 +219,14 @@ class FalGateway:
         return FalStatus("COMPLETED", error=status.error, error_type=status.error_type)
 
     def result(self, model: str, request_id: str) -> dict[str, Any]:
-        """The output of a COMPLETED request."""
+        """The output of a COMPLETED request (one GET of the handle's response URL).
+
+        fal-client's ``handle.get()`` would poll the status once more first; we have just
+        seen COMPLETED, so the handle's own client fetches the result directly.
+        """
         with _translated("result"):
-            output = self._client.get_handle(model, request_id).get(interval=0.5)
+            handle = self._client.get_handle(model, request_id)
+            output = handle.client.get(handle.response_url).json()
         if not isinstance(output, dict):
             raise PermanentFalError("fal answered the result with JSON that is not an object")
         return output

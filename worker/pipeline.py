@@ -32,6 +32,7 @@ from worker.errors import (
 from worker.fal_gateway import FalGateway, PerThreadGateway
 from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
+from worker.polling import LatencyEstimate
 from worker.retry import GiveUp, RetryPolicy
 from worker.settings import Settings
 
@@ -62,6 +63,7 @@ class Runtime:
     policy: RetryPolicy
     guard: AccountGuard
     limiter: FalLimiter
+    latency: LatencyEstimate = field(default_factory=LatencyEstimate)
     sleep: Callable[[float], None] = field(default=time.sleep)
     monotonic: Callable[[], float] = field(default=time.monotonic)
 
@@ -98,7 +100,9 @@ def run_job(job_id: uuid.UUID, rt: Runtime, *, task_retries: int = 0) -> Done | 
 
     def take(session: Session) -> tuple[store.JobSnapshot | None, Any]:
         job = store.claim(session=session, job_id=job_id, owner=owner, lease_s=rt.settings.lease_s)
-        return job, store.latest_attempt(session=session, job_id=job_id) if job else None
+        if job is None or job.attempts == 0:  # a first run has no attempt to look back at
+            return job, None
+        return job, store.latest_attempt(session=session, job_id=job_id)
 
     job, latest = write(rt.settings.database_url, take)
     if job is None:
@@ -127,8 +131,9 @@ class _Run:
         self.phase = "submit"
         self.request_id = job.fal_request_id
         self.log = log.bind(job_id=str(job.id), prompt_hash=prompt_hash(job.prompt))
-        self.lease_renew_at = rt.monotonic() + rt.settings.lease_s / 3
+        self.lease_renew_at = rt.monotonic() + rt.settings.lease_s / 2
         self.slot = rt.limiter.new_token()
+        self.submitted_now = False
 
     def execute(self) -> Done | RetryLater:
         try:
@@ -142,6 +147,7 @@ class _Run:
             if self.request_id is None:
                 self.wait_for_turn()
                 self.request_id = self.submit()
+                self.submitted_now = True
             else:  # resuming a request already in flight at fal: it holds a slot there
                 self.rt.limiter.try_acquire(self.slot, force=True)
             self.phase = "wait"
@@ -224,10 +230,13 @@ class _Run:
     def wait(self, request_id: str) -> list[dict[str, Any]]:
         """Poll with a growing interval until COMPLETED, then fetch the images."""
         settings, gateway = self.rt.settings, self.rt.gateway
-        deadline = self.rt.monotonic() + settings.generation_timeout_s
+        started = self.rt.monotonic()
+        deadline = started + settings.generation_timeout_s
+        fresh = self.submitted_now
         interval, failures = settings.poll_initial_s, 0
+        wait = self.rt.latency.first_wait_s(self.job.model, interval) if fresh else interval
         while True:
-            self.rt.sleep(interval)
+            self.rt.sleep(wait)
             self.keep_lease()
             try:
                 status = gateway.status(self.job.model, request_id)
@@ -238,16 +247,19 @@ class _Run:
             else:
                 failures = 0
                 if status.done:
+                    if fresh:
+                        self.rt.latency.observe(self.job.model, self.rt.monotonic() - started)
                     return self.fetch(request_id, status.failure())
             if self.rt.monotonic() > deadline:
                 raise TransientFalError(
                     f"fal did not finish within {settings.generation_timeout_s:g}s "
                     "(IMAGEGEN_GENERATION_TIMEOUT_S)"
                 )
+            wait = interval
             interval = min(interval * settings.poll_factor, settings.poll_max_s)
 
     def keep_lease(self) -> None:
-        """Renew the lease when a third of it is used; notice cancellation and deadlines."""
+        """Renew the lease when half of it is used; notice cancellation and deadlines."""
         if self.rt.monotonic() < self.lease_renew_at:
             return
         lease_s = self.rt.settings.lease_s
@@ -259,7 +271,7 @@ class _Run:
         if not held:
             raise _LeaseLost
         self.rt.limiter.renew(self.slot)
-        self.lease_renew_at = self.rt.monotonic() + lease_s / 3
+        self.lease_renew_at = self.rt.monotonic() + lease_s / 2
         self.check_deadline()
 
     def fetch(self, request_id: str, failure: FalError | None) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
 
     # Leases, the sweeper and deadlines (the job row is the source of truth).
-    lease_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_LEASE_S")
+    lease_s: float = Field(default=120.0, gt=0, alias="IMAGEGEN_LEASE_S")
     queued_grace_s: float = Field(default=600.0, ge=0, alias="IMAGEGEN_QUEUED_GRACE_S")
     sweep_interval_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_SWEEP_INTERVAL_S")
     job_deadline_s: float = Field(default=3600.0, gt=0, alias="IMAGEGEN_JOB_DEADLINE_S")

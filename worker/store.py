@@ -45,7 +45,7 @@ def claim(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) ->
             or_(Job.lease_until.is_(None), Job.lease_until < now),
         ),
     )
-    job = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, claimable)
         .values(
@@ -55,20 +55,22 @@ def claim(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) ->
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
         )
-        .returning(Job)
-    ).scalar_one_or_none()
-    if job is None:
-        return None
-    return JobSnapshot(
-        job.id,
-        job.prompt,
-        dict(job.params),
-        job.model,
-        job.attempts,
-        job.fal_request_id,
-        job.created_at,
-        job.deadline_at,
-    )
+        .returning(*_SNAPSHOT_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    return JobSnapshot(*row) if row is not None else None
+
+
+_SNAPSHOT_COLUMNS = (
+    Job.id,
+    Job.prompt,
+    Job.params,
+    Job.model,
+    Job.attempts,
+    Job.fal_request_id,
+    Job.created_at,
+    Job.deadline_at,
+)
 
 
 def renew_lease(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) -> bool:
