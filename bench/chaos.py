@@ -34,9 +34,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, text
 
-# None of these imports fal-client (worker.tasks and worker.fal_gateway do; never imported here).
 from worker.api import enqueue
-from worker.celery_app import create_app
+
+# None of these imports fal-client (worker.tasks and worker.fal_gateway do; never imported here).
+from worker.celery_app import create_app, worker_argv
 from worker.db import dispose_engines, get_engine, upgrade
 from worker.emulator import FalEmulator
 from worker.logs import configure
@@ -103,9 +104,8 @@ class Fleet:
     logs: dict[int, str] = field(default_factory=dict)  # pid -> its log file's name
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
-        cmd += ["-c", "16", "-Q", "imagegen", "--without-gossip", "--without-mingle"]
-        cmd += ["-n", f"chaos{self.started}-{uuid.uuid4().hex[:6]}@%h", "-l", "WARNING"]
+        name = f"chaos{self.started}-{uuid.uuid4().hex[:6]}@%h"
+        cmd = worker_argv(concurrency=16, name=name, loglevel="WARNING")
         log = self.log_dir / f"worker-{self.started:03d}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=out)

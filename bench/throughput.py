@@ -39,7 +39,7 @@ from bench.host import Emulator, WorkerHost, active, machine_busy_s
 from bench.report import render
 from models import Job, JobStatus, utcnow
 from worker.api import enqueue_many
-from worker.celery_app import create_app
+from worker.celery_app import create_app, worker_argv
 from worker.db import dispose_engines, upgrade
 from worker.logs import configure
 from worker.settings import Settings
@@ -223,10 +223,7 @@ class Probe:
 def our_workers(args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
     cmds, names = [], []
     for i in range(args.processes):
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
-        cmd += ["--concurrency", str(args.threads), "-Q", "imagegen", "--without-gossip"]
-        cmd += ["--without-mingle", "-n", f"bench{i}@%h", "-l", "WARNING"]
-        cmds.append(cmd)
+        cmds.append(worker_argv(concurrency=args.threads, name=f"bench{i}@%h", loglevel="WARNING"))
         names.append(f"bench{i}@")
     return cmds, names
 

@@ -11,7 +11,6 @@ import itertools
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -162,27 +161,10 @@ class Stack:
     def start_worker(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_dir / f"worker-{len(self.workers)}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "--pool",
-            "threads",
-            "-c",
-            "8",
-            "-Q",
-            "imagegen",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h",
-            "-l",
-            "INFO",
-            *args,
-        ]
+        from worker.celery_app import worker_argv
+
+        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
+        cmd = [*worker_argv(concurrency=8, name=name), *args]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)

@@ -149,3 +149,28 @@ def test_worker_refuses_to_start_against_real_fal_without_a_key(stack: Stack) ->
     )
     assert done.returncode != 0
     assert "FAL_KEY is not set" in done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_the_demo_runs_on_embedded_defaults(tmp_path: object) -> None:
+    """The README's first command: SQLite, embedded broker, emulator, a real worker."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FAL_", "SSL_CERT", "DATABASE_URL", "REDIS_URL", "IMAGEGEN_"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "demo", "--emulator"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+        cwd=str(tmp_path),
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo outcomes" in done.stdout
+    assert "still running" not in done.stdout
+    for word in ("succeeded", "refused", "failed", "celebrity_likeness"):
+        assert word in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr

@@ -9,6 +9,7 @@ plus the longest retry countdown (IMAGEGEN_RETRY_AFTER_CAP_S, capped below it).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
@@ -52,6 +53,14 @@ def create_app(settings: Settings) -> Celery:
 
 
 app = create_app(get_settings())
+
+
+def worker_argv(*, concurrency: int, name: str | None = None, loglevel: str = "INFO") -> list[str]:
+    """The documented way to start a worker process, as an argv (demo, tests, benchmarks)."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
+    argv += ["--concurrency", str(concurrency), "-Q", "imagegen", "--without-gossip"]
+    argv += ["--without-mingle", "-l", loglevel]
+    return argv + (["-n", name] if name else [])
 
 
 @worker_init.connect

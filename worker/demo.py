@@ -25,7 +25,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from models import TERMINAL_STATUSES, Job
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, ImagegenError
 
 #: (prompt, what the emulator is steered to do). The directive is stripped for display.
 DEMO_BATCH: list[tuple[str, dict[str, Any]]] = [
@@ -122,36 +122,23 @@ def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], console: Consol
     worker = _start_worker(settings)
     try:
         ids = [enqueue(prompt, settings=settings, app=app, **opts) for prompt, opts in batch]
-        _wait(settings, ids, console)
+        finished = _wait(settings, ids, console)
     finally:
         worker.terminate()
         worker.wait(15)
     Console(width=max(console.width, 160)).print(_outcome_table(settings, ids))
     where = _absolute_sqlite(settings.database_url)
     console.print(f"job table: [bold]{where}[/bold]  (try `imagegen stats`, `imagegen jobs`)")
+    if not finished:
+        raise ImagegenError("the demo timed out; see /tmp/imagegen-demo-worker.log")
 
 
 def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
     """A real Celery worker (``celery -A worker worker``) on this run's broker and database."""
     log = Path(tempfile.gettempdir()) / "imagegen-demo-worker.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "--pool",
-        "threads",
-        "-c",
-        "16",
-        "-Q",
-        "imagegen",
-        "--without-gossip",
-        "--without-mingle",
-        "-l",
-        "INFO",
-    ]
+    from worker.celery_app import worker_argv
+
+    cmd = worker_argv(concurrency=16)
     env = {
         **os.environ,
         "REDIS_URL": _absolute_sqlite(settings.redis_url),
@@ -171,7 +158,7 @@ def _absolute_sqlite(url: str) -> str:
     return f"{prefix}:///{Path(path).resolve()}"
 
 
-def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: float = 180) -> None:
+def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: float = 180) -> bool:
     from worker.db import session_scope
 
     deadline = time.monotonic() + timeout_s
@@ -183,9 +170,10 @@ def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: floa
                 done = sum(1 for s in statuses if s in TERMINAL_STATUSES)
             progress.update(task, completed=done)
             if done == len(ids):
-                return
+                return True
             time.sleep(0.2)
     console.print("[yellow]some jobs are still running; the table shows where they are[/yellow]")
+    return False
 
 
 def _outcome_table(settings: Any, ids: list[uuid.UUID]) -> Table:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models import AttemptOutcome, JobStatus, utcnow
@@ -138,6 +139,13 @@ class _Run:
     def execute(self) -> Done | RetryLater:
         try:
             return self._execute()
+        except DBAPIError:
+            raise  # the database is unreachable: the task retries, the row says where to resume
+        except Exception as exc:  # a bug must not leave the job running (and swept) forever
+            self.log.exception("job.internal_error")
+            self.cancel_at_fal()
+            error = f"internal error in the worker ({type(exc).__name__}); see the worker log"
+            return self.finish(JobStatus.FAILED, AttemptOutcome.PERMANENT, "failed", error=error)
         finally:
             self.rt.limiter.release(self.slot)
 
