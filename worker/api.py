@@ -61,24 +61,13 @@ def enqueue(
     settings = settings or get_settings()
     if deadline_s is not None and deadline_s <= 0:
         raise JobRequestError("invalid job request: deadline_s must be positive")
-    job_id, now = uuid.uuid4(), utcnow()
+    row = _row(request, deadline_s, settings, utcnow())
     try:
         with session_scope(settings.database_url) as session:
             existing = _existing(session, request)
             if existing is not None:
                 return existing
-            session.add(
-                Job(
-                    id=job_id,
-                    prompt=request.prompt,
-                    params=request.params(),
-                    model=settings.model,
-                    status=JobStatus.QUEUED,
-                    idempotency_key=request.idempotency_key,
-                    lease_until=now + timedelta(seconds=settings.queued_grace_s),
-                    deadline_at=now + timedelta(seconds=deadline_s or settings.job_deadline_s),
-                )
-            )
+            session.execute(insert(Job), [row])
     except IntegrityError:
         # Another caller created a job with this key between our read and our write.
         with session_scope(settings.database_url) as session:
@@ -86,8 +75,8 @@ def enqueue(
         if existing is None:
             raise
         return existing
-    _publish(job_id, settings, app)
-    return job_id
+    _publish_many([row["id"]], settings, app)
+    return row["id"]
 
 
 def enqueue_many(
@@ -171,7 +160,7 @@ def _publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | No
     except (OperationalError, OSError) as exc:
         with session_scope(settings.database_url) as session:
             session.execute(delete(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED))
-        raise EnqueueError(f"the broker could not be reached, jobs not queued: {exc}") from exc
+        raise EnqueueError(f"the broker could not be reached, job(s) not queued: {exc}") from exc
 
 
 def _default_app() -> Celery:
@@ -194,16 +183,6 @@ def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
             "with a different prompt or parameters"
         )
     return job.id
-
-
-def _publish(job_id: uuid.UUID, settings: Settings, app: Celery | None) -> None:
-    app = app or _default_app()
-    try:
-        app.send_task(RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id))
-    except (OperationalError, OSError) as exc:
-        with session_scope(settings.database_url) as session:
-            session.execute(delete(Job).where(Job.id == job_id))
-        raise EnqueueError(f"the broker could not be reached, job not queued: {exc}") from exc
 
 
 def cancel(job_id: uuid.UUID, *, settings: Settings | None = None) -> str:
