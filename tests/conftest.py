@@ -7,7 +7,6 @@ gets its own Postgres database (cloned from a migrated template) and its own Red
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import subprocess
@@ -24,7 +23,8 @@ PG_ADMIN_URL = os.environ.get(
     "IMAGEGEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-TEMPLATE_DB = "imagegen_test_template"
+#: One template per pytest process, so parallel runs on one machine do not collide.
+TEMPLATE_DB = f"imagegen_test_template_{os.getpid()}"
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Fast retry and polling settings so failure paths finish in seconds.
@@ -75,7 +75,7 @@ def _clean_emulator(emulator: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> str:
+def pg_template() -> Iterator[str]:
     """A migrated database that every test's database is cloned from."""
     if not _port_open("127.0.0.1", 5432):
         pytest.exit("Postgres is not reachable on 127.0.0.1:5432 (see README: Services)", 2)
@@ -88,8 +88,13 @@ def pg_template() -> str:
         conn.execute(text(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"))
         conn.execute(text(f"CREATE DATABASE {TEMPLATE_DB}"))
     upgrade(_db_url(TEMPLATE_DB))
+    yield TEMPLATE_DB
+    from worker.db import dispose_engines
+
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"))
     admin.dispose()
-    return TEMPLATE_DB
 
 
 def _db_url(name: str) -> str:
@@ -114,21 +119,40 @@ def database_url(pg_template: str) -> Iterator[str]:
     admin.dispose()
 
 
-_redis_dbs = itertools.cycle(range(1, 16))
+def _lock_free_db(locks: Any, token: str) -> int | None:
+    for db in range(1, 16):
+        if locks.set(f"imagegen-test-db:{db}", token, nx=True, ex=900):
+            return db
+    return None
 
 
 @pytest.fixture
-def redis_url() -> str:
-    """A flushed Redis database for this test."""
+def redis_url() -> Iterator[str]:
+    """A flushed Redis database for this test, held by a lock key in db 0.
+
+    The lock lets several pytest runs share one Redis server (16 databases) safely.
+    """
     if not _port_open(REDIS_HOST, REDIS_PORT):
         pytest.exit(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT} (see README)", 2)
     import redis
 
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{next(_redis_dbs)}"
+    locks = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + 60
+    db = _lock_free_db(locks, token)
+    while db is None:
+        if time.monotonic() > deadline:
+            pytest.fail("no free Redis database for this test (15 in use by other test runs)")
+        time.sleep(0.2)
+        db = _lock_free_db(locks, token)
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
-    return url
+    yield url
+    if locks.get(f"imagegen-test-db:{db}") == token.encode():
+        locks.delete(f"imagegen-test-db:{db}")
+    locks.close()
 
 
 @dataclass
