@@ -118,6 +118,8 @@ class Job(Base):
     fal_request_id: Mapped[str | None] = mapped_column(String(100))
     images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: the web app's URL that gets the job's JSON (HMAC-signed) when it ends
+    callback_url: Mapped[str | None] = mapped_column(String(2000))
     #: running: until when the run holding ``lease_owner`` may work on it undisturbed;
     #: queued: after when the sweeper considers the job's broker message lost.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -140,6 +142,7 @@ class Job(Base):
         Index(None, "refusal_category", "created_at"),
         Index(None, "created_at"),
         Index(None, "status", "lease_until"),
+        Index(None, "fal_request_id"),
     )
 
 
@@ -166,4 +169,28 @@ class JobAttempt(Base):
     __table_args__ = (UniqueConstraint("job_id", "number", name="uq_job_attempts_job_number"),)
 
 
-__all__ = ["TERMINAL_STATUSES", "AttemptOutcome", "Base", "Job", "JobAttempt", "JobStatus"]
+class FalWebhook(Base):
+    """A verified callback from fal (webhook mode), kept until the job's run reads it.
+
+    Keyed by fal's request id, so fal's redeliveries (it retries for two hours) are
+    idempotent; ``job_id`` is only the hint the callback URL carried.
+    """
+
+    __tablename__ = "fal_webhooks"
+
+    request_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    #: fal's JSON: ``status`` OK/ERROR, ``payload`` (the model output or error body), ...
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "AttemptOutcome",
+    "Base",
+    "FalWebhook",
+    "Job",
+    "JobAttempt",
+    "JobStatus",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 #: One template per pytest process, so parallel runs on one machine do not collide.
 TEMPLATE_DB = f"imagegen_test_template_{os.getpid()}"
+API_KEY = "test-api-key-not-secret"
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Fast retry and polling settings so failure paths finish in seconds.
@@ -193,6 +195,24 @@ class Stack:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         self._wait_ready(log, proc)
+
+    def start_api(self, extra_env: dict[str, str] | None = None) -> str:
+        """`imagegen api` on a free port (the documented command); returns its base URL."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "IMAGEGEN_API_KEY": API_KEY, **self.env, **(extra_env or {})}
+        log = self.log_dir / f"api-{port}.log"
+        cmd = [sys.executable, "-m", "worker.cli", "api", "--port", str(port)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        deadline = time.monotonic() + 30
+        while not _port_open("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"imagegen api did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
 
     def _wait_ready(self, log: Path, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 30

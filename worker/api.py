@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from models import Job, JobStatus, utcnow
 from worker import store
-from worker.constants import RUN_JOB_TASK
+from worker.constants import CALLBACK_TASK, RUN_JOB_TASK
 from worker.db import session_scope
 from worker.errors import EnqueueError, FalError, IdempotencyConflict, JobNotFound, JobRequestError
 from worker.logs import get_logger
@@ -39,6 +39,7 @@ def enqueue(
     output_format: str | None = None,
     idempotency_key: str | None = None,
     deadline_s: float | None = None,
+    callback_url: str | None = None,
     settings: Settings | None = None,
     app: Celery | None = None,
 ) -> uuid.UUID:
@@ -48,7 +49,8 @@ def enqueue(
     before anything is written or published; ``IdempotencyConflict`` (a subclass) when
     the key names a job with other parameters. With a known key and the same parameters,
     returns the existing job's id. ``deadline_s`` (default IMAGEGEN_JOB_DEADLINE_S) bounds
-    how long the job may take from now; past it the job ends ``failed``.
+    how long the job may take from now; past it the job ends ``failed``. ``callback_url``
+    gets the job's JSON, HMAC-signed, when it ends (see ``worker.callbacks``).
     """
     request = validate_request(
         prompt=prompt,
@@ -57,6 +59,7 @@ def enqueue(
         num_images=num_images,
         output_format=output_format,
         idempotency_key=idempotency_key,
+        callback_url=callback_url,
     )
     settings = settings or get_settings()
     if deadline_s is not None and deadline_s <= 0:
@@ -89,9 +92,9 @@ def enqueue_many(
 
     Each item is a prompt, or a mapping of ``enqueue``'s keyword arguments (``prompt``,
     ``size``, ``quality``, ``num_images``, ``output_format``, ``idempotency_key``,
-    ``deadline_s``). Every item is validated before anything is written; the first invalid
-    one raises ``JobRequestError`` naming its index. Returns the ids in item order (an
-    existing job's id for a known idempotency key).
+    ``deadline_s``, ``callback_url``). Every item is validated before anything is written;
+    the first invalid one raises ``JobRequestError`` naming its index. Returns the ids in
+    item order (an existing job's id for a known idempotency key).
     """
     settings = settings or get_settings()
     specs = [_spec(i, item) for i, item in enumerate(items)]
@@ -139,6 +142,7 @@ def _row(
         "model": settings.model,
         "status": JobStatus.QUEUED,
         "idempotency_key": request.idempotency_key,
+        "callback_url": request.callback_url,
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
@@ -185,7 +189,9 @@ def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
     return job.id
 
 
-def cancel(job_id: uuid.UUID, *, settings: Settings | None = None) -> str:
+def cancel(
+    job_id: uuid.UUID, *, settings: Settings | None = None, app: Celery | None = None
+) -> str:
     """Cancel a job: a queued one never reaches fal, a running one gets fal's cancel call.
 
     Returns the job's status afterwards (``cancelled``, or the terminal status it already
@@ -196,9 +202,11 @@ def cancel(job_id: uuid.UUID, *, settings: Settings | None = None) -> str:
         job = session.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
-        request_id, model = job.fal_request_id, job.model
+        request_id, model, callback_url = job.fal_request_id, job.model, job.callback_url
         cancelled = store.finish(session=session, job_id=job_id, status=JobStatus.CANCELLED)
         status = JobStatus.CANCELLED if cancelled else job.status
+    if cancelled and callback_url is not None:
+        (app or _default_app()).send_task(CALLBACK_TASK, args=[str(job_id)])
     if cancelled and request_id is not None:
         from worker.fal_gateway import FalGateway
 

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
-from worker.constants import RUN_JOB_TASK, SWEEP_TASK
+from worker.constants import CALLBACK_QUEUE, CALLBACK_TASK, JOB_QUEUE, RUN_JOB_TASK, SWEEP_TASK
 from worker.settings import Settings, get_settings
 
 
@@ -33,8 +33,11 @@ def create_app(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue="imagegen",
-        task_routes={RUN_JOB_TASK: {"queue": "imagegen"}},
+        task_default_queue=JOB_QUEUE,
+        task_routes={
+            RUN_JOB_TASK: {"queue": JOB_QUEUE},
+            CALLBACK_TASK: {"queue": CALLBACK_QUEUE},
+        },
         worker_send_task_events=True,
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
@@ -58,7 +61,8 @@ app = create_app(get_settings())
 def worker_argv(*, concurrency: int, name: str | None = None, loglevel: str = "INFO") -> list[str]:
     """The documented way to start a worker process, as an argv (demo, tests, benchmarks)."""
     argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
-    argv += ["--concurrency", str(concurrency), "-Q", "imagegen", "--without-gossip"]
+    argv += ["--concurrency", str(concurrency), "-Q", f"{JOB_QUEUE},{CALLBACK_QUEUE}"]
+    argv += ["--without-gossip"]
     argv += ["--without-mingle", "-l", loglevel]
     return argv + (["-n", name] if name else [])
 
@@ -72,6 +76,10 @@ def _check_configuration(**_: Any) -> None:
 
     settings = get_settings()
     configure(settings.log_format)
+    if settings.metrics_port is not None:
+        from worker.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.metrics_port)
     try:
         resolve_key(settings)
     except ConfigurationError as exc:

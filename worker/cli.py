@@ -212,6 +212,32 @@ def fal_emulator(
 
 
 @cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API (needs IMAGEGEN_API_KEY; OpenAPI at /docs)."""
+    import uvicorn
+
+    from worker.logs import configure
+    from worker.web import create_app
+
+    with _errors():
+        create_app()  # fail here, with one line, when the configuration is incomplete
+        configure(_settings().log_format)
+        uvicorn.run(
+            "worker.web:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=False,
+        )
+
+
+@cli.command()
 def demo(
     emulator: Annotated[
         bool | None,

@@ -12,6 +12,10 @@ FAL_PRODUCTION_QUEUE_HOST = "queue.fal.run"
 RUN_JOB_TASK = "imagegen.run_job"
 #: The beat task that re-publishes jobs whose broker message was lost.
 SWEEP_TASK = "imagegen.sweep"
+CALLBACK_TASK = "imagegen.callback"
+#: Celery queues: generations, and job-event callbacks to web apps (their own lane).
+JOB_QUEUE = "imagegen"
+CALLBACK_QUEUE = "imagegen.callbacks"
 
 #: Redis key set while fal reports the account locked (403 "User is locked"); value: reason.
 ACCOUNT_LOCK_KEY = "imagegen:fal:account-locked"
@@ -44,3 +48,8 @@ SIZE_MULTIPLE_PX = 16
 MAX_NUM_IMAGES = 4
 MAX_PROMPT_CHARS = 32_000
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+#: fal's public keys for webhook signatures (IMAGEGEN_FAL_JWKS_URL overrides it).
+FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+#: ``jobs.lease_owner`` of a job whose request is in flight at fal, waiting for its webhook.
+PARKED_FOR_WEBHOOK = "webhook"

@@ -19,7 +19,14 @@ class ConfigurationError(ImagegenError):
 
 
 class JobRequestError(ImagegenError, ValueError):
-    """A job request is invalid; nothing was written or published."""
+    """A job request is invalid; nothing was written or published.
+
+    ``problems`` lists ``{"field": ..., "message": ...}`` per problem (the HTTP API's 422).
+    """
+
+    def __init__(self, message: str, problems: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [{"field": "request", "message": message}]
 
 
 class IdempotencyConflict(JobRequestError):

@@ -199,12 +199,18 @@ class FalGateway:
             ssl_context=ssl_context,
         )
 
-    def submit(self, model: str, arguments: dict[str, Any], hooks: SubmitHooks) -> str:
-        """Send one submit POST and return fal's request id."""
+    def submit(
+        self,
+        model: str,
+        arguments: dict[str, Any],
+        hooks: SubmitHooks,
+        webhook_url: str | None = None,
+    ) -> str:
+        """Send one submit POST and return fal's request id (``fal_webhook`` if given)."""
         token = _hooks.set(hooks)
         try:
             with _translated("submit"):
-                return self._client.submit(model, arguments).request_id
+                return self._client.submit(model, arguments, webhook_url=webhook_url).request_id
         finally:
             _hooks.reset(token)
 
@@ -278,8 +284,14 @@ class PerThreadGateway:
             self._local.gateway = gateway
         return gateway
 
-    def submit(self, model: str, arguments: dict[str, Any], hooks: SubmitHooks) -> str:
-        return self.get().submit(model, arguments, hooks)
+    def submit(
+        self,
+        model: str,
+        arguments: dict[str, Any],
+        hooks: SubmitHooks,
+        webhook_url: str | None = None,
+    ) -> str:
+        return self.get().submit(model, arguments, hooks, webhook_url)
 
     def status(self, model: str, request_id: str) -> FalStatus:
         return self.get().status(model, request_id)

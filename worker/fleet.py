@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import redis
 
@@ -69,18 +68,16 @@ class FalLimiter:
             with self._lock:
                 self._local_cool_until = max(self._local_cool_until, until)
 
-    def new_token(self) -> str:
-        return uuid.uuid4().hex
-
-    def try_acquire(self, token: str, *, force: bool = False) -> bool:
+    def try_acquire(self, token: str, *, force: bool = False, lease_s: float | None = None) -> bool:
         """Take (or renew) a slot; ``force`` for a request already in flight at fal."""
         if self.limit is None:
             return True
         now = time.time()
+        lease = self.lease_s if lease_s is None else lease_s
         if self._acquire is not None:
             args: list[str | float | int] = [
                 now,
-                self.lease_s,
+                lease,
                 self.limit,
                 token,
                 "1" if force else "0",
@@ -89,15 +86,15 @@ class FalLimiter:
         with self._lock:
             live = {t: exp for t, exp in self._local_slots.items() if exp > now}
             if force or token in live or len(live) < self.limit:
-                live[token] = now + self.lease_s
+                live[token] = now + lease
                 self._local_slots = live
                 return True
             self._local_slots = live
             return False
 
-    def renew(self, token: str) -> None:
+    def renew(self, token: str, *, lease_s: float | None = None) -> None:
         if self.limit is not None:
-            self.try_acquire(token, force=True)
+            self.try_acquire(token, force=True, lease_s=lease_s)
 
     def release(self, token: str) -> None:
         if self.limit is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -70,6 +71,8 @@ class JobRequest(BaseModel):
     num_images: int = Field(1, strict=True)
     output_format: str = "png"
     idempotency_key: str | None = None
+    #: not a model input: where the job's JSON is POSTed when it ends (worker.callbacks)
+    callback_url: str | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -115,9 +118,19 @@ class JobRequest(BaseModel):
             )
         return value
 
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or len(value) > 2000:
+            raise ValueError("the callback URL must be an http(s) URL of at most 2000 chars")
+        return value
+
     def params(self) -> dict[str, Any]:
         """The model inputs besides the prompt, as stored in ``jobs.params`` and sent to fal."""
-        return self.model_dump(exclude={"prompt", "idempotency_key"})
+        return self.model_dump(exclude={"prompt", "idempotency_key", "callback_url"})
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -131,11 +144,11 @@ def validate_request(**fields: Any) -> JobRequest:
     try:
         return JobRequest(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(_problem(err) for err in exc.errors())
-        raise JobRequestError(f"invalid job request: {problems}") from None
+        problems = [_problem(err) for err in exc.errors()]
+        text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise JobRequestError(f"invalid job request: {text}", problems) from None
 
 
-def _problem(err: Any) -> str:
+def _problem(err: Any) -> dict[str, str]:
     where = ".".join(str(p) for p in err["loc"]) or "request"
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}"
+    return {"field": where, "message": str(err["msg"]).removeprefix("Value error, ")}

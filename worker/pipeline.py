@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models import AttemptOutcome, JobStatus, utcnow
-from worker import store
+from worker import fal_webhook, metrics, store
 from worker.account import AccountGuard
 from worker.db import write
 from worker.errors import (
@@ -42,9 +42,17 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Done:
-    """The run ended; ``summary`` is what Flower shows (``refused:<category>``, ...)."""
+    """The run ended; ``summary`` is what Flower shows (``refused:<category>``, ...).
+
+    ``notify``: the job ended here and its web app asked for a callback.
+    """
 
     summary: str
+    notify: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.summary.split(":", 1)[0] in ("succeeded", "refused", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class _AttemptHooks:
         self.number: int | None = None
 
     def sending(self) -> None:
+        metrics.SUBMISSIONS.inc()
         self.number = write(
             self._url, lambda s: store.begin_attempt(session=s, job_id=self._job_id)
         )
@@ -97,6 +106,23 @@ class _AttemptHooks:
 
 def run_job(job_id: uuid.UUID, rt: Runtime, *, task_retries: int = 0) -> Done | RetryLater:
     """Take the job as far as it goes in this run."""
+    metrics.IN_FLIGHT.inc()
+    try:
+        outcome, callback_url = _run_job(job_id, rt, task_retries)
+    finally:
+        metrics.IN_FLIGHT.dec()
+    if isinstance(outcome, RetryLater):
+        metrics.RETRIES.inc()
+    elif outcome.terminal:
+        metrics.JOBS_FINISHED.labels(outcome.summary.split(":", 1)[0]).inc()
+        if callback_url is not None:
+            return Done(outcome.summary, notify=True)
+    return outcome
+
+
+def _run_job(
+    job_id: uuid.UUID, rt: Runtime, task_retries: int
+) -> tuple[Done | RetryLater, str | None]:
     owner = uuid.uuid4().hex
 
     def take(session: Session) -> tuple[store.JobSnapshot | None, Any]:
@@ -108,13 +134,13 @@ def run_job(job_id: uuid.UUID, rt: Runtime, *, task_retries: int = 0) -> Done | 
     job, latest = write(rt.settings.database_url, take)
     if job is None:
         log.info("job.skipped", job_id=str(job_id), reason="unknown, finished or leased")
-        return Done("skipped")
+        return Done("skipped"), None
     run = _Run(rt, job, task_retries, owner)
     if latest is not None and job.fal_request_id is not None:
         run.number = latest[0]  # resuming: errors belong to the request in flight
     elif latest is not None and latest[1] is AttemptOutcome.SENDING:
-        return run.orphaned_submit(latest[0])
-    return run.execute()
+        return run.orphaned_submit(latest[0]), job.callback_url
+    return run.execute(), job.callback_url
 
 
 class _Run:
@@ -133,8 +159,9 @@ class _Run:
         self.request_id = job.fal_request_id
         self.log = log.bind(job_id=str(job.id), prompt_hash=prompt_hash(job.prompt))
         self.lease_renew_at = rt.monotonic() + rt.settings.lease_s / 2
-        self.slot = rt.limiter.new_token()
+        self.slot = str(job.id)  # one run per job at a time: the job holds at most one slot
         self.submitted_now = False
+        self.parked = False
 
     def execute(self) -> Done | RetryLater:
         try:
@@ -147,7 +174,8 @@ class _Run:
             error = f"internal error in the worker ({type(exc).__name__}); see the worker log"
             return self.finish(JobStatus.FAILED, AttemptOutcome.PERMANENT, "failed", error=error)
         finally:
-            self.rt.limiter.release(self.slot)
+            if not self.parked:  # a parked request still runs at fal: it keeps its slot
+                self.rt.limiter.release(self.slot)
 
     def _execute(self) -> Done | RetryLater:
         try:
@@ -159,6 +187,8 @@ class _Run:
             else:  # resuming a request already in flight at fal: it holds a slot there
                 self.rt.limiter.try_acquire(self.slot, force=True)
             self.phase = "wait"
+            if self.submitted_now and self.park(self.request_id):
+                return Done("awaiting-webhook")
             images = self.wait(self.request_id)
         except _LeaseLost:
             self.log.info("job.left", reason="cancelled, finished or taken over meanwhile")
@@ -220,8 +250,11 @@ class _Run:
         self.rt.guard.check()
         hooks = _AttemptHooks(settings.database_url, self.job.id)
         arguments: dict[str, Any] = {"prompt": self.job.prompt, **self.job.params}
+        webhook = settings.webhook_url
+        if webhook is not None:  # the job id is only a wake-up hint; fal signs the rest
+            webhook += f"{'&' if '?' in webhook else '?'}job_id={self.job.id}"
         try:
-            request_id = self.rt.gateway.submit(self.job.model, arguments, hooks)
+            request_id = self.rt.gateway.submit(self.job.model, arguments, hooks, webhook)
         finally:
             self.number = hooks.number
             self.submissions += 1 if hooks.number is not None else 0
@@ -235,9 +268,51 @@ class _Run:
         )
         return request_id
 
+    def park(self, request_id: str) -> bool:
+        """Webhook mode: free this worker slot until fal calls back (or polling takes over)."""
+        settings = self.rt.settings
+        if settings.webhook_url is None:
+            return False
+        parked = self.write(
+            lambda s: store.park_for_webhook(
+                session=s,
+                job_id=self.job.id,
+                owner=self.owner,
+                request_id=request_id,
+                wait_s=settings.webhook_fallback_s,
+            )
+        )
+        if parked:
+            self.parked = True
+            self.rt.limiter.renew(self.slot, lease_s=settings.webhook_fallback_s + settings.lease_s)
+            self.log.info("job.awaiting_webhook", fal_request_id=request_id)
+        return bool(parked)
+
+    def from_webhook(self, request_id: str) -> list[dict[str, Any]] | None:
+        """The images from fal's verified callback; None when none came (or it is unusable)."""
+        body = self.write(lambda s: store.webhook_body(session=s, request_id=request_id))
+        if body is None:
+            return None
+        result = fal_webhook.outcome(body)
+        self.log.info("fal.webhook_used", fal_request_id=request_id)
+        if isinstance(result, TransientFalError):
+            result.resubmit = True  # the callback is final: this request failed at fal
+        if isinstance(result, FalError):
+            raise result
+        if result is None:  # fal could not serialise the output: read it once
+            return self.fetch(request_id, None)
+        return self.checked(_images(result))
+
     def wait(self, request_id: str) -> list[dict[str, Any]]:
-        """Poll with a growing interval until COMPLETED, then fetch the images."""
+        """Poll with a growing interval until COMPLETED, then fetch the images.
+
+        In webhook mode fal's callback, when it came, answers without any polling.
+        """
         settings, gateway = self.rt.settings, self.rt.gateway
+        if settings.webhook_url is not None:
+            images = self.from_webhook(request_id)
+            if images is not None:
+                return images
         started = self.rt.monotonic()
         deadline = started + settings.generation_timeout_s
         fresh = self.submitted_now
@@ -256,7 +331,9 @@ class _Run:
                 failures = 0
                 if status.done:
                     if fresh:
-                        self.rt.latency.observe(self.job.model, self.rt.monotonic() - started)
+                        took = self.rt.monotonic() - started
+                        self.rt.latency.observe(self.job.model, took)
+                        metrics.FAL_LATENCY.observe(took)
                     return self.fetch(request_id, status.failure())
             if self.rt.monotonic() > deadline:
                 raise TransientFalError(
@@ -303,7 +380,9 @@ class _Run:
             raise
         if failure is not None:
             raise failure
-        images = _images(output)
+        return self.checked(_images(output))
+
+    def checked(self, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.rt.settings.verify_images:
             self.rt.gateway.check_images(images)
         return images
@@ -379,6 +458,7 @@ class _Run:
             )
 
         self.write(record)
+        metrics.REFUSALS.labels(refusal.category, "fal").inc()
         self.log.info(
             "job.refused", category=refusal.category, soft=refusal.soft, attempt=self.number
         )

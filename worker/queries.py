@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from models import Job, JobAttempt, JobStatus
@@ -29,9 +29,15 @@ def list_jobs(
     category: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[Job]:
-    """Newest first; each filter is served by an index on (column, created_at)."""
-    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    """Newest first; each filter is served by an index on (column, created_at).
+
+    ``before`` (the created_at and id of the last row of a page) continues after that row.
+    """
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(*before))
     if status is not None:
         query = query.where(Job.status == status)
     if category is not None:

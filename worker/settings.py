@@ -9,7 +9,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from worker.constants import DEFAULT_DATABASE_URL, DEFAULT_MODEL, DEFAULT_REDIS_URL
+from worker.constants import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_MODEL,
+    DEFAULT_REDIS_URL,
+    FAL_JWKS_URL,
+)
 
 
 class Settings(BaseSettings):
@@ -48,6 +53,23 @@ class Settings(BaseSettings):
     # Fleet-wide cap on fal requests in flight (a Redis semaphore); unset: no cap.
     fal_concurrency: int | None = Field(default=None, ge=1, alias="IMAGEGEN_FAL_CONCURRENCY")
 
+    # Webhook mode: fal calls back (ED25519-signed) instead of being polled; polling resumes
+    # for a job whose callback has not come IMAGEGEN_WEBHOOK_FALLBACK_S after its submit.
+    webhook_url: str | None = Field(default=None, alias="IMAGEGEN_WEBHOOK_URL")
+    webhook_fallback_s: float = Field(default=300.0, gt=0, alias="IMAGEGEN_WEBHOOK_FALLBACK_S")
+    fal_jwks_url: str = Field(default=FAL_JWKS_URL, alias="IMAGEGEN_FAL_JWKS_URL")
+    webhook_tolerance_s: float = Field(default=300.0, gt=0, alias="IMAGEGEN_WEBHOOK_TOLERANCE_S")
+
+    # The HTTP API (`imagegen api`): clients send `Authorization: Bearer <IMAGEGEN_API_KEY>`.
+    api_key: SecretStr | None = Field(default=None, alias="IMAGEGEN_API_KEY")
+
+    # Job-event callbacks to web apps (per-job callback_url), HMAC-SHA256 signed.
+    callback_secret: SecretStr | None = Field(default=None, alias="IMAGEGEN_CALLBACK_SECRET")
+    callback_timeout_s: float = Field(default=10.0, gt=0, alias="IMAGEGEN_CALLBACK_TIMEOUT_S")
+
+    # Prometheus: a worker serves its metrics on this port when set.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="IMAGEGEN_METRICS_PORT")
+
     # Celery / Redis.
     visibility_timeout_s: int = Field(default=3600, gt=0, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
     log_format: str = Field(
@@ -65,6 +87,15 @@ class Settings(BaseSettings):
         if url.drivername in ("postgres", "postgresql"):
             url = url.set(drivername="postgresql+psycopg")
         return url.render_as_string(hide_password=False)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("IMAGEGEN_WEBHOOK_URL must be an http(s) URL fal can reach")
+        return value
 
     @field_validator("redis_url")
     @classmethod

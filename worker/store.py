@@ -10,12 +10,22 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import TERMINAL_STATUSES, AttemptOutcome, Job, JobAttempt, JobStatus, utcnow
+from models import (
+    TERMINAL_STATUSES,
+    AttemptOutcome,
+    FalWebhook,
+    Job,
+    JobAttempt,
+    JobStatus,
+    utcnow,
+)
+from worker.constants import PARKED_FOR_WEBHOOK
 from worker.errors import FalError, PolicyRefusal
 
 #: Core tables: writes skip the ORM's bulk-update machinery (a large share of a job's CPU).
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = JobAttempt.__table__  # type: ignore[assignment]
+WEBHOOKS: Table = FalWebhook.__table__  # type: ignore[assignment]
 _OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -31,6 +41,7 @@ class JobSnapshot:
     fal_request_id: str | None
     created_at: datetime
     deadline_at: datetime | None
+    callback_url: str | None
 
 
 def claim(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) -> JobSnapshot | None:
@@ -38,14 +49,18 @@ def claim(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) ->
 
     None when the job is unknown, terminal, or running under another run's live lease
     (two runs never work on one job at the same time; the sweeper re-publishes the job if
-    that run dies and its lease expires).
+    that run dies and its lease expires). A job parked for its webhook is claimable.
     """
     now = utcnow()
     claimable = or_(
         JOBS.c.status == JobStatus.QUEUED,
         and_(
             JOBS.c.status == JobStatus.RUNNING,
-            or_(JOBS.c.lease_until.is_(None), JOBS.c.lease_until < now),
+            or_(
+                JOBS.c.lease_until.is_(None),
+                JOBS.c.lease_until < now,
+                JOBS.c.lease_owner == PARKED_FOR_WEBHOOK,
+            ),
         ),
     )
     row = session.execute(
@@ -72,6 +87,7 @@ _SNAPSHOT_COLUMNS = (
     JOBS.c.fal_request_id,
     JOBS.c.created_at,
     JOBS.c.deadline_at,
+    JOBS.c.callback_url,
 )
 
 
@@ -100,6 +116,71 @@ def release_for_retry(
             updated_at=utcnow(),
         )
     )
+
+
+def park_for_webhook(
+    *, session: Session, job_id: uuid.UUID, owner: str, request_id: str, wait_s: float
+) -> bool:
+    """Hand the job to fal's callback: no run holds it until the webhook or ``wait_s``.
+
+    False when the callback has already arrived: the run reads it instead. (The receiver
+    stores the callback, then publishes a run; whichever comes second sees the other.)
+    """
+    arrived = select(WEBHOOKS.c.request_id).where(WEBHOOKS.c.request_id == request_id).exists()
+    result = session.execute(
+        update(JOBS)
+        .where(
+            JOBS.c.id == job_id,
+            JOBS.c.lease_owner == owner,
+            JOBS.c.status == JobStatus.RUNNING,
+            ~arrived,
+        )
+        .values(
+            lease_owner=PARKED_FOR_WEBHOOK,
+            lease_until=utcnow() + timedelta(seconds=wait_s),
+            updated_at=utcnow(),
+        )
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def webhook_body(*, session: Session, request_id: str) -> dict[str, Any] | None:
+    """The verified callback fal sent for this request, if it came."""
+    return session.execute(
+        select(WEBHOOKS.c.body).where(WEBHOOKS.c.request_id == request_id)
+    ).scalar_one_or_none()
+
+
+def record_webhook(
+    *, session: Session, request_id: str, body: dict[str, Any], job_hint: uuid.UUID | None
+) -> uuid.UUID | None:
+    """Keep a verified callback (redeliveries are no-ops); the open job it is for, if any.
+
+    The job is found by its fal request id; the callback URL's ``job_id`` hint covers the
+    moment between fal's answer to the submit and the run recording the request id.
+    """
+    if session.get(FalWebhook, request_id) is None:
+        session.execute(
+            insert(WEBHOOKS).values(
+                request_id=request_id, job_id=job_hint, body=body, received_at=utcnow()
+            )
+        )
+    open_job = JOBS.c.status.in_(_OPEN)
+    job_id = session.execute(
+        select(JOBS.c.id).where(JOBS.c.fal_request_id == request_id, open_job)
+    ).scalar_one_or_none()
+    if job_id is None and job_hint is not None:
+        job_id = session.execute(
+            select(JOBS.c.id).where(
+                JOBS.c.id == job_hint, JOBS.c.fal_request_id.is_(None), open_job
+            )
+        ).scalar_one_or_none()
+    return job_id
+
+
+def purge_webhooks(*, session: Session, older_than: datetime) -> int:
+    result = session.execute(delete(WEBHOOKS).where(WEBHOOKS.c.received_at < older_than))
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def begin_attempt(*, session: Session, job_id: uuid.UUID) -> int:

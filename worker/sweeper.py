@@ -17,7 +17,7 @@ from celery import Celery
 from sqlalchemy import or_, select, update
 
 from models import Job, JobStatus, utcnow
-from worker.constants import RUN_JOB_TASK
+from worker.constants import CALLBACK_TASK, RUN_JOB_TASK
 from worker.db import session_scope
 from worker.logs import get_logger
 from worker.settings import Settings
@@ -37,7 +37,7 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
     report = SweepReport()
     now = utcnow()
     with session_scope(settings.database_url) as session:
-        report.expired = list(
+        expired = list(
             session.execute(
                 update(Job)
                 .where(
@@ -53,9 +53,10 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
                     lease_owner=None,
                     lease_until=None,
                 )
-                .returning(Job.id)
-            ).scalars()
+                .returning(Job.id, Job.callback_url)
+            ).all()
         )
+        report.expired = [job_id for job_id, _ in expired]
         stale = select(Job.id).where(
             Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
             or_(Job.lease_until.is_(None), Job.lease_until < now),
@@ -79,6 +80,9 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
             )
     for job_id in report.republished:
         app.send_task(RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id))
+    for job_id, callback_url in expired:
+        if callback_url is not None:
+            app.send_task(CALLBACK_TASK, args=[str(job_id)])
     if report.republished or report.expired:
         log.warning("sweep", republished=len(report.republished), expired=len(report.expired))
     return report

@@ -5,14 +5,19 @@ from __future__ import annotations
 import uuid
 from functools import lru_cache
 
+import httpx
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
+from worker import metrics
 from worker.account import AccountGuard
+from worker.callbacks import CallbackFailed, CallbackRejected, deliver
 from worker.celery_app import app
-from worker.constants import RUN_JOB_TASK, SWEEP_TASK
+from worker.constants import CALLBACK_TASK, RUN_JOB_TASK, SWEEP_TASK
+from worker.errors import ConfigurationError
 from worker.fal_gateway import PerThreadGateway
 from worker.fleet import FalLimiter
+from worker.logs import get_logger
 from worker.pipeline import RetryLater, Runtime, run_job
 from worker.retry import RetryPolicy
 from worker.settings import get_settings
@@ -34,6 +39,10 @@ def runtime() -> Runtime:
     )
 
 
+#: about 2 h of tries with backoff capped at 10 min (like fal's own webhook redelivery)
+CALLBACK_MAX_RETRIES = 15
+
+
 @app.task(
     name=RUN_JOB_TASK,
     bind=True,
@@ -50,7 +59,48 @@ def run_job_task(self: Task, job_id: str) -> str:
     outcome = run_job(uuid.UUID(job_id), runtime(), task_retries=self.request.retries)
     if isinstance(outcome, RetryLater):
         raise self.retry(countdown=outcome.delay_s, max_retries=None)
+    if outcome.notify:
+        callback_task.apply_async(args=[job_id])
     return outcome.summary
+
+
+@lru_cache(maxsize=1)
+def _callback_http() -> httpx.Client:
+    return httpx.Client(timeout=get_settings().callback_timeout_s, follow_redirects=False)
+
+
+@app.task(
+    name=CALLBACK_TASK,
+    bind=True,
+    acks_late=True,
+    autoretry_for=(CallbackFailed, DBAPIError),
+    max_retries=CALLBACK_MAX_RETRIES,
+    retry_backoff=2,
+    retry_backoff_max=600,  # far below the visibility timeout (see celery_app)
+    retry_jitter=True,
+)
+def callback_task(self: Task, job_id: str) -> str:
+    """POST the finished job to its web app's callback_url (signed); retried with backoff."""
+    log = get_logger(__name__).bind(job_id=job_id)
+    try:
+        result = deliver(uuid.UUID(job_id), get_settings(), _callback_http())
+    except CallbackRejected as exc:
+        metrics.CALLBACKS.labels("rejected").inc()
+        log.warning("callback.rejected", error=str(exc))
+        return f"rejected: {exc}"
+    except CallbackFailed as exc:
+        metrics.CALLBACKS.labels("failed").inc()
+        final = self.request.retries >= CALLBACK_MAX_RETRIES
+        log.warning(
+            "callback.failed", error=str(exc), attempt=self.request.retries + 1, final=final
+        )
+        raise
+    except ConfigurationError as exc:
+        log.error("callback.not_configured", error=str(exc))
+        return f"not sent: {exc}"
+    metrics.CALLBACKS.labels("delivered").inc()
+    log.info("callback.delivered", result=result)
+    return result
 
 
 @app.task(name=SWEEP_TASK, ignore_result=True)

@@ -7,7 +7,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +20,7 @@ from .transport import TLSHandler
 _REQUEST_PATH = re.compile(
     r"/(?P<app>[^/]+/[^/]+)/requests/(?P<rid>[^/]+)(?P<tail>/status|/cancel)?"
 )
+JWKS_PATH = "/.well-known/jwks.json"
 _FILE_PATH = re.compile(r"/_files/(?P<rid>[^/]+)/(?P<name>[^/]+)")
 _TRUE = {"1", "true", "yes"}
 NOT_FOUND = json_reply(404, {"detail": "Not Found"})
@@ -34,6 +35,7 @@ class AppContext:
     state: QueueState
     protocol: Protocol
     expected_key: str | None = None
+    jwks: dict[str, Any] = field(default_factory=dict)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -76,8 +78,10 @@ class FalHandler(TLSHandler):
         file_match = _FILE_PATH.fullmatch(path)
         if file_match is not None:
             return self._file(method, file_match)
+        if path == JWKS_PATH and method == "GET":
+            return json_reply(200, self.app.jwks)
         if method == "POST":
-            reply = self._submit(path, body)
+            reply = self._submit(path, body, query.get("fal_webhook", [None])[-1])
             if reply.status == 429:
                 self.app.state.count_rejection()
             return reply
@@ -102,7 +106,7 @@ class FalHandler(TLSHandler):
             return json_reply(401, {"detail": "Invalid API key"})
         return None
 
-    def _submit(self, path: str, body: bytes) -> Reply:
+    def _submit(self, path: str, body: bytes, webhook_url: str | None) -> Reply:
         payload = _json_object(body)
         prompt = payload.get("prompt") if payload is not None else None
         k = self.app.state.count_submission(prompt if isinstance(prompt, str) else None)
@@ -114,9 +118,9 @@ class FalHandler(TLSHandler):
             return failure
         if payload is None:
             return json_reply(422, {"detail": "Request body must be a JSON object"})
-        return self._accept(app, payload, k)
+        return self._accept(app, payload, k, webhook_url)
 
-    def _accept(self, app: str, payload: dict[str, Any], k: int) -> Reply:
+    def _accept(self, app: str, payload: dict[str, Any], k: int, webhook_url: str | None) -> Reply:
         prompt = payload.get("prompt")
         prompt = prompt if isinstance(prompt, str) else ""
         try:
@@ -135,6 +139,7 @@ class FalHandler(TLSHandler):
             height=height,
             num_images=parse_num_images(payload.get("num_images")),
             created_wall=time.time(),
+            webhook_url=webhook_url,
         )
         added = self.app.state.add(req)
         return OVER_LIMIT if added is None else self.app.protocol.submit_ok(added)

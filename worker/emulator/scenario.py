@@ -1,7 +1,8 @@
 """Scenario directives: `[[fal:STEP1,STEP2,...]]` inside a prompt steers the emulator.
 
 The k-th submission (0-based) of a prompt uses STEP[min(k, len-1)]; no directive means `ok`.
-A step may carry `+`-joined modifiers; only `latency:S` exists.
+A step may carry `+`-joined modifiers: `latency:S`, and `nowebhook` (the callback to
+`fal_webhook` is never delivered, as if lost).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class Step:
     name: str
     arg: str | None = None
     latency_s: float | None = None
+    webhook: bool = True
 
     @property
     def seconds(self) -> float:
@@ -137,19 +139,23 @@ def _arg_ok(name: str, arg: str | None) -> bool:
 
 
 def parse_step(text: str) -> Step:
-    """Parse `name[:arg][+latency:S]`; raise UnknownStep when it is not valid."""
+    """Parse `name[:arg][+latency:S][+nowebhook]`; raise UnknownStep when it is not valid."""
     head, *modifiers = text.strip().split("+")
     name, _, arg_text = head.partition(":")
     arg = arg_text if ":" in head else None
     if name not in SUBMIT_STEPS | CREATE_STEPS or not _arg_ok(name, arg):
         raise UnknownStep(text.strip())
     latency: float | None = None
+    webhook = True
     for modifier in modifiers:
         key, _, value = modifier.partition(":")
-        if key != "latency" or not _is_seconds(value):
+        if modifier == "nowebhook":
+            webhook = False
+        elif key == "latency" and _is_seconds(value):
+            latency = float(value)
+        else:
             raise UnknownStep(text.strip())
-        latency = float(value)
-    return Step(name, arg, latency)
+    return Step(name, arg, latency, webhook)
 
 
 def step_for(prompt: str | None, k: int) -> Step:

@@ -13,11 +13,13 @@ from types import EllipsisType, TracebackType
 from typing import Any
 
 import trustme
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .handler import AppContext, FalHandler, bind_handler
 from .protocol import Protocol
 from .state import QueueState
 from .transport import TLSServer
+from .webhooks import WebhookSender, jwks_for
 
 _WILDCARD_HOSTS = {"", "0.0.0.0"}  # noqa: S104 - only used to map a bind address to a URL host
 
@@ -59,6 +61,8 @@ class FalEmulator:
         self._state = QueueState(latency_s, concurrency_limit, reject_over_limit)
         self._server: TLSServer | None = None
         self._thread: threading.Thread | None = None
+        self._signing_key = Ed25519PrivateKey.generate()
+        self._webhooks: WebhookSender | None = None
 
     @property
     def host_port(self) -> str:
@@ -83,8 +87,12 @@ class FalEmulator:
         context, self.ca_file = _server_context(self.host, self._resolve_cert_dir())
         server = TLSServer((self.host, self.port), context, FalHandler)
         self.port = int(server.server_address[1])
-        app = AppContext(self._state, Protocol(self.host_port), self._expected_key)
+        protocol = Protocol(self.host_port)
+        jwks = jwks_for(self._signing_key)
+        app = AppContext(self._state, protocol, self._expected_key, jwks)
         server.RequestHandlerClass = bind_handler(app)
+        self._webhooks = WebhookSender(self._state, protocol, self._signing_key)
+        self._webhooks.start()
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -100,6 +108,8 @@ class FalEmulator:
         if server is None:
             return
         server.stopping.set()
+        if self._webhooks is not None:
+            self._webhooks.stop()
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -127,6 +137,7 @@ class FalEmulator:
             "FAL_QUEUE_RUN_HOST": self.host_port,
             "FAL_RUN_HOST": self.host_port,
             "SSL_CERT_FILE": self.ca_file,
+            "IMAGEGEN_FAL_JWKS_URL": f"{self.base_url}/.well-known/jwks.json",
         }
 
     def stats(self) -> dict[str, Any]:

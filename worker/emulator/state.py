@@ -39,6 +39,9 @@ class Request:
     status_polls: int = 0
     result_gets: int = 0
     cancels: int = 0
+    webhook_url: str | None = None
+    webhook_due: bool = False
+    webhooks_sent: int = 0
 
     @property
     def inference_time(self) -> float:
@@ -53,6 +56,7 @@ class Request:
             "status_polls": self.status_polls,
             "result_gets": self.result_gets,
             "cancels": self.cancels,
+            "webhooks_sent": self.webhooks_sent,
         }
 
 
@@ -79,6 +83,7 @@ class QueueState:
         self._active_peak = 0
         self._rejected_429 = 0
         self._images_served = 0
+        self._webhooks: dict[str, int] = {"sent": 0, "failed": 0}
 
     # -- lifecycle (lock held) ------------------------------------------------------------
 
@@ -98,6 +103,7 @@ class QueueState:
                 break
             del self._running[done.rid]
             done.state, done.finished_at = "COMPLETED", done.ends_at
+            done.webhook_due = done.webhook_url is not None and done.step.webhook
             self._promote(done.ends_at)
         self._promote(now)
 
@@ -152,6 +158,22 @@ class QueueState:
                 self._status_polls += counter == "status_polls"
             return self._snapshot(req)
 
+    def take_due_webhooks(self) -> list[Request]:
+        """Completed requests whose callback is due (each returned once)."""
+        with self._lock:
+            self._advance(time.monotonic())
+            due = [r for r in self._requests.values() if r.webhook_due]
+            for req in due:
+                req.webhook_due = False
+            return [self._snapshot(r) for r in due]
+
+    def count_webhook(self, rid: str, delivered: bool) -> None:
+        with self._lock:
+            self._webhooks["sent" if delivered else "failed"] += 1
+            req = self._requests.get(rid)
+            if req is not None and delivered:
+                req.webhooks_sent += 1
+
     def cancel(self, rid: str) -> CancelOutcome:
         with self._lock:
             now = time.monotonic()
@@ -187,6 +209,8 @@ class QueueState:
                 "active_peak": self._active_peak,
                 "rejected_429_total": self._rejected_429,
                 "images_served": self._images_served,
+                "webhooks_sent": self._webhooks["sent"],
+                "webhooks_failed": self._webhooks["failed"],
             }
 
     def reset(self) -> None:

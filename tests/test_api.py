@@ -1,0 +1,198 @@
+"""The HTTP API (`imagegen api`), metrics and job-event callbacks, on the real stack."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, Stack, unique
+from worker import callbacks
+
+pytestmark = pytest.mark.timeout(90)
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    stack.start_worker()
+    with httpx.Client(base_url=stack.start_api(), headers=AUTH, timeout=10) as client:
+        yield client
+
+
+def _terminal(api: httpx.Client, job_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job: dict[str, Any] = api.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "refused", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+
+
+def test_every_route_but_health_needs_the_key(stack: Stack) -> None:
+    base = stack.start_api()
+    with httpx.Client(base_url=base) as anonymous:
+        for method, path in [
+            ("GET", "/jobs"),
+            ("POST", "/jobs"),
+            ("GET", f"/jobs/{uuid.uuid4()}"),
+            ("POST", f"/jobs/{uuid.uuid4()}/cancel"),
+            ("GET", "/stats"),
+            ("GET", "/metrics"),
+        ]:
+            assert anonymous.request(method, path).status_code == 401, path
+            wrong = {"Authorization": "Bearer not-the-key"}
+            assert anonymous.request(method, path, headers=wrong).status_code == 401, path
+        health = anonymous.get("/healthz")
+        assert health.status_code == 200, health.text
+        assert health.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+        assert anonymous.get("/docs").status_code == 200
+        assert "/jobs/{job_id}/cancel" in anonymous.get("/openapi.json").json()["paths"]
+
+
+def test_create_read_and_idempotency(api: httpx.Client, stack: Stack) -> None:
+    prompt = unique("a red kite over hills")
+    body = {"prompt": prompt, "image_size": {"width": 1024, "height": 1024}, "num_images": 2}
+    created = api.post("/jobs", json=body, headers={"Idempotency-Key": prompt})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    again = api.post("/jobs", json=body, headers={"Idempotency-Key": prompt})
+    assert again.json()["id"] == job_id
+    conflict = api.post(
+        "/jobs", json={**body, "prompt": "something else"}, headers={"Idempotency-Key": prompt}
+    )
+    assert conflict.status_code == 422 and "already used" in conflict.text
+    job = _terminal(api, job_id)
+    assert job["status"] == "succeeded" and len(job["images"]) == 2
+    assert job["attempt_log"][0]["outcome"] == "succeeded"
+    assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
+
+
+def test_invalid_requests_get_422_with_field_errors_and_write_nothing(api: httpx.Client) -> None:
+    bad = api.post("/jobs", json={"prompt": "  ", "num_images": 9, "quality": "ultra"})
+    assert bad.status_code == 422
+    fields = {p["field"] for p in bad.json()["detail"]}
+    assert {"prompt", "num_images", "quality"} <= fields, bad.json()
+    assert api.post("/jobs", json={"num_images": 1}).status_code == 422  # no prompt
+    garbled = api.post("/jobs", content=b"{not", headers={"content-type": "application/json"})
+    assert garbled.status_code == 422
+    assert api.get("/stats").json()["total"] == 0
+    assert api.get(f"/jobs/{uuid.uuid4()}").status_code == 404
+    assert api.post(f"/jobs/{uuid.uuid4()}/cancel").status_code == 404
+    assert api.get("/jobs", params={"cursor": "garbage!"}).status_code == 422
+    assert api.get("/jobs", params={"status": "nope"}).status_code == 422
+
+
+def test_listing_pages_with_a_cursor_and_filters(api: httpx.Client) -> None:
+    ids = [api.post("/jobs", json={"prompt": unique(f"tile {i}")}).json()["id"] for i in range(5)]
+    refused = api.post(
+        "/jobs", json={"prompt": unique("[[fal:refuse:trademark_ip]] a mouse mascot")}
+    ).json()["id"]
+    for job_id in [*ids, refused]:
+        _terminal(api, job_id)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"status": "succeeded", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.get("/jobs", params=params).json()
+        seen += [job["id"] for job in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen)) == 5
+    by_category = api.get("/jobs", params={"category": "trademark_ip"}).json()["jobs"]
+    assert [job["id"] for job in by_category] == [refused]
+    stats = api.get("/stats").json()
+    assert stats["by_status"]["succeeded"] == 5 and stats["by_refusal_category"] == {
+        "trademark_ip": 1
+    }
+
+
+def test_cancel_a_running_job(api: httpx.Client, stack: Stack) -> None:
+    job_id = api.post("/jobs", json={"prompt": unique("[[fal:ok+latency:20]] slow")}).json()["id"]
+    deadline = time.monotonic() + 20
+    while api.get(f"/jobs/{job_id}").json()["fal_request_id"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    answer = api.post(f"/jobs/{job_id}/cancel")
+    assert answer.json() == {"id": job_id, "status": "cancelled"}
+    request_id = api.get(f"/jobs/{job_id}").json()["fal_request_id"]
+    assert stack.emulator.stats()["requests"][request_id]["state"] == "CANCELLED"
+
+
+def test_metrics_from_the_api_and_from_a_worker(stack: Stack) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    stack.start_worker(extra_env={"IMAGEGEN_METRICS_PORT": str(port)})
+    api = stack.start_api()
+    ok = stack.enqueue(unique("a metric teapot"))
+    refused = stack.enqueue(unique("[[fal:refuse:hate_protected_group]] a banner"))
+    stack.wait_terminal(ok), stack.wait_terminal(refused)
+    with httpx.Client(headers=AUTH) as probe:
+        worker = probe.get(f"http://127.0.0.1:{port}/metrics").text
+        table = probe.get(f"{api}/metrics").text
+    assert 'imagegen_jobs_finished_total{outcome="succeeded"} 1.0' in worker
+    assert 'imagegen_jobs_finished_total{outcome="refused"} 1.0' in worker
+    assert 'imagegen_refusals_total{category="hate_protected_group",source="fal"} 1.0' in worker
+    assert "imagegen_fal_submissions_total 2.0" in worker
+    assert "imagegen_fal_generation_seconds_count 1.0" in worker
+    assert "imagegen_jobs_in_flight 0.0" in worker
+    assert 'imagegen_jobs{status="succeeded"} 1.0' in table
+    assert 'imagegen_jobs{status="refused"} 1.0' in table
+    assert "imagegen_queue_depth 0.0" in table
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    answers: list[int]
+    seen: list[tuple[dict[str, str], bytes]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        type(self).seen.append((dict(self.headers), body))
+        status = type(self).answers.pop(0) if type(self).answers else 200
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_callbacks_are_signed_and_retried_until_the_web_app_takes_them(stack: Stack) -> None:
+    handler = type("Receiver", (_Receiver,), {"answers": [503], "seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "callback-secret-for-tests"
+    try:
+        stack.start_worker(extra_env={"IMAGEGEN_CALLBACK_SECRET": secret})
+        url = f"http://127.0.0.1:{server.server_port}/hooks/imagegen"
+        job_id = stack.enqueue(unique("[[fal:refuse:celebrity_likeness]] x"), callback_url=url)
+        stack.wait_terminal(job_id)
+        deadline = time.monotonic() + 30
+        while len(handler.seen) < 2:
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(0.1)
+    finally:
+        server.shutdown()
+    headers, body = handler.seen[-1]
+    assert callbacks.verify(secret, body, headers[callbacks.SIGNATURE_HEADER])
+    assert not callbacks.verify("another secret", body, headers[callbacks.SIGNATURE_HEADER])
+    event = json.loads(body)
+    assert event["event"] == "job.finished"
+    assert event["job"]["id"] == str(job_id) and event["job"]["status"] == "refused"
+    assert event["job"]["refusal_category"] == "celebrity_likeness"
+    assert len(handler.seen) == 2  # one 503, then delivered; never again
+    assert "callback.failed" in stack.logs() and "callback.delivered" in stack.logs()

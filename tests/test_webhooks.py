@@ -1,0 +1,135 @@
+"""Webhook mode: fal calls back (ED25519-signed) and the job finishes without any polling.
+
+The emulator signs callbacks like fal and serves its public key as a JWKS; `imagegen api`
+receives them; real worker, Postgres and Redis. Verification itself is also tested alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.conftest import Stack, unique
+from worker.emulator.webhooks import jwks_for, signed_headers
+from worker.errors import PolicyRefusal, TransientFalError
+from worker.fal_webhook import InvalidWebhook, WebhookEvent, WebhookVerifier, outcome
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _verifier(key: Ed25519PrivateKey) -> WebhookVerifier:
+    jwks = jwks_for(key)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
+    return WebhookVerifier("https://jwks.test/jwks.json", http=httpx.Client(transport=transport))
+
+
+def test_a_signed_callback_verifies_and_anything_else_is_rejected() -> None:
+    key = Ed25519PrivateKey.generate()
+    verifier = _verifier(key)
+    body = json.dumps({"request_id": "r1", "status": "OK", "payload": {"images": []}}).encode()
+    headers = signed_headers(key, "r1", body)
+    assert verifier.verify(headers, body) == "r1"
+
+    with pytest.raises(InvalidWebhook, match="does not match"):
+        verifier.verify(headers, body.replace(b"OK", b"ER"))  # body tampered
+    with pytest.raises(InvalidWebhook, match="does not match"):
+        verifier.verify(signed_headers(Ed25519PrivateKey.generate(), "r1", body), body)
+    with pytest.raises(InvalidWebhook, match="too old"):
+        verifier.verify(headers, body, now=time.time() + 301)
+    with pytest.raises(InvalidWebhook, match="missing"):
+        verifier.verify({k: v for k, v in headers.items() if "signature" not in k}, body)
+    with pytest.raises(InvalidWebhook, match="differs"):
+        WebhookEvent.parse(body, "another-request")
+
+
+def test_callback_bodies_become_outcomes() -> None:
+    ok = {"status": "OK", "payload": {"images": [{"url": "https://x/1.png"}]}}
+    assert outcome(ok) == ok["payload"]
+    refused = {
+        "status": "ERROR",
+        "error": "Invalid status code: 422",
+        "payload": {"detail": [{"type": "content_policy_violation", "msg": "flagged"}]},
+    }
+    assert isinstance(outcome(refused), PolicyRefusal)
+    down = {"status": "ERROR", "error": "Invalid status code: 503", "payload": {"detail": "x"}}
+    assert isinstance(outcome(down), TransientFalError)
+    assert outcome({"status": "OK", "payload": None, "payload_error": "not JSON"}) is None
+
+
+def _webhook_stack(stack: Stack, fallback_s: float = 30) -> str:
+    api = stack.start_api()
+    stack.env.update(
+        {
+            "IMAGEGEN_WEBHOOK_URL": f"{api}/fal/webhook",
+            "IMAGEGEN_WEBHOOK_FALLBACK_S": str(fallback_s),
+        }
+    )
+    stack.start_worker()
+    return api
+
+
+def _status(stack: Stack, job_id: Any) -> str:
+    from worker.db import session_scope
+    from worker.queries import get_job
+
+    with session_scope(stack.database_url) as session:
+        return get_job(session=session, job_id=job_id).status.value
+
+
+def _polls(stack: Stack, request_id: str) -> dict[str, Any]:
+    stats: dict[str, Any] = stack.emulator.stats()["requests"][request_id]
+    return stats
+
+
+def test_webhook_mode_finishes_jobs_without_polling_fal(stack: Stack) -> None:
+    stack.emulator.configure(latency_s=1.0)
+    _webhook_stack(stack)
+    ok = stack.enqueue(unique("a fox in the snow"))
+    refused = stack.enqueue(unique("[[fal:late-refuse:celebrity_likeness]] a portrait"))
+    job = stack.wait_terminal(ok)
+    assert job["status"] == "succeeded", job
+    assert job["images"] and job["attempts"] == 1
+    assert _polls(stack, job["fal_request_id"])["status_polls"] == 0
+    assert _polls(stack, job["fal_request_id"])["result_gets"] == 0  # the callback carried it
+    job = stack.wait_terminal(refused)
+    assert job["status"] == "refused" and job["refusal_category"] == "celebrity_likeness"
+    assert job["attempts"] == 1  # a refusal is never retried, webhook or not
+    assert _polls(stack, job["fal_request_id"])["status_polls"] == 0
+    assert _polls(stack, job["fal_request_id"])["webhooks_sent"] == 1
+    assert "job.awaiting_webhook" in stack.logs()
+
+
+def test_a_lost_callback_falls_back_to_polling(stack: Stack) -> None:
+    stack.emulator.configure(latency_s=0.5)
+    _webhook_stack(stack, fallback_s=2)
+    job_id = stack.enqueue(unique("[[fal:ok+nowebhook]] a lighthouse"))
+    from worker.sweeper import sweep
+
+    settings, app = stack.settings(), stack.app()
+    deadline = time.monotonic() + 30
+    while _status(stack, job_id) not in ("succeeded", "failed", "refused"):
+        assert time.monotonic() < deadline, stack.logs()
+        sweep(settings, app)  # what celery beat runs: re-publishes the expired parked lease
+        time.sleep(0.5)
+    job = stack.wait_terminal(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert _polls(stack, job["fal_request_id"])["status_polls"] >= 1
+    assert "job.awaiting_webhook" in stack.logs()
+    assert _polls(stack, job["fal_request_id"])["webhooks_sent"] == 0
+
+
+def test_forged_or_unsigned_callbacks_are_refused(stack: Stack) -> None:
+    api = stack.start_api()
+    body = json.dumps({"request_id": "r1", "status": "OK", "payload": {"images": []}}).encode()
+    forged = signed_headers(Ed25519PrivateKey.generate(), "r1", body)
+    with httpx.Client(base_url=api) as client:
+        assert client.post("/fal/webhook", content=body).status_code == 401
+        response = client.post("/fal/webhook", content=body, headers=forged)
+        assert response.status_code == 401, response.text
+        assert "signature" in response.json()["detail"]

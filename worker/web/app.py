@@ -1,0 +1,84 @@
+"""The FastAPI application: every route but ``/healthz`` and fal's webhook needs the API key.
+
+Clients send ``Authorization: Bearer <IMAGEGEN_API_KEY>``; the key is compared in
+constant time. fal's webhook authenticates by its ED25519 signature instead (fal cannot
+send our key). OpenAPI is served at ``/docs`` (and ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from celery import Celery
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from worker.errors import ConfigurationError, JobNotFound, JobRequestError
+from worker.settings import Settings, get_settings
+
+from . import fal_webhook, health, jobs
+
+_bearer = HTTPBearer(auto_error=False, description="IMAGEGEN_API_KEY")
+
+
+def create_app(settings: Settings | None = None, celery: Celery | None = None) -> FastAPI:
+    """The API; raises ConfigurationError when IMAGEGEN_API_KEY is not set."""
+    settings = settings or get_settings()
+    if settings.api_key is None or not settings.api_key.get_secret_value().strip():
+        raise ConfigurationError("IMAGEGEN_API_KEY is not set: the API refuses to run open")
+    expected = settings.api_key.get_secret_value().encode()
+
+    def require_key(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not secrets.compare_digest(given, expected):
+            raise _Unauthorized
+
+    app = FastAPI(
+        title="imagegen",
+        summary="Queue image generations on fal.ai and read their outcomes.",
+        version="1.0",
+    )
+    app.state.settings = settings
+    app.state.celery = celery
+    guarded = [Depends(require_key)]
+    app.include_router(jobs.router, dependencies=guarded)
+    app.include_router(health.router)
+    app.include_router(health.metrics_router, dependencies=guarded)
+    app.include_router(fal_webhook.router)
+    _errors(app)
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(_Unauthorized)
+    def unauthorized(_: Request, __: Exception) -> JSONResponse:
+        body = {"detail": "missing or wrong API key: send Authorization: Bearer <key>"}
+        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(JobRequestError)
+    def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, JobRequestError)
+        return JSONResponse({"detail": exc.problems}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    def malformed(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": [_problem(e) for e in exc.errors()]}, status_code=422)
+
+    @app.exception_handler(JobNotFound)
+    def not_found(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+def _problem(error: Any) -> dict[str, str]:
+    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    return {"field": ".".join(loc) or "request", "message": str(error.get("msg", "invalid"))}

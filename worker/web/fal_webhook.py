@@ -1,0 +1,78 @@
+"""``POST /fal/webhook``: fal's callback in webhook mode (``IMAGEGEN_WEBHOOK_URL``).
+
+The body is verified against fal's ED25519 signature (``worker.fal_webhook``), kept in
+``fal_webhooks`` and the job's run is woken; the run records the outcome. Answers 2xx
+only once the callback is stored, so fal redelivers anything we lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from fastapi import APIRouter, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from worker import store
+from worker.constants import RUN_JOB_TASK
+from worker.db import write
+from worker.fal_webhook import InvalidWebhook, WebhookEvent, WebhookVerifier
+from worker.logs import get_logger
+from worker.settings import Settings
+
+router = APIRouter(tags=["fal"])
+log = get_logger(__name__)
+
+
+@lru_cache(maxsize=4)
+def _verifier(jwks_url: str, tolerance_s: float) -> WebhookVerifier:
+    return WebhookVerifier(jwks_url, tolerance_s=tolerance_s)
+
+
+@router.post("/fal/webhook", responses={401: {"description": "not signed by fal"}})
+async def fal_webhook(request: Request, job_id: str | None = None) -> dict[str, Any]:
+    """fal's signed completion callback (no API key: the signature authenticates it)."""
+    raw = await request.body()  # the exact bytes fal signed
+    return await run_in_threadpool(_accept, request, dict(request.headers), raw, job_id)
+
+
+def _accept(
+    request: Request, headers: dict[str, str], raw: bytes, hint: str | None
+) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    verifier = _verifier(settings.fal_jwks_url, settings.webhook_tolerance_s)
+    try:
+        request_id = verifier.verify(headers, raw)
+        event = WebhookEvent.parse(raw, request_id)
+    except InvalidWebhook as exc:
+        log.warning("fal.webhook_rejected", reason=str(exc))
+        raise HTTPException(401, f"not a valid fal webhook: {exc}") from None
+    job_hint = _uuid(hint)
+    job_id = write(
+        settings.database_url,
+        lambda s: store.record_webhook(
+            session=s, request_id=request_id, body=event.body, job_hint=job_hint
+        ),
+    )
+    if job_id is None:
+        log.info("fal.webhook_unmatched", fal_request_id=request_id)
+        return {"status": "ignored", "reason": "no open job has this request"}
+    celery: Celery = request.app.state.celery or _default_celery()
+    celery.send_task(RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id))
+    log.info("fal.webhook_received", job_id=str(job_id), fal_request_id=request_id)
+    return {"status": "accepted", "job_id": str(job_id)}
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def _default_celery() -> Celery:
+    from worker.celery_app import app
+
+    return app

@@ -1,0 +1,126 @@
+"""Job routes: create (idempotent), read one, list with a cursor, stats, cancel."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+
+from models import JobStatus
+from worker import api, queries
+from worker.db import session_scope
+from worker.errors import EnqueueError, JobRequestError
+from worker.settings import Settings
+
+from .schemas import ErrorBody, JobCreated, JobIn, JobPage, Size
+
+router = APIRouter(tags=["jobs"], responses={401: {"model": ErrorBody}})
+MAX_PAGE = 200
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobCreated,
+    responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+def create_job(
+    body: JobIn,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobCreated:
+    """Queue a generation. A repeated ``Idempotency-Key`` answers with the same job;
+    the same key with another prompt or parameters is a 422."""
+    settings = _settings(request)
+    size = body.image_size
+    try:
+        job_id = api.enqueue(
+            body.prompt,
+            size=size.model_dump() if isinstance(size, Size) else size,
+            quality=body.quality,
+            num_images=body.num_images,
+            output_format=body.output_format,
+            idempotency_key=idempotency_key,
+            deadline_s=body.deadline_s,
+            callback_url=body.callback_url,
+            settings=settings,
+            app=request.app.state.celery,
+        )
+    except EnqueueError as exc:
+        raise HTTPException(503, str(exc)) from None
+    with session_scope(settings.database_url) as session:
+        job = queries.get_job(session=session, job_id=job_id)
+        return JobCreated(id=str(job_id), status=job.status.value)
+
+
+@router.get("/jobs/{job_id}", responses={404: {"model": ErrorBody}})
+def read_job(job_id: uuid.UUID, request: Request) -> dict[str, Any]:
+    """One job with its attempt log (every submission to fal)."""
+    with session_scope(_settings(request).database_url) as session:
+        job = queries.get_job(session=session, job_id=job_id)
+        return queries.job_to_dict(job, with_attempts=True)
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    request: Request,
+    status: Annotated[JobStatus | None, Query()] = None,
+    category: Annotated[str | None, Query(description="Refusal category.")] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601, created at or after.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> JobPage:
+    """Newest first, filtered; follow ``next_cursor`` for older jobs."""
+    before = _decode(cursor) if cursor else None
+    with session_scope(_settings(request).database_url) as session:
+        rows = queries.list_jobs(
+            session=session,
+            status=status,
+            category=category,
+            since=since,
+            limit=limit + 1,
+            before=before,
+        )
+        page = [queries.job_to_dict(job) for job in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
+        next_cursor = _encode(last.created_at, last.id) if last is not None else None
+    return JobPage(jobs=page, next_cursor=next_cursor)
+
+
+@router.get("/stats")
+def stats(request: Request) -> dict[str, Any]:
+    """Counts by status and refusal category, and submissions sent to fal."""
+    with session_scope(_settings(request).database_url) as session:
+        return queries.stats(session=session)
+
+
+@router.post("/jobs/{job_id}/cancel", responses={404: {"model": ErrorBody}})
+def cancel_job(job_id: uuid.UUID, request: Request) -> dict[str, str]:
+    """Cancel: a queued job never reaches fal, a running one is cancelled there."""
+    status = api.cancel(job_id, settings=_settings(request), app=request.app.state.celery)
+    return {"id": str(job_id), "status": status}
+
+
+def _encode(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, job_id = raw.partition("|")
+        return datetime.fromisoformat(stamp), uuid.UUID(job_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise JobRequestError(
+            "invalid cursor", [{"field": "cursor", "message": "not a cursor from this API"}]
+        ) from None
