@@ -113,6 +113,8 @@ class Job(Base):
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
     refusal_category: Mapped[str | None] = mapped_column(String(100))
     refusal_message: Mapped[str | None] = mapped_column(Text)
+    #: who refused: ``fal``, or ``prefilter`` (our moderation step; nothing was sent to fal)
+    refusal_source: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fal_request_id: Mapped[str | None] = mapped_column(String(100))

@@ -212,6 +212,34 @@ def fal_emulator(
 
 
 @cli.command()
+def moderate(prompt: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The verdict IMAGEGEN_MODERATION's chain gives PROMPT (nothing is enqueued)."""
+    from worker.moderation import PASS
+    from worker.moderation_setup import moderation_chain
+
+    with _errors():
+        chain = moderation_chain(_settings())
+        verdict = chain.check(prompt) if chain is not None else PASS
+        if chain is not None:
+            chain.close()
+    data = verdict.as_dict()
+    if as_json:
+        out.print_json(json.dumps(data))
+    elif verdict.refused:
+        soft = " (soft block)" if verdict.soft else ""
+        out.print(
+            f"[yellow]refuse[/yellow] {verdict.category}{soft} by {verdict.source}: "
+            f"{verdict.message}",
+            highlight=False,
+        )
+    else:
+        skipped = (
+            f" (skipped, unavailable: {', '.join(verdict.skipped)})" if verdict.skipped else ""
+        )
+        out.print(f"[green]pass[/green] ({verdict.source}){skipped}", highlight=False)
+
+
+@cli.command()
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,

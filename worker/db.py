@@ -40,12 +40,15 @@ def get_engine(database_url: str) -> Engine:
 
 def _create_engine(database_url: str) -> Engine:
     if database_url.startswith("sqlite"):
-        engine = create_engine(database_url, connect_args={"timeout": 30})
+        engine = create_engine(database_url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # No pool_pre_ping (it doubles the round trips per transaction): a connection broken by a
     # Postgres restart raises on use, the pool discards it, and worker.db.write retries.
-    return create_engine(database_url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    # hide_parameters: prompts are user data; keep them out of error texts (logs, Flower).
+    return create_engine(
+        database_url, pool_size=10, max_overflow=20, pool_recycle=1800, hide_parameters=True
+    )
 
 
 def dispose_engines() -> None:

@@ -62,12 +62,27 @@ class FalError(ImagegenError):
 
 
 class PolicyRefusal(FalError):
-    """fal refused the prompt for content policy; permanent, never retried."""
+    """The prompt was refused for content policy; permanent, never retried.
 
-    def __init__(self, category: str, message: str, *, soft: bool, **kwargs: Any) -> None:
+    ``source`` is ``fal``, or ``prefilter`` when our moderation step (``checker``: rules,
+    openai) refused it before anything was sent.
+    """
+
+    def __init__(
+        self,
+        category: str,
+        message: str,
+        *,
+        soft: bool,
+        source: str = "fal",
+        checker: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(message, **kwargs)
         self.category = category
         self.soft = soft
+        self.source = source
+        self.checker = checker
 
 
 class TransientFalError(FalError):

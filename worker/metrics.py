@@ -39,6 +39,11 @@ SUBMISSIONS = Counter(
     "imagegen_fal_submissions_total", "Submit POSTs sent to fal (each one may be billed)."
 )
 RETRIES = Counter("imagegen_job_retries_total", "Runs scheduled again after a transient failure.")
+MODERATION_UNAVAILABLE = Counter(
+    "imagegen_moderation_unavailable_total",
+    "Moderation checks skipped (fail open) or deferred (fail closed): service unavailable.",
+    ["source"],
+)
 CALLBACKS = Counter(
     "imagegen_callbacks_total", "Job-event callbacks to web apps, by result.", ["result"]
 )

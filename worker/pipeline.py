@@ -33,6 +33,7 @@ from worker.errors import (
 from worker.fal_gateway import FalGateway, PerThreadGateway
 from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
+from worker.moderation import Chain, ModerationUnavailable
 from worker.polling import LatencyEstimate
 from worker.retry import GiveUp, RetryPolicy
 from worker.settings import Settings
@@ -73,6 +74,8 @@ class Runtime:
     guard: AccountGuard
     limiter: FalLimiter
     latency: LatencyEstimate = field(default_factory=LatencyEstimate)
+    #: the moderation pre-filter (IMAGEGEN_MODERATION); None: off
+    moderation: Chain | None = None
     sleep: Callable[[float], None] = field(default=time.sleep)
     monotonic: Callable[[], float] = field(default=time.monotonic)
 
@@ -180,6 +183,8 @@ class _Run:
     def _execute(self) -> Done | RetryLater:
         try:
             self.check_deadline()
+            if self.request_id is None and self.submissions == 0:
+                self.prefilter()
             if self.request_id is None:
                 self.wait_for_turn()
                 self.request_id = self.submit()
@@ -219,6 +224,31 @@ class _Run:
             "IMAGEGEN_RESUBMIT_UNKNOWN=true)"
         )
         return self.finish(JobStatus.FAILED, AttemptOutcome.UNKNOWN, "failed", error=message)
+
+    def prefilter(self) -> None:
+        """Our moderation step, before the first (billable) submit; raises its refusal.
+
+        With IMAGEGEN_MODERATION_FAIL_CLOSED, an unavailable moderation service makes the
+        job wait and try again (counted as runs, like polling failures), then fail.
+        """
+        chain = self.rt.moderation
+        if chain is None:
+            return
+        self.phase = "moderate"  # a retry here counts runs: nothing was submitted
+        try:
+            verdict = chain.check(self.job.prompt)
+        except ModerationUnavailable as exc:
+            message = f"the moderation service is unavailable ({exc.reason})"
+            raise TransientFalError(message) from None
+        self.phase = "submit"
+        if verdict.refused:
+            raise PolicyRefusal(
+                verdict.category or "unspecified",
+                verdict.message or "This prompt was refused before generation.",
+                soft=verdict.soft,
+                source="prefilter",
+                checker=verdict.source,
+            )
 
     def write(self, work: Callable[[Session], Any]) -> Any:
         return write(self.rt.settings.database_url, work)
@@ -455,12 +485,18 @@ class _Run:
                 status=JobStatus.REFUSED,
                 refusal_category=refusal.category,
                 refusal_message=refusal.message,
+                refusal_source=refusal.source,
             )
 
         self.write(record)
-        metrics.REFUSALS.labels(refusal.category, "fal").inc()
+        metrics.REFUSALS.labels(refusal.category, refusal.source).inc()
         self.log.info(
-            "job.refused", category=refusal.category, soft=refusal.soft, attempt=self.number
+            "job.refused",
+            category=refusal.category,
+            soft=refusal.soft,
+            attempt=self.number,
+            source=refusal.source,
+            checker=refusal.checker,
         )
         return Done(f"refused:{refusal.category}")
 

@@ -50,18 +50,24 @@ def list_jobs(
 def stats(*, session: Session) -> dict[str, Any]:
     """Counts by status and by refusal category, plus submissions sent to fal."""
     by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    by_category = dict(
-        session.execute(
-            select(Job.refusal_category, func.count())
-            .where(Job.refusal_category.is_not(None))
-            .group_by(Job.refusal_category)
-        ).all()
-    )
+    refusals = session.execute(
+        select(Job.refusal_category, Job.refusal_source, func.count())
+        .where(Job.refusal_category.is_not(None))
+        .group_by(Job.refusal_category, Job.refusal_source)
+    ).all()
+    by_category: dict[str, int] = {}
+    by_source: dict[str, dict[str, int]] = {"fal": {}, "prefilter": {}}
+    for category, source, count in refusals:
+        category = str(category)
+        by_category[category] = by_category.get(category, 0) + count
+        by_source.setdefault(source or "fal", {})[category] = count
     submissions = session.execute(select(func.count()).select_from(JobAttempt)).scalar_one()
     return {
         "total": sum(by_status.values()),
         "by_status": {s.value: by_status.get(s, 0) for s in JobStatus},
         "by_refusal_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+        #: fal's own refusals, and our pre-filter's (nothing was sent to fal for those)
+        "by_refusal_source": by_source,
         "fal_submissions": submissions,
     }
 
@@ -75,6 +81,7 @@ def job_to_dict(job: Job, *, with_attempts: bool = False) -> dict[str, Any]:
         "params": job.params,
         "model": job.model,
         "refusal_category": job.refusal_category,
+        "refusal_source": job.refusal_source,
         "refusal_message": job.refusal_message,
         "error": job.error,
         "attempts": job.attempts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,19 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = Field(default=None, alias="IMAGEGEN_CALLBACK_SECRET")
     callback_timeout_s: float = Field(default=10.0, gt=0, alias="IMAGEGEN_CALLBACK_TIMEOUT_S")
 
+    # Moderation pre-filter (worker/moderation): refuse before the billable call to fal.
+    moderation: str = Field(default="off", alias="IMAGEGEN_MODERATION")
+    moderation_rules_file: Path | None = Field(default=None, alias="IMAGEGEN_MODERATION_RULES_FILE")
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1", alias="IMAGEGEN_OPENAI_BASE_URL"
+    )
+    openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
+    openai_moderation_model: str = Field(
+        default="omni-moderation-latest", alias="IMAGEGEN_OPENAI_MODERATION_MODEL"
+    )
+    moderation_timeout_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_MODERATION_TIMEOUT_S")
+    moderation_fail_closed: bool = Field(default=False, alias="IMAGEGEN_MODERATION_FAIL_CLOSED")
+
     # Prometheus: a worker serves its metrics on this port when set.
     metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="IMAGEGEN_METRICS_PORT")
 
@@ -87,6 +101,13 @@ class Settings(BaseSettings):
         if url.drivername in ("postgres", "postgresql"):
             url = url.set(drivername="postgresql+psycopg")
         return url.render_as_string(hide_password=False)
+
+    @field_validator("moderation")
+    @classmethod
+    def _moderation(cls, value: str) -> str:
+        from worker.moderation import parse_spec  # a ValueError naming the valid values
+
+        return ",".join(parse_spec(value)) or "off"
 
     @field_validator("webhook_url")
     @classmethod

@@ -18,6 +18,7 @@ from worker.errors import ConfigurationError
 from worker.fal_gateway import PerThreadGateway
 from worker.fleet import FalLimiter
 from worker.logs import get_logger
+from worker.moderation_setup import moderation_chain
 from worker.pipeline import RetryLater, Runtime, run_job
 from worker.retry import RetryPolicy
 from worker.settings import get_settings
@@ -36,6 +37,7 @@ def runtime() -> Runtime:
         limiter=FalLimiter.for_url(
             app.conf.broker_url or "", limit=settings.fal_concurrency, lease_s=settings.lease_s
         ),
+        moderation=moderation_chain(settings),
     )
 
 

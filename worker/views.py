@@ -27,7 +27,8 @@ def _status(value: str) -> Text:
 def _why(job: dict[str, Any]) -> str:
     if job["status"] == "refused":
         soft = " (soft block)" if job["refusal_category"] in SOFT_BLOCK_CATEGORIES else ""
-        return f"{job['refusal_category']}{soft}: {job['refusal_message']}"
+        by = " [pre-filter]" if job.get("refusal_source") == "prefilter" else ""
+        return f"{job['refusal_category']}{soft}{by}: {job['refusal_message']}"
     if job["status"] == "succeeded":
         return f"{len(job['images'] or [])} image(s)"
     return job["error"] or ""
@@ -92,12 +93,16 @@ def stats_tables(data: dict[str, Any]) -> list[Table]:
     by_status.add_column("jobs", justify="right")
     for status, count in data["by_status"].items():
         by_status.add_row(_status(status), str(count))
-    by_category = Table(title="refusals by category")
+    by_category = Table(title="refusals by category and source")
     by_category.add_column("category")
     by_category.add_column("jobs", justify="right")
+    by_category.add_column("by fal", justify="right")
+    by_category.add_column("by pre-filter", justify="right")
+    sources = data["by_refusal_source"]
     for category, count in data["by_refusal_category"].items():
         soft = " (soft)" if category in SOFT_BLOCK_CATEGORIES else ""
-        by_category.add_row(category + soft, str(count))
+        fal, prefilter = (sources.get(s, {}).get(category, 0) for s in ("fal", "prefilter"))
+        by_category.add_row(category + soft, str(count), str(fal), str(prefilter))
     return [by_status, by_category]
 
 
