@@ -1,7 +1,8 @@
-"""Processes for the benchmarks: the fal emulator, a worker host, and /proc sampling.
+"""Processes for the benchmarks: the fal emulator, a worker host, the API, /proc sampling.
 
 A worker host's RSS and CPU cover every process we started and all their descendants
 (prefork children included), read from /proc so that nothing is installed to measure it.
+The API (``imagegen api``, fal's webhook receiver in webhook mode) is sampled the same way.
 """
 
 from __future__ import annotations
@@ -192,3 +193,55 @@ class WorkerHost:
     def log_text(self, label: str) -> str:
         logs = sorted(self.log_dir.glob(f"{label}-*.log"))
         return "\n".join(log.read_text(errors="replace") for log in logs)
+
+
+@dataclass
+class ApiServer:
+    """``imagegen api`` (one uvicorn process) on a free port: fal's webhook receiver."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.base_url}/fal/webhook"
+
+    def start(self, timeout_s: float = 60) -> ApiServer:
+        """Start it and wait until ``/healthz`` answers 200 (Postgres and Redis reachable)."""
+        self.port = free_port()
+        cmd = [str(Path(sys.executable).parent / "imagegen"), "api"]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(base_url=self.base_url, timeout=2, trust_env=False) as client:
+            while True:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = self.log_path.read_text(errors="replace")
+                    raise RuntimeError(f"the API did not start:\n{log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/healthz").status_code == 200:
+                        return self
+                time.sleep(0.1)
+
+    def pids(self) -> list[int]:
+        return descendants(self.proc.pid) if self.proc is not None else []
+
+    def rss_mb(self) -> float:
+        return sum(rss_kb(pid) for pid in self.pids()) / 1024
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(pid) for pid in self.pids())
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)

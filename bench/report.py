@@ -22,6 +22,7 @@ NONE = "-"
 
 @dataclass
 class Figures:
+    mode: str  # ours: "polling" or "webhook"
     jobs: int
     done: int
     jobs_per_s: float
@@ -34,18 +35,27 @@ class Figures:
     peak_in_progress: int  # the emulator's in_progress_peak
     ideal_jobs_per_s: float | None
     achieved_over_ideal: float | None
-    cpu_ms_per_job: float | None
+    cpu_ms_per_job: float | None  # the host: workers, plus the API in webhook mode
     startup_cpu_s: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the host: workers, plus the API in webhook mode
     status_requests_per_job: float | None
+    result_gets_per_job: float | None
     db_transactions_per_job: float | None
     db_statements_per_job: float | None
     statuses: dict[str, int]
     window_s: float | None
+    stalled_s: float | None  # ours: stopped because no job finished for this long
     peak_worker_cores: float  # max over ~2 s windows of worker CPU s per s
     machine_busy: float  # whole machine (workers, emulator, Postgres, Redis, bench) over the run
     peak_machine_busy: float  # the same, busiest ~2 s
     emulator_cpu_s: float  # the emulator's CPU over the run (a separate process)
+    # webhook mode (None otherwise)
+    api_cpu_ms_per_job: float | None
+    api_peak_rss_mb: float | None
+    webhooks_sent: int | None  # callbacks the emulator delivered (2xx)
+    webhooks_failed: int | None  # callbacks it gave up on after its retries
+    webhooks_stored: int | None  # rows in fal_webhooks: callbacks the API verified and kept
+    requests_without_webhook: int | None  # completed at the emulator, never delivered
 
 
 def polls_per_job(run: Run) -> float | None:
@@ -57,13 +67,44 @@ def polls_per_job(run: Run) -> float | None:
     return sum(completed) / len(completed) if completed else None
 
 
+def result_gets_per_job(run: Run) -> float | None:
+    if run.label != "ours":
+        return None
+    return sum(int(r["result_gets"]) for r in run.emulator["requests"].values()) / run.jobs
+
+
+WEBHOOK_FIGURES = (
+    "api_cpu_ms_per_job",
+    "api_peak_rss_mb",
+    "webhooks_sent",
+    "webhooks_failed",
+    "webhooks_stored",
+    "requests_without_webhook",
+)
+
+
+def webhook_figures(run: Run, done: int) -> dict[str, Any]:
+    if run.mode != "webhook":
+        return dict.fromkeys(WEBHOOK_FIGURES)
+    stats = run.emulator
+    completed = [r for r in stats["requests"].values() if r["state"] == "COMPLETED"]
+    return {
+        "api_cpu_ms_per_job": None if run.api_cpu_s is None else per_job(run.api_cpu_s * 1e3, done),
+        "api_peak_rss_mb": max((s.api_rss_mb for s in run.samples), default=0.0),
+        "webhooks_sent": int(stats.get("webhooks_sent", 0)),
+        "webhooks_failed": int(stats.get("webhooks_failed", 0)),
+        "webhooks_stored": run.webhooks_stored,
+        "requests_without_webhook": sum(1 for r in completed if not r.get("webhooks_sent")),
+    }
+
+
 def per_job(value: float | None, jobs: int) -> float | None:
     return None if value is None or jobs == 0 else value / jobs
 
 
 def figures(run: Run, args: argparse.Namespace) -> Figures:
     done = run.done
-    upper = done == 0
+    upper = done == 0 and run.label == "naive"  # time-boxed: fewer than one in the window
     rate = (1 / run.span_s if upper else done / run.span_s) if run.span_s > 0 else 0.0
     peak = int(run.emulator.get("active_peak", 0))
     peak_db = max((s.in_flight_db for s in run.samples), default=0)
@@ -71,6 +112,7 @@ def figures(run: Run, args: argparse.Namespace) -> Figures:
     finished = sum(n for status, n in run.final.items() if status in TERMINAL)
     ideal = min(args.fal_concurrency, peak, run.jobs) / args.latency if args.latency > 0 else None
     return Figures(
+        mode=run.mode,
         jobs=run.jobs,
         done=done,
         jobs_per_s=rate,
@@ -85,16 +127,19 @@ def figures(run: Run, args: argparse.Namespace) -> Figures:
         achieved_over_ideal=rate / ideal if ideal else None,
         cpu_ms_per_job=per_job(run.cpu_s * 1000, done),
         startup_cpu_s=run.startup_cpu_s,
-        peak_rss_mb=max((s.rss_mb for s in run.samples), default=0.0),
+        peak_rss_mb=max((s.rss_mb + s.api_rss_mb for s in run.samples), default=0.0),
         status_requests_per_job=polls_per_job(run),
+        result_gets_per_job=result_gets_per_job(run),
         db_transactions_per_job=per_job(run.xacts, finished),
         db_statements_per_job=per_job(run.statements, finished),
         statuses=dict(run.final),
         window_s=run.window_s,
-        peak_worker_cores=peak_rate(run, lambda s: s.cpu_s),
+        stalled_s=run.stalled_s,
+        peak_worker_cores=peak_rate(run, lambda s: s.cpu_s + s.api_cpu_s),
         machine_busy=machine_busy(run),
         peak_machine_busy=peak_machine_busy(run),
         emulator_cpu_s=run.samples[-1].emulator_cpu_s - run.samples[0].emulator_cpu_s,
+        **webhook_figures(run, done),
     )
 
 
@@ -134,6 +179,8 @@ def rows(ours: Figures, naive: Figures | None) -> list[tuple[str, str, str]]:
         return name, fmt(get(ours), spec), fmt(get(naive), spec) if naive else NONE
 
     naive_rate = NONE if naive is None else fmt(naive.jobs_per_s, ".2f", "< " * naive.upper_bound)
+    host = ", workers + API" if ours.mode == "webhook" else ""
+    both = " (workers + API)" if ours.mode == "webhook" else ""
     return [
         row("jobs (naive: queued; finished)", lambda f: f.jobs, "d"),
         ("", "", NONE if naive is None else f"{naive.done} finished"),
@@ -147,14 +194,21 @@ def rows(ours: Figures, naive: Figures | None) -> list[tuple[str, str, str]]:
         row("peak running at the emulator", lambda f: f.peak_in_progress, "d"),
         row("ideal jobs/s = min(C, peak, N)/latency", lambda f: f.ideal_jobs_per_s, ".2f"),
         row("achieved / ideal", lambda f: f.achieved_over_ideal, ".1%"),
-        row("worker CPU ms per job (run)", lambda f: f.cpu_ms_per_job, ".2f"),
-        row("worker CPU at start, s (not counted)", lambda f: f.startup_cpu_s, ".2f"),
-        row("worker CPU, busiest 2 s, cores", lambda f: f.peak_worker_cores, ".2f"),
+        row(f"worker CPU ms per job (run{host})", lambda f: f.cpu_ms_per_job, ".2f"),
+        row("  of which the API (webhook receiver)", lambda f: f.api_cpu_ms_per_job, ".2f"),
+        row(f"worker CPU at start, s (not counted{host})", lambda f: f.startup_cpu_s, ".2f"),
+        row(f"worker CPU, busiest 2 s, cores{both}", lambda f: f.peak_worker_cores, ".2f"),
         row("machine CPU busy over the run (2 cores)", lambda f: f.machine_busy, ".0%"),
         row("machine CPU busy, busiest 2 s", lambda f: f.peak_machine_busy, ".0%"),
         row("emulator CPU over the run, s", lambda f: f.emulator_cpu_s, ".1f"),
-        row("peak RSS of the worker host, MB", lambda f: f.peak_rss_mb, ".0f"),
+        row(f"peak RSS of the worker host, MB{both}", lambda f: f.peak_rss_mb, ".0f"),
+        row("  of which the API, MB", lambda f: f.api_peak_rss_mb, ".0f"),
         row("status requests per job", lambda f: f.status_requests_per_job, ".1f"),
+        row("result GETs per job", lambda f: f.result_gets_per_job, ".2f"),
+        row("webhooks delivered (emulator)", lambda f: f.webhooks_sent, "d"),
+        row("webhooks given up (emulator)", lambda f: f.webhooks_failed, "d"),
+        row("webhooks stored (fal_webhooks rows)", lambda f: f.webhooks_stored, "d"),
+        row("completed requests with no webhook", lambda f: f.requests_without_webhook, "d"),
         row("DB transactions per job", lambda f: f.db_transactions_per_job, ".2f"),
         row("DB statements per job", lambda f: f.db_statements_per_job, ".2f"),
     ]
@@ -168,18 +222,26 @@ def ratio(ours: Figures, naive: Figures | None) -> float | None:
 
 def table(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> Table:
     title = (
-        f"throughput: {args.jobs} jobs, latency {args.latency:g} s, fal concurrency "
-        f"{args.fal_concurrency}, {args.processes} x threads {args.threads} vs prefork default"
+        f"throughput ({ours.mode} mode): {args.jobs} jobs, latency {args.latency:g} s, fal "
+        f"concurrency {args.fal_concurrency}, {args.processes} x threads {args.threads}"
+        " vs prefork default"
     )
     result = Table(title=title)
-    for column in ("figure", "ours (threads pool)", "naive (subscribe, prefork)"):
+    for column in ("figure", f"ours (threads pool, {ours.mode})", "naive (subscribe, prefork)"):
         result.add_column(column, justify="left" if column == "figure" else "right")
     for name, a, b in rows(ours, naive):
         if name == "DB statements per job" and a == NONE:
             continue  # pg_stat_statements is not loaded on this server
+        if a == NONE and b == NONE and ours.mode != "webhook":
+            continue  # a webhook-mode row in a polling run
         result.add_row(name, a, b)
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(ours.statuses.items()))
     result.add_row("final statuses", statuses, "" if naive is None else fmt_statuses(naive))
+    if ours.stalled_s is not None:
+        result.add_row("STALLED", f"no job finished for {ours.stalled_s:.0f} s: stopped", "")
+    if ours.done < ours.jobs:
+        unfinished = f"{ours.jobs - ours.done} jobs; jobs/s = finished / time watched"
+        result.add_row("NOT FINISHED", unfinished, "")
     r = ratio(ours, naive)
     bound = "≥ " if naive is not None and naive.upper_bound else ""
     result.add_row("ours / naive jobs/s", fmt(r, ".1f", bound) + ("x" if r else ""), "")
@@ -190,12 +252,12 @@ def fmt_statuses(naive: Figures) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(naive.statuses.items()))
 
 
-def print_events(label: str, events: Counter[str]) -> None:
+def print_events(label: str, events: Counter[str], source: str = "worker logs") -> None:
     if not events:
-        console.print(f"{label} worker logs: no warnings or errors", highlight=False)
+        console.print(f"{label} {source}: no warnings or errors", highlight=False)
         return
     total = sum(events.values())
-    console.print(f"{label} worker logs: {total} warning/error lines", highlight=False)
+    console.print(f"{label} {source}: {total} warning/error lines", highlight=False)
     for line, n in events.most_common(8):
         console.print(f"  {n:6d} x {line}", soft_wrap=True, highlight=False, markup=False)
 
@@ -203,24 +265,35 @@ def print_events(label: str, events: Counter[str]) -> None:
 def summary(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> dict[str, Any]:
     r = ratio(ours, naive)
     data: dict[str, Any] = {
+        "mode": ours.mode,
         "jobs_per_s": round(ours.jobs_per_s, 3),
         "naive_jobs_per_s": None if naive is None else round(naive.jobs_per_s, 4),
         "ratio_vs_naive": None if r is None else round(r, 1),
         "peak_in_flight": ours.peak_in_flight,
         "peak_in_flight_db": ours.peak_in_flight_db,
+        "peak_in_progress": ours.peak_in_progress,
         "achieved_over_ideal": rounded(ours.achieved_over_ideal, 3),
         "ideal_jobs_per_s": rounded(ours.ideal_jobs_per_s, 3),
         "peak_rss_mb": round(ours.peak_rss_mb, 1),
         "worker_cpu_ms_per_job": rounded(ours.cpu_ms_per_job, 2),
         "status_requests_per_job": rounded(ours.status_requests_per_job, 2),
+        "result_gets_per_job": rounded(ours.result_gets_per_job, 2),
         "p50_s": rounded(ours.p50_s, 3),
         "p95_s": rounded(ours.p95_s, 3),
         "enqueue_jobs_per_s": round(ours.enqueue_jobs_per_s, 1),
         "db_transactions_per_job": rounded(ours.db_transactions_per_job, 2),
         "statuses": ours.statuses,
+        "stalled": ours.stalled_s is not None,
+        "finished": ours.done,
         "peak_worker_cores": round(ours.peak_worker_cores, 2),
         "machine_cpu_busy": round(ours.machine_busy, 3),
         "machine_cpu_busy_peak": round(ours.peak_machine_busy, 3),
+        "api_cpu_ms_per_job": rounded(ours.api_cpu_ms_per_job, 2),
+        "api_peak_rss_mb": rounded(ours.api_peak_rss_mb, 1),
+        "webhooks_sent": ours.webhooks_sent,
+        "webhooks_failed": ours.webhooks_failed,
+        "webhooks_stored": ours.webhooks_stored,
+        "requests_without_webhook": ours.requests_without_webhook,
         "jobs": args.jobs,
         "latency_s": args.latency,
         "fal_concurrency": args.fal_concurrency,
@@ -266,6 +339,8 @@ def render(
     console.print(table(args, ours, naive))
     console.print(f"IMAGEGEN_* passed through from the environment: {passed or 'none'}")
     print_events("ours", ours_run.log_events)
+    if ours_run.mode == "webhook":
+        print_events("ours", ours_run.api_log_events, "API log (imagegen api)")
     if naive_run is not None:
         print_events("naive", naive_run.log_events)
     if args.keep_logs:

@@ -1,13 +1,19 @@
 """Throughput of the real pipeline against the fal emulator, next to the naive pattern.
 
 `python -m bench.throughput --jobs N --latency SECONDS --fal-concurrency C [--processes 2]
-[--threads 500] [--naive-window 60] [--skip-naive] [--timeout 900]`
+[--threads 500] [--webhook] [--naive-window 60] [--skip-naive] [--timeout 900]
+[--stall-after S]`
 
 A throwaway Postgres database, Redis db 12 flushed, `imagegen fal-emulator` in its own
 process, one worker host started the documented way (`--processes` Celery workers on the
 threads pool, settings at their defaults), N jobs queued with `enqueue_many`; sampled every
-0.5 s until all are terminal. Then the naive pattern (`bench/naive.py`: `fal_client.subscribe`
-in a task on the default prefork pool) for `--naive-window` seconds against the same emulator.
+0.5 s until all are terminal. With `--webhook` the workers run in webhook mode
+(`IMAGEGEN_WEBHOOK_URL` pointing at `imagegen api`, one uvicorn process started next to
+the host and counted into its CPU and RSS, also shown on its own; no polling fallback during
+the run: `IMAGEGEN_WEBHOOK_FALLBACK_S` 600 unless set). Then the naive pattern
+(`bench/naive.py`: `fal_client.subscribe` in a task on the default prefork pool) for
+`--naive-window` seconds against the same emulator. A run in which no job finishes for
+`--stall-after` seconds (default max(120, 3 x latency + 60)) is stopped and reported stalled.
 Prints a table, then one JSON object as the last line.
 """
 
@@ -35,7 +41,7 @@ from sqlalchemy import Connection, create_engine, insert, text
 from sqlalchemy.pool import NullPool
 
 from bench import naive
-from bench.host import Emulator, WorkerHost, active, machine_busy_s
+from bench.host import ApiServer, Emulator, WorkerHost, active, machine_busy_s
 from bench.report import render
 from models import Job, JobStatus, utcnow
 from worker.api import enqueue_many
@@ -48,6 +54,7 @@ ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 SAMPLE_EVERY_S = 0.5
+WEBHOOK_FALLBACK_S = "600"  # longer than any run here: a lost callback shows as a stuck job
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 COUNTS_SQL = "SELECT status, fal_request_id IS NOT NULL, count(*) FROM jobs GROUP BY 1, 2"
 TIMES_SQL = """
@@ -65,9 +72,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fal-concurrency", type=int, required=True, help="C")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=500)
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="webhook mode: fal calls back to `imagegen api` (started here) instead of polls",
+    )
     parser.add_argument("--naive-window", type=float, default=60.0)
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--stall-after",
+        type=float,
+        default=None,
+        help="stop when no job finished for this long, s (default max(120, 3 x latency + 60))",
+    )
     parser.add_argument("--keep-logs", action="store_true")
     return parser.parse_args(argv)
 
@@ -95,6 +113,8 @@ class Sample:
     cpu_s: float  # the worker host's CPU so far
     machine: tuple[float, float]  # busy and total CPU seconds of the whole machine so far
     emulator_cpu_s: float
+    api_rss_mb: float = 0.0  # webhook mode: `imagegen api`, part of the host
+    api_cpu_s: float = 0.0
 
 
 @dataclass
@@ -103,10 +123,13 @@ class Run:
 
     label: str
     jobs: int
+    mode: str = "polling"  # ours: "polling" or "webhook"
     samples: list[Sample] = field(default_factory=list)
     enqueue_s: float = 0.0
     startup_cpu_s: float = 0.0
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # the host: worker processes, and the API in webhook mode
+    api_cpu_s: float | None = None  # the API alone (webhook mode)
+    webhooks_stored: int | None = None  # rows in fal_webhooks at the end (webhook mode)
     emulator: dict[str, Any] = field(default_factory=dict)
     xacts: int | None = None
     statements: int | None = None
@@ -116,7 +139,9 @@ class Run:
     p95_s: float | None = None
     final: Counter[str] = field(default_factory=Counter)
     log_events: Counter[str] = field(default_factory=Counter)
+    api_log_events: Counter[str] = field(default_factory=Counter)
     window_s: float | None = None  # naive: the time box, when it was used
+    stalled_s: float | None = None  # ours: stopped after no job finished for this long
 
 
 def admin_sql(statement: str, **params: Any) -> Any:
@@ -154,8 +179,11 @@ def db_counters(db_name: str) -> tuple[int, int | None]:
 
 
 def worker_env(url: str, emulator: Emulator, concurrency: int) -> dict[str, str]:
-    """The harness's environment (IMAGEGEN_* included) with the services pointed at."""
-    env = dict(os.environ)
+    """The harness's environment (IMAGEGEN_* included) with the services pointed at.
+
+    Polling mode unless ``--webhook``: an IMAGEGEN_WEBHOOK_URL of the caller is dropped.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "IMAGEGEN_WEBHOOK_URL"}
     env.update(DATABASE_URL=url, REDIS_URL=REDIS_URL, FAL_KEY="bench", **emulator.env)
     env.update(IMAGEGEN_FAL_CONCURRENCY=str(concurrency), IMAGEGEN_LOG_FORMAT="json")
     return env
@@ -164,8 +192,11 @@ def worker_env(url: str, emulator: Emulator, concurrency: int) -> dict[str, str]
 class Probe:
     """Samples a run: one GROUP BY on the jobs table, the emulator's stats, the host's RSS."""
 
-    def __init__(self, ctx: Context, host: WorkerHost | None = None) -> None:
-        self.ctx, self.host, self.queries = ctx, host, 0
+    def __init__(
+        self, ctx: Context, host: WorkerHost | None = None, api: ApiServer | None = None
+    ) -> None:
+        self.ctx, self.host, self.api, self.queries = ctx, host, api, 0
+        self.stalled = False
         self._engine = create_engine(ctx.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
         self._conn: Connection = self._engine.connect()
 
@@ -184,24 +215,41 @@ class Probe:
         rss_mb, cpu = (self.host.rss_mb(), self.host.cpu_s()) if self.host else (0.0, 0.0)
         t = time.monotonic() - t0
         machine, emulator_cpu = machine_busy_s(), self.ctx.emulator.cpu_s()
-        return Sample(t, counts, in_flight, emulator_active, rss_mb, cpu, machine, emulator_cpu)
+        sample = Sample(t, counts, in_flight, emulator_active, rss_mb, cpu, machine, emulator_cpu)
+        if self.api is not None:
+            sample.api_rss_mb, sample.api_cpu_s = self.api.rss_mb(), self.api.cpu_s()
+        return sample
 
-    def watch(self, n: int, t0: float, until: float) -> list[Sample]:
-        """Every 0.5 s until n jobs are terminal, ``until`` passes or the host died."""
+    def dead(self) -> bool:
+        """The worker host (or the API) is gone: waiting longer is pointless."""
+        host_dead = self.host is not None and not self.host.alive()
+        return host_dead or (self.api is not None and not self.api.alive())
+
+    def watch(self, n: int, t0: float, until: float, stall_s: float | None = None) -> list[Sample]:
+        """Every 0.5 s until n jobs are terminal, ``until`` passes or the host died.
+
+        With ``stall_s``: also when no job became terminal for that long (``self.stalled``).
+        """
         samples: list[Sample] = []
         next_print = t0 + 10
+        last_terminal, last_change = -1, t0
         while True:
             tick = time.monotonic()
             sample = self.sample(t0)
             samples.append(sample)
             terminal = sum(v for k, v in sample.counts.items() if k in TERMINAL)
-            if terminal >= n or tick >= until or (self.host and not self.host.alive()):
+            if terminal != last_terminal:
+                last_terminal, last_change = terminal, tick
+            self.stalled = stall_s is not None and tick - last_change >= stall_s
+            if terminal >= n or tick >= until or self.dead() or self.stalled:
                 return samples
             if tick >= next_print:
+                api = f" api cpu {sample.api_cpu_s:.1f}s" if self.api is not None else ""
                 print(
                     f"  t={sample.t:5.1f}s {dict(sample.counts)} in flight {sample.in_flight_db}"
-                    f" (emulator {sample.emulator_active}) rss {sample.rss_mb:.0f} MB"
-                    f" worker cpu {sample.cpu_s:.1f}s",
+                    f" (emulator {sample.emulator_active}) rss"
+                    f" {sample.rss_mb + sample.api_rss_mb:.0f} MB"
+                    f" worker cpu {sample.cpu_s:.1f}s{api}",
                     file=sys.stderr,
                 )
                 next_print = tick + 10
@@ -214,6 +262,9 @@ class Probe:
         run.p50_s, run.p95_s = (None, None) if row[3] is None else (float(row[3]), float(row[4]))
         run.final = self.counts()[0]
         return last
+
+    def webhooks_stored(self) -> int:
+        return int(self._conn.execute(text("SELECT count(*) FROM fal_webhooks")).scalar_one())
 
     def close(self) -> None:
         self._conn.close()
@@ -231,6 +282,9 @@ def our_workers(args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
 def finish_run(ctx: Context, run: Run, probe: Probe, base: tuple[int, int | None]) -> None:
     """After the host stopped: database counters (backends flush them as they exit), logs."""
     run.log_events = log_events(WorkerHost({}, ctx.log_dir).log_text(run.label))
+    api_log = ctx.log_dir / API_LOG
+    if run.mode == "webhook" and api_log.exists():
+        run.api_log_events = log_events(api_log.read_text(errors="replace"))
     probe.close()
     dispose_engines()
     time.sleep(1.0)
@@ -240,32 +294,63 @@ def finish_run(ctx: Context, run: Run, probe: Probe, base: tuple[int, int | None
         run.statements = statements - base[1] - probe.queries
 
 
+API_LOG = "api.log"
+
+
+def start_api(ctx: Context) -> tuple[ApiServer, dict[str, str]]:
+    """Webhook mode: `imagegen api` up and healthy; the workers' environment pointing at it."""
+    env = dict(ctx.env)
+    env.setdefault("IMAGEGEN_API_KEY", uuid.uuid4().hex)  # required; no route here uses it
+    api = ApiServer(env, ctx.log_dir / API_LOG).start()
+    env["IMAGEGEN_WEBHOOK_URL"] = api.webhook_url
+    env.setdefault("IMAGEGEN_WEBHOOK_FALLBACK_S", WEBHOOK_FALLBACK_S)
+    return api, env
+
+
 def run_ours(ctx: Context) -> Run:
-    args, run = ctx.args, Run("ours", ctx.args.jobs)
+    args = ctx.args
+    run = Run("ours", args.jobs, mode="webhook" if args.webhook else "polling")
     values: dict[str, Any] = dict(ctx.env)  # Settings takes the environment names
     settings = Settings(**values)
     app = create_app(settings)
-    host = WorkerHost(ctx.env, ctx.log_dir)
+    api: ApiServer | None = None
+    env = ctx.env
+    host = WorkerHost(env, ctx.log_dir)
     try:
+        if args.webhook:
+            api, env = start_api(ctx)
+            host = WorkerHost(env, ctx.log_dir)
         cmds, names = our_workers(args)
         host.start(cmds, run.label)
         host.wait_ready(app, names)
-        run.startup_cpu_s = host.cpu_s()
+        api_startup = api.cpu_s() if api is not None else 0.0
+        run.startup_cpu_s = host.cpu_s() + api_startup
         base = db_counters(ctx.db_name)
         tag = uuid.uuid4().hex[:6]
         t0 = time.monotonic()
         enqueue_many([f"bench job {i} {tag}" for i in range(args.jobs)], settings=settings, app=app)
         run.enqueue_s = time.monotonic() - t0
-        probe = Probe(ctx, host)
-        run.samples = probe.watch(args.jobs, t0, t0 + args.timeout)
-        run.cpu_s = host.cpu_s() - run.startup_cpu_s
+        probe = Probe(ctx, host, api)
+        stall_s = args.stall_after or max(120.0, 3 * args.latency + 60)
+        run.samples = probe.watch(args.jobs, t0, t0 + args.timeout, stall_s)
+        run.stalled_s = stall_s if probe.stalled else None
+        api_cpu = api.cpu_s() if api is not None else 0.0
+        run.cpu_s = host.cpu_s() + api_cpu - run.startup_cpu_s
+        run.api_cpu_s = api_cpu - api_startup if api is not None else None
         run.emulator = ctx.emulator.stats()
         host.stop()
+        if api is not None:
+            api.stop()
         finish_run(ctx, run, probe, base)
     finally:
         host.stop()
+        if api is not None:
+            api.stop()
     probe = Probe(ctx)
     probe.times(run, FOREVER)
+    if run.done < run.jobs and run.samples:  # stalled or timed out: over the time watched
+        run.span_s = run.samples[-1].t
+    run.webhooks_stored = probe.webhooks_stored() if args.webhook else None
     probe.close()
     return run
 

@@ -19,7 +19,8 @@ from worker.redis_client import shared_redis
 # KEYS[1] slots zset; ARGV: now, lease_s, limit, token, force. Returns 1 if the slot is held.
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if ARGV[5] == '1' or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+if ARGV[5] == '1' or redis.call('ZSCORE', KEYS[1], ARGV[4])
+   or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
   return 1
 end

@@ -165,6 +165,7 @@ class _Run:
         self.slot = str(job.id)  # one run per job at a time: the job holds at most one slot
         self.submitted_now = False
         self.parked = False
+        self.holds_slot = False
 
     def execute(self) -> Done | RetryLater:
         try:
@@ -189,8 +190,9 @@ class _Run:
                 self.wait_for_turn()
                 self.request_id = self.submit()
                 self.submitted_now = True
-            else:  # resuming a request already in flight at fal: it holds a slot there
+            elif not self.callback_stored():  # resuming a request in flight at fal: a slot
                 self.rt.limiter.try_acquire(self.slot, force=True)
+                self.holds_slot = True
             self.phase = "wait"
             if self.submitted_now and self.park(self.request_id):
                 return Done("awaiting-webhook")
@@ -266,6 +268,7 @@ class _Run:
         while True:
             cooling = limiter.cooldown_remaining_s()
             if cooling <= 0 and limiter.try_acquire(self.slot):
+                self.holds_slot = True
                 return
             self.rt.sleep(min(cooling, 1.0) if cooling > 0 else 0.1 + 0.2 * random.random())
             self.keep_lease()
@@ -317,6 +320,12 @@ class _Run:
             self.rt.limiter.renew(self.slot, lease_s=settings.webhook_fallback_s + settings.lease_s)
             self.log.info("job.awaiting_webhook", fal_request_id=request_id)
         return bool(parked)
+
+    def callback_stored(self) -> bool:
+        if self.rt.settings.webhook_url is None or self.request_id is None:
+            return False
+        rid = self.request_id
+        return self.write(lambda s: store.webhook_body(session=s, request_id=rid)) is not None
 
     def from_webhook(self, request_id: str) -> list[dict[str, Any]] | None:
         """The images from fal's verified callback; None when none came (or it is unusable)."""
@@ -385,7 +394,8 @@ class _Run:
         )
         if not held:
             raise _LeaseLost
-        self.rt.limiter.renew(self.slot)
+        if self.holds_slot:
+            self.rt.limiter.renew(self.slot)
         self.lease_renew_at = self.rt.monotonic() + lease_s / 2
         self.check_deadline()
 

@@ -15,15 +15,22 @@ from celery import Celery
 from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from models import FalWebhook
 from worker import store
 from worker.constants import RUN_JOB_TASK
 from worker.db import write
 from worker.fal_webhook import InvalidWebhook, WebhookEvent, WebhookVerifier
+from worker.fleet import FalLimiter
 from worker.logs import get_logger
 from worker.settings import Settings
 
 router = APIRouter(tags=["fal"])
 log = get_logger(__name__)
+
+
+@lru_cache(maxsize=4)
+def _limiter(redis_url: str, limit: int | None, lease_s: float) -> FalLimiter:
+    return FalLimiter.for_url(redis_url, limit=limit, lease_s=lease_s)
 
 
 @lru_cache(maxsize=4)
@@ -50,12 +57,19 @@ def _accept(
         log.warning("fal.webhook_rejected", reason=str(exc))
         raise HTTPException(401, f"not a valid fal webhook: {exc}") from None
     job_hint = _uuid(hint)
-    job_id = write(
-        settings.database_url,
-        lambda s: store.record_webhook(
+
+    def record(s: Any) -> tuple[uuid.UUID | None, bool]:
+        fresh = s.get(FalWebhook, request_id) is None
+        found = store.record_webhook(
             session=s, request_id=request_id, body=event.body, job_hint=job_hint
-        ),
-    )
+        )
+        return found, fresh
+
+    job_id, fresh = write(settings.database_url, record)
+    if job_id is not None and fresh:  # fal's request is over: its concurrency slot is free
+        _limiter(settings.redis_url, settings.fal_concurrency, settings.lease_s).release(
+            str(job_id)
+        )
     if job_id is None:
         log.info("fal.webhook_unmatched", fal_request_id=request_id)
         return {"status": "ignored", "reason": "no open job has this request"}
