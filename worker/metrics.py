@@ -98,7 +98,7 @@ def _process_registry() -> Any:
     return REGISTRY
 
 
-def exposition(settings: Settings, _celery: Any = None) -> tuple[bytes, str]:
+def exposition(settings: Settings) -> tuple[bytes, str]:
     """The text exposition: this host's counters plus the table and queue gauges."""
     table = CollectorRegistry()
     table.register(_TableCollector(settings))

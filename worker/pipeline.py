@@ -166,6 +166,7 @@ class _Run:
         self.submitted_now = False
         self.parked = False
         self.holds_slot = False
+        self.callback_read: tuple[dict[str, Any] | None] | None = None
 
     def execute(self) -> Done | RetryLater:
         try:
@@ -324,12 +325,18 @@ class _Run:
     def callback_stored(self) -> bool:
         if self.rt.settings.webhook_url is None or self.request_id is None:
             return False
-        rid = self.request_id
-        return self.write(lambda s: store.webhook_body(session=s, request_id=rid)) is not None
+        return self.stored_callback(self.request_id) is not None
+
+    def stored_callback(self, request_id: str) -> dict[str, Any] | None:
+        """fal's verified callback for the request, read from the table once per run."""
+        if self.callback_read is None:
+            body = self.write(lambda s: store.webhook_body(session=s, request_id=request_id))
+            self.callback_read = (body,)
+        return self.callback_read[0]
 
     def from_webhook(self, request_id: str) -> list[dict[str, Any]] | None:
         """The images from fal's verified callback; None when none came (or it is unusable)."""
-        body = self.write(lambda s: store.webhook_body(session=s, request_id=request_id))
+        body = self.stored_callback(request_id)
         if body is None:
             return None
         result = fal_webhook.outcome(body)

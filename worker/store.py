@@ -153,13 +153,15 @@ def webhook_body(*, session: Session, request_id: str) -> dict[str, Any] | None:
 
 def record_webhook(
     *, session: Session, request_id: str, body: dict[str, Any], job_hint: uuid.UUID | None
-) -> uuid.UUID | None:
-    """Keep a verified callback (redeliveries are no-ops); the open job it is for, if any.
+) -> tuple[uuid.UUID | None, bool]:
+    """Keep a verified callback (redeliveries are no-ops): the open job it is for, if any,
+    and whether this is its first delivery.
 
     The job is found by its fal request id; the callback URL's ``job_id`` hint covers the
     moment between fal's answer to the submit and the run recording the request id.
     """
-    if session.get(FalWebhook, request_id) is None:
+    fresh = session.get(FalWebhook, request_id) is None
+    if fresh:
         session.execute(
             insert(WEBHOOKS).values(
                 request_id=request_id, job_id=job_hint, body=body, received_at=utcnow()
@@ -175,7 +177,7 @@ def record_webhook(
                 JOBS.c.id == job_hint, JOBS.c.fal_request_id.is_(None), open_job
             )
         ).scalar_one_or_none()
-    return job_id
+    return job_id, fresh
 
 
 def purge_webhooks(*, session: Session, older_than: datetime) -> int:

@@ -15,7 +15,6 @@ from celery import Celery
 from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from models import FalWebhook
 from worker import store
 from worker.constants import RUN_JOB_TASK
 from worker.db import write
@@ -57,15 +56,12 @@ def _accept(
         log.warning("fal.webhook_rejected", reason=str(exc))
         raise HTTPException(401, f"not a valid fal webhook: {exc}") from None
     job_hint = _uuid(hint)
-
-    def record(s: Any) -> tuple[uuid.UUID | None, bool]:
-        fresh = s.get(FalWebhook, request_id) is None
-        found = store.record_webhook(
+    job_id, fresh = write(
+        settings.database_url,
+        lambda s: store.record_webhook(
             session=s, request_id=request_id, body=event.body, job_hint=job_hint
-        )
-        return found, fresh
-
-    job_id, fresh = write(settings.database_url, record)
+        ),
+    )
     if job_id is not None and fresh:  # fal's request is over: its concurrency slot is free
         _limiter(settings.redis_url, settings.fal_concurrency, settings.lease_s).release(
             str(job_id)

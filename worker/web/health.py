@@ -20,7 +20,7 @@ metrics_router = APIRouter(tags=["operations"])
 def healthz(request: Request) -> JSONResponse:
     """200 when the database and the broker answer; 503 naming what does not."""
     settings: Settings = request.app.state.settings
-    checks = {"database": _database(settings), "broker": _broker(request, settings)}
+    checks = {"database": _database(settings), "broker": _broker(request)}
     healthy = all(value == "ok" for value in checks.values())
     body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", **checks}
     return JSONResponse(body, status_code=200 if healthy else 503)
@@ -30,7 +30,7 @@ def healthz(request: Request) -> JSONResponse:
 def scrape(request: Request) -> Response:
     """Prometheus exposition: job counts from the table, queue depth, worker metrics."""
     settings: Settings = request.app.state.settings
-    payload, content_type = metrics.exposition(settings, request.app.state.celery)
+    payload, content_type = metrics.exposition(settings)
     return Response(payload, media_type=content_type)
 
 
@@ -43,7 +43,7 @@ def _database(settings: Settings) -> str:
     return "ok"
 
 
-def _broker(request: Request, settings: Settings) -> str:
+def _broker(request: Request) -> str:
     from worker.celery_app import app as default_app
 
     celery = request.app.state.celery or default_app
