@@ -203,7 +203,7 @@ def cancel(
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         request_id, model, callback_url = job.fal_request_id, job.model, job.callback_url
-        cancelled = store.finish(session=session, job_id=job_id, status=JobStatus.CANCELLED)
+        cancelled = store.finish(db=session, job_id=job_id, status=JobStatus.CANCELLED)
         status = JobStatus.CANCELLED if cancelled else job.status
     if cancelled and callback_url is not None:
         (app or _default_app()).send_task(CALLBACK_TASK, args=[str(job_id)])

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -89,7 +89,7 @@ def session_scope(database_url: str) -> Iterator[Session]:
 
 def write(
     database_url: str,
-    work: Callable[[Session], T],
+    work: Callable[[Connection], T],
     *,
     attempts: int = 8,
     base_s: float = 0.25,
@@ -97,14 +97,17 @@ def write(
 ) -> T:
     """Run ``work`` in its own transaction, again if the connection to the database broke.
 
+    ``work`` gets a Connection, not a Session: the worker's writes are Core statements and
+    a Session's bookkeeping was a large share of their CPU.
+
     Used for the writes that record what fal said: a Postgres restart or a dropped
     connection delays them (about 20 s at most by default) instead of losing them.
     ``work`` must be safe to repeat (every store function is: conditional updates).
     """
     for attempt in range(1, attempts + 1):
         try:
-            with session_scope(database_url) as session:
-                return work(session)
+            with get_engine(database_url).begin() as connection:
+                return work(connection)
         except (OperationalError, InterfaceError) as exc:
             if attempt == attempts:
                 raise

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from models import AttemptOutcome, JobStatus, utcnow
 from worker import fal_webhook, metrics, store
@@ -93,16 +93,14 @@ class _AttemptHooks:
 
     def sending(self) -> None:
         metrics.SUBMISSIONS.inc()
-        self.number = write(
-            self._url, lambda s: store.begin_attempt(session=s, job_id=self._job_id)
-        )
+        self.number = write(self._url, lambda s: store.begin_attempt(db=s, job_id=self._job_id))
 
     def not_sent(self) -> None:
         if self.number is not None:
             number = self.number
             write(
                 self._url,
-                lambda s: store.retract_attempt(session=s, job_id=self._job_id, number=number),
+                lambda s: store.retract_attempt(db=s, job_id=self._job_id, number=number),
             )
             self.number = None
 
@@ -128,11 +126,11 @@ def _run_job(
 ) -> tuple[Done | RetryLater, str | None]:
     owner = uuid.uuid4().hex
 
-    def take(session: Session) -> tuple[store.JobSnapshot | None, Any]:
-        job = store.claim(session=session, job_id=job_id, owner=owner, lease_s=rt.settings.lease_s)
+    def take(db: Connection) -> tuple[store.JobSnapshot | None, Any]:
+        job = store.claim(db=db, job_id=job_id, owner=owner, lease_s=rt.settings.lease_s)
         if job is None or job.attempts == 0:  # a first run has no attempt to look back at
             return job, None
-        return job, store.latest_attempt(session=session, job_id=job_id)
+        return job, store.latest_attempt(db=db, job_id=job_id)
 
     job, latest = write(rt.settings.database_url, take)
     if job is None:
@@ -217,7 +215,7 @@ class _Run:
         fal offers no idempotency key, so sending again could pay twice. By default the
         job fails saying so; IMAGEGEN_RESUBMIT_UNKNOWN=true sends it again (counted).
         """
-        self.write(lambda s: store.mark_unknown(session=s, job_id=self.job.id, number=number))
+        self.write(lambda s: store.mark_unknown(db=s, job_id=self.job.id, number=number))
         self.log.warning("job.submit_outcome_unknown", attempt=number)
         if self.rt.settings.resubmit_unknown:
             return self.execute()
@@ -253,7 +251,7 @@ class _Run:
                 checker=verdict.source,
             )
 
-    def write(self, work: Callable[[Session], Any]) -> Any:
+    def write(self, work: Callable[[Connection], Any]) -> Any:
         return write(self.rt.settings.database_url, work)
 
     def check_deadline(self) -> None:
@@ -297,7 +295,7 @@ class _Run:
         self.log.info("fal.submitted", attempt=number, fal_request_id=request_id)
         self.write(
             lambda s: store.record_submitted(
-                session=s, job_id=self.job.id, number=number, request_id=request_id
+                db=s, job_id=self.job.id, number=number, request_id=request_id
             )
         )
         return request_id
@@ -309,7 +307,7 @@ class _Run:
             return False
         parked = self.write(
             lambda s: store.park_for_webhook(
-                session=s,
+                db=s,
                 job_id=self.job.id,
                 owner=self.owner,
                 request_id=request_id,
@@ -330,7 +328,7 @@ class _Run:
     def stored_callback(self, request_id: str) -> dict[str, Any] | None:
         """fal's verified callback for the request, read from the table once per run."""
         if self.callback_read is None:
-            body = self.write(lambda s: store.webhook_body(session=s, request_id=request_id))
+            body = self.write(lambda s: store.webhook_body(db=s, request_id=request_id))
             self.callback_read = (body,)
         return self.callback_read[0]
 
@@ -395,9 +393,7 @@ class _Run:
             return
         lease_s = self.rt.settings.lease_s
         held = self.write(
-            lambda s: store.renew_lease(
-                session=s, job_id=self.job.id, owner=self.owner, lease_s=lease_s
-            )
+            lambda s: store.renew_lease(db=s, job_id=self.job.id, owner=self.owner, lease_s=lease_s)
         )
         if not held:
             raise _LeaseLost
@@ -466,24 +462,20 @@ class _Run:
         return RetryLater(decision.delay_s, decision.reason)
 
     def _record_failure(
-        self, session: Session, error: FalError, decision: Any, resubmit: bool
+        self, db: Connection, error: FalError, decision: Any, resubmit: bool
     ) -> None:
         if self.number is not None:
-            store.record_attempt_error(
-                session=session, job_id=self.job.id, number=self.number, error=error
-            )
+            store.record_attempt_error(db=db, job_id=self.job.id, number=self.number, error=error)
         if isinstance(decision, GiveUp):
             message = error.message
             if error.retryable:
                 message = f"{message} ({decision.reason})"
-            store.finish(
-                session=session, job_id=self.job.id, status=JobStatus.FAILED, error=message
-            )
+            store.finish(db=db, job_id=self.job.id, status=JobStatus.FAILED, error=message)
             return
         if resubmit:
-            store.forget_request(session=session, job_id=self.job.id)
+            store.forget_request(db=db, job_id=self.job.id)
         store.release_for_retry(
-            session=session,
+            db=db,
             job_id=self.job.id,
             owner=self.owner,
             retry_at=utcnow() + timedelta(seconds=decision.delay_s),
@@ -491,13 +483,13 @@ class _Run:
         )
 
     def refused(self, refusal: PolicyRefusal) -> Done:
-        def record(session: Session) -> None:
+        def record(db: Connection) -> None:
             if self.number is not None:
                 store.record_attempt_error(
-                    session=session, job_id=self.job.id, number=self.number, error=refusal
+                    db=db, job_id=self.job.id, number=self.number, error=refusal
                 )
             store.finish(
-                session=session,
+                db=db,
                 job_id=self.job.id,
                 status=JobStatus.REFUSED,
                 refusal_category=refusal.category,
@@ -520,11 +512,9 @@ class _Run:
     def finish(
         self, status: JobStatus, outcome: AttemptOutcome, summary: str, **values: Any
     ) -> Done:
-        def record(session: Session) -> None:
-            store.close_attempt(
-                session=session, job_id=self.job.id, number=self.number, outcome=outcome
-            )
-            store.finish(session=session, job_id=self.job.id, status=status, **values)
+        def record(db: Connection) -> None:
+            store.close_attempt(db=db, job_id=self.job.id, number=self.number, outcome=outcome)
+            store.finish(db=db, job_id=self.job.id, status=status, **values)
 
         self.write(record)
         self.log.info(f"job.{summary}", attempt=self.number)

@@ -1,13 +1,30 @@
-"""Writes over a job's life. Every function takes the session as a keyword argument."""
+"""Writes over a job's life. Every function takes the connection (or session) as ``db``.
+
+The statements a job runs on every pass are built once, at import, with bind parameters:
+building and cache-keying a fresh statement per call was most of a job's database CPU.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models import (
@@ -17,6 +34,7 @@ from models import (
     Job,
     JobAttempt,
     JobStatus,
+    UTCDateTime,
     utcnow,
 )
 from worker.constants import PARKED_FOR_WEBHOOK
@@ -27,6 +45,9 @@ JOBS: Table = Job.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = JobAttempt.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = FalWebhook.__table__  # type: ignore[assignment]
 _OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+#: a transaction: a Connection in the worker's hot path, a Session elsewhere
+Db = Connection | Session
 
 
 @dataclass(frozen=True)
@@ -44,40 +65,6 @@ class JobSnapshot:
     callback_url: str | None
 
 
-def claim(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) -> JobSnapshot | None:
-    """Take the job's lease and mark it running.
-
-    None when the job is unknown, terminal, or running under another run's live lease
-    (two runs never work on one job at the same time; the sweeper re-publishes the job if
-    that run dies and its lease expires). A job parked for its webhook is claimable.
-    """
-    now = utcnow()
-    claimable = or_(
-        JOBS.c.status == JobStatus.QUEUED,
-        and_(
-            JOBS.c.status == JobStatus.RUNNING,
-            or_(
-                JOBS.c.lease_until.is_(None),
-                JOBS.c.lease_until < now,
-                JOBS.c.lease_owner == PARKED_FOR_WEBHOOK,
-            ),
-        ),
-    )
-    row = session.execute(
-        update(JOBS)
-        .where(JOBS.c.id == job_id, claimable)
-        .values(
-            status=JobStatus.RUNNING,
-            lease_owner=owner,
-            lease_until=now + timedelta(seconds=lease_s),
-            started_at=func.coalesce(JOBS.c.started_at, now),
-            updated_at=now,
-        )
-        .returning(*_SNAPSHOT_COLUMNS)
-    ).one_or_none()
-    return JobSnapshot(*row) if row is not None else None
-
-
 _SNAPSHOT_COLUMNS = (
     JOBS.c.id,
     JOBS.c.prompt,
@@ -89,24 +76,69 @@ _SNAPSHOT_COLUMNS = (
     JOBS.c.deadline_at,
     JOBS.c.callback_url,
 )
+_NOW = bindparam("now", type_=UTCDateTime())
+_UNTIL = bindparam("until", type_=UTCDateTime())
+_JOB = JOBS.c.id == bindparam("jid")
+_OURS = and_(_JOB, JOBS.c.lease_owner == bindparam("owner"), JOBS.c.status == JobStatus.RUNNING)
+_ATTEMPT = and_(ATTEMPTS.c.job_id == bindparam("jid"), ATTEMPTS.c.number == bindparam("num"))
+
+_CLAIM = (
+    update(JOBS)
+    .where(
+        _JOB,
+        or_(
+            JOBS.c.status == JobStatus.QUEUED,
+            and_(
+                JOBS.c.status == JobStatus.RUNNING,
+                or_(
+                    JOBS.c.lease_until.is_(None),
+                    JOBS.c.lease_until < _NOW,
+                    JOBS.c.lease_owner == PARKED_FOR_WEBHOOK,
+                ),
+            ),
+        ),
+    )
+    .values(
+        status=JobStatus.RUNNING,
+        lease_owner=bindparam("owner"),
+        lease_until=_UNTIL,
+        started_at=func.coalesce(JOBS.c.started_at, _NOW),
+        updated_at=_NOW,
+    )
+    .returning(*_SNAPSHOT_COLUMNS)
+)
 
 
-def renew_lease(*, session: Session, job_id: uuid.UUID, owner: str, lease_s: float) -> bool:
+def claim(*, db: Db, job_id: uuid.UUID, owner: str, lease_s: float) -> JobSnapshot | None:
+    """Take the job's lease and mark it running.
+
+    None when the job is unknown, terminal, or running under another run's live lease
+    (two runs never work on one job at the same time; the sweeper re-publishes the job if
+    that run dies and its lease expires). A job parked for its webhook is claimable.
+    """
+    now = utcnow()
+    until = now + timedelta(seconds=lease_s)
+    params = {"jid": job_id, "owner": owner, "now": now, "until": until}
+    row = db.execute(_CLAIM, params).one_or_none()
+    return JobSnapshot(*row) if row is not None else None
+
+
+_RENEW = update(JOBS).where(_OURS).values(lease_until=_UNTIL, updated_at=_NOW)
+
+
+def renew_lease(*, db: Db, job_id: uuid.UUID, owner: str, lease_s: float) -> bool:
     """Extend our lease; False when the job was cancelled, finished or taken over."""
     now = utcnow()
-    result = session.execute(
-        update(JOBS)
-        .where(JOBS.c.id == job_id, JOBS.c.lease_owner == owner, JOBS.c.status == JobStatus.RUNNING)
-        .values(lease_until=now + timedelta(seconds=lease_s), updated_at=now)
-    )
-    return bool(cast(CursorResult[Any], result).rowcount)
+    until = now + timedelta(seconds=lease_s)
+    params = {"jid": job_id, "owner": owner, "until": until, "now": now}
+    return _changed(db.execute(_RENEW, params))
 
 
 def release_for_retry(
-    *, session: Session, job_id: uuid.UUID, owner: str, retry_at: datetime, grace_s: float
+    *, db: Db, job_id: uuid.UUID, owner: str, retry_at: datetime, grace_s: float
 ) -> None:
     """Back to ``queued`` while the Celery retry waits; swept if it never comes."""
-    session.execute(
+    db.execute(
         update(JOBS)
         .where(JOBS.c.id == job_id, JOBS.c.lease_owner == owner, JOBS.c.status == JobStatus.RUNNING)
         .values(
@@ -118,41 +150,52 @@ def release_for_retry(
     )
 
 
+_PARK = (
+    update(JOBS)
+    .where(
+        _OURS,
+        ~select(WEBHOOKS.c.request_id)
+        .where(WEBHOOKS.c.request_id == bindparam("request_id"))
+        .exists(),
+    )
+    .values(
+        lease_owner=PARKED_FOR_WEBHOOK,
+        lease_until=_UNTIL,
+        updated_at=_NOW,
+    )
+)
+
+
 def park_for_webhook(
-    *, session: Session, job_id: uuid.UUID, owner: str, request_id: str, wait_s: float
+    *, db: Db, job_id: uuid.UUID, owner: str, request_id: str, wait_s: float
 ) -> bool:
     """Hand the job to fal's callback: no run holds it until the webhook or ``wait_s``.
 
     False when the callback has already arrived: the run reads it instead. (The receiver
     stores the callback, then publishes a run; whichever comes second sees the other.)
     """
-    arrived = select(WEBHOOKS.c.request_id).where(WEBHOOKS.c.request_id == request_id).exists()
-    result = session.execute(
-        update(JOBS)
-        .where(
-            JOBS.c.id == job_id,
-            JOBS.c.lease_owner == owner,
-            JOBS.c.status == JobStatus.RUNNING,
-            ~arrived,
-        )
-        .values(
-            lease_owner=PARKED_FOR_WEBHOOK,
-            lease_until=utcnow() + timedelta(seconds=wait_s),
-            updated_at=utcnow(),
-        )
-    )
-    return bool(cast(CursorResult[Any], result).rowcount)
+    now = utcnow()
+    params = {
+        "jid": job_id,
+        "owner": owner,
+        "request_id": request_id,
+        "until": now + timedelta(seconds=wait_s),
+        "now": now,
+    }
+    return _changed(db.execute(_PARK, params))
 
 
-def webhook_body(*, session: Session, request_id: str) -> dict[str, Any] | None:
+_WEBHOOK_BODY = select(WEBHOOKS.c.body).where(WEBHOOKS.c.request_id == bindparam("request_id"))
+
+
+def webhook_body(*, db: Db, request_id: str) -> dict[str, Any] | None:
     """The verified callback fal sent for this request, if it came."""
-    return session.execute(
-        select(WEBHOOKS.c.body).where(WEBHOOKS.c.request_id == request_id)
-    ).scalar_one_or_none()
+    body = db.execute(_WEBHOOK_BODY, {"request_id": request_id}).scalar_one_or_none()
+    return cast(dict[str, Any] | None, body)
 
 
 def record_webhook(
-    *, session: Session, request_id: str, body: dict[str, Any], job_hint: uuid.UUID | None
+    *, db: Db, request_id: str, body: dict[str, Any], job_hint: uuid.UUID | None
 ) -> tuple[uuid.UUID | None, bool]:
     """Keep a verified callback (redeliveries are no-ops): the open job it is for, if any,
     and whether this is its first delivery.
@@ -160,19 +203,20 @@ def record_webhook(
     The job is found by its fal request id; the callback URL's ``job_id`` hint covers the
     moment between fal's answer to the submit and the run recording the request id.
     """
-    fresh = session.get(FalWebhook, request_id) is None
+    known = select(WEBHOOKS.c.request_id).where(WEBHOOKS.c.request_id == request_id)
+    fresh = db.execute(known).first() is None
     if fresh:
-        session.execute(
+        db.execute(
             insert(WEBHOOKS).values(
                 request_id=request_id, job_id=job_hint, body=body, received_at=utcnow()
             )
         )
     open_job = JOBS.c.status.in_(_OPEN)
-    job_id = session.execute(
+    job_id = db.execute(
         select(JOBS.c.id).where(JOBS.c.fal_request_id == request_id, open_job)
     ).scalar_one_or_none()
     if job_id is None and job_hint is not None:
-        job_id = session.execute(
+        job_id = db.execute(
             select(JOBS.c.id).where(
                 JOBS.c.id == job_hint, JOBS.c.fal_request_id.is_(None), open_job
             )
@@ -180,56 +224,63 @@ def record_webhook(
     return job_id, fresh
 
 
-def purge_webhooks(*, session: Session, older_than: datetime) -> int:
-    result = session.execute(delete(WEBHOOKS).where(WEBHOOKS.c.received_at < older_than))
+def purge_webhooks(*, db: Db, older_than: datetime) -> int:
+    result = db.execute(delete(WEBHOOKS).where(WEBHOOKS.c.received_at < older_than))
     return int(cast(CursorResult[Any], result).rowcount)
 
 
-def begin_attempt(*, session: Session, job_id: uuid.UUID) -> int:
+_COUNT_SUBMISSION = (
+    update(JOBS)
+    .where(_JOB)
+    .values(attempts=JOBS.c.attempts + 1, updated_at=_NOW)
+    .returning(JOBS.c.attempts)
+)
+_OPEN_ATTEMPT = insert(ATTEMPTS).values(
+    job_id=bindparam("jid"),
+    number=bindparam("num"),
+    outcome=AttemptOutcome.SENDING,
+    started_at=_NOW,
+)
+
+
+def begin_attempt(*, db: Db, job_id: uuid.UUID) -> int:
     """Count one submission (before it is sent) and open its attempt row; returns its number."""
-    number = session.execute(
-        update(JOBS)
-        .where(JOBS.c.id == job_id)
-        .values(attempts=JOBS.c.attempts + 1, updated_at=utcnow())
-        .returning(JOBS.c.attempts)
-    ).scalar_one()
-    session.execute(
-        insert(ATTEMPTS).values(
-            job_id=job_id, number=number, outcome=AttemptOutcome.SENDING, started_at=utcnow()
-        )
-    )
+    now = utcnow()
+    number = int(db.execute(_COUNT_SUBMISSION, {"jid": job_id, "now": now}).scalar_one())
+    db.execute(_OPEN_ATTEMPT, {"jid": job_id, "num": number, "now": now})
     return number
 
 
-def retract_attempt(*, session: Session, job_id: uuid.UUID, number: int) -> None:
+def retract_attempt(*, db: Db, job_id: uuid.UUID, number: int) -> None:
     """The POST never left (connection refused): it is not a submission."""
-    session.execute(
-        delete(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id, ATTEMPTS.c.number == number)
-    )
-    session.execute(update(JOBS).where(JOBS.c.id == job_id).values(attempts=JOBS.c.attempts - 1))
+    db.execute(delete(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id, ATTEMPTS.c.number == number))
+    db.execute(update(JOBS).where(JOBS.c.id == job_id).values(attempts=JOBS.c.attempts - 1))
 
 
-def record_submitted(*, session: Session, job_id: uuid.UUID, number: int, request_id: str) -> None:
-    _update_attempt(
-        session, job_id, number, fal_request_id=request_id, outcome=AttemptOutcome.SUBMITTED
-    )
-    session.execute(
-        update(JOBS)
-        .where(JOBS.c.id == job_id)
-        .values(fal_request_id=request_id, updated_at=utcnow())
-    )
+_ATTEMPT_SUBMITTED = (
+    update(ATTEMPTS)
+    .where(_ATTEMPT)
+    .values(fal_request_id=bindparam("request_id"), outcome=AttemptOutcome.SUBMITTED)
+)
+_JOB_SUBMITTED = (
+    update(JOBS).where(_JOB).values(fal_request_id=bindparam("request_id"), updated_at=_NOW)
+)
 
 
-def record_attempt_error(
-    *, session: Session, job_id: uuid.UUID, number: int, error: FalError
-) -> None:
+def record_submitted(*, db: Db, job_id: uuid.UUID, number: int, request_id: str) -> None:
+    params = {"jid": job_id, "num": number, "request_id": request_id, "now": utcnow()}
+    db.execute(_ATTEMPT_SUBMITTED, params)
+    db.execute(_JOB_SUBMITTED, params)
+
+
+def record_attempt_error(*, db: Db, job_id: uuid.UUID, number: int, error: FalError) -> None:
     """Close an attempt with what went wrong (fal's first ``detail`` entry included)."""
     if isinstance(error, PolicyRefusal):
         outcome = AttemptOutcome.REFUSED
     else:
         outcome = AttemptOutcome.TRANSIENT if error.retryable else AttemptOutcome.PERMANENT
     _update_attempt(
-        session,
+        db,
         job_id,
         number,
         outcome=outcome,
@@ -240,25 +291,28 @@ def record_attempt_error(
     )
 
 
-def forget_request(*, session: Session, job_id: uuid.UUID) -> None:
+def forget_request(*, db: Db, job_id: uuid.UUID) -> None:
     """fal's request ended in failure: the next run submits anew."""
-    session.execute(update(JOBS).where(JOBS.c.id == job_id).values(fal_request_id=None))
+    db.execute(update(JOBS).where(JOBS.c.id == job_id).values(fal_request_id=None))
 
 
-def latest_attempt(*, session: Session, job_id: uuid.UUID) -> tuple[int, AttemptOutcome] | None:
-    row = session.execute(
-        select(ATTEMPTS.c.number, ATTEMPTS.c.outcome)
-        .where(ATTEMPTS.c.job_id == job_id)
-        .order_by(ATTEMPTS.c.number.desc())
-        .limit(1)
-    ).one_or_none()
+_LATEST_ATTEMPT = (
+    select(ATTEMPTS.c.number, ATTEMPTS.c.outcome)
+    .where(ATTEMPTS.c.job_id == bindparam("jid"))
+    .order_by(ATTEMPTS.c.number.desc())
+    .limit(1)
+)
+
+
+def latest_attempt(*, db: Db, job_id: uuid.UUID) -> tuple[int, AttemptOutcome] | None:
+    row = db.execute(_LATEST_ATTEMPT, {"jid": job_id}).one_or_none()
     return (row[0], row[1]) if row is not None else None
 
 
-def mark_unknown(*, session: Session, job_id: uuid.UUID, number: int) -> None:
+def mark_unknown(*, db: Db, job_id: uuid.UUID, number: int) -> None:
     """A previous run died mid-POST: nobody can tell whether fal received it."""
     _update_attempt(
-        session,
+        db,
         job_id,
         number,
         outcome=AttemptOutcome.UNKNOWN,
@@ -268,38 +322,53 @@ def mark_unknown(*, session: Session, job_id: uuid.UUID, number: int) -> None:
     )
 
 
-def finish(*, session: Session, job_id: uuid.UUID, status: JobStatus, **values: Any) -> bool:
-    """Move an open job to a terminal status; False if it was already terminal."""
-    assert status in TERMINAL_STATUSES
-    now = utcnow()
-    result = session.execute(
+@lru_cache(maxsize=32)
+def _finish_statement(columns: frozenset[str]) -> Any:
+    return (
         update(JOBS)
-        .where(JOBS.c.id == job_id, JOBS.c.status.in_(_OPEN))
+        .where(_JOB, JOBS.c.status.in_(_OPEN))
         .values(
-            status=status,
-            finished_at=now,
-            updated_at=now,
+            status=bindparam("new_status"),
+            finished_at=_NOW,
+            updated_at=_NOW,
             lease_owner=None,
             lease_until=None,
-            **values,
+            **{column: bindparam(f"v_{column}") for column in sorted(columns)},
         )
     )
-    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def finish(*, db: Db, job_id: uuid.UUID, status: JobStatus, **values: Any) -> bool:
+    """Move an open job to a terminal status; False if it was already terminal."""
+    assert status in TERMINAL_STATUSES
+    params = {"jid": job_id, "new_status": status, "now": utcnow()}
+    params.update({f"v_{column}": value for column, value in values.items()})
+    return _changed(db.execute(_finish_statement(frozenset(values)), params))
+
+
+_CLOSE_ATTEMPT = (
+    update(ATTEMPTS).where(_ATTEMPT).values(outcome=bindparam("new_outcome"), finished_at=_NOW)
+)
 
 
 def close_attempt(
-    *, session: Session, job_id: uuid.UUID, number: int | None, outcome: AttemptOutcome
+    *, db: Db, job_id: uuid.UUID, number: int | None, outcome: AttemptOutcome
 ) -> None:
     if number is not None:
-        _update_attempt(session, job_id, number, outcome=outcome, finished_at=utcnow())
+        params = {"jid": job_id, "num": number, "new_outcome": outcome, "now": utcnow()}
+        db.execute(_CLOSE_ATTEMPT, params)
 
 
-def _update_attempt(session: Session, job_id: uuid.UUID, number: int, **values: Any) -> None:
-    session.execute(
+def _update_attempt(db: Db, job_id: uuid.UUID, number: int, **values: Any) -> None:
+    db.execute(
         update(ATTEMPTS)
         .where(ATTEMPTS.c.job_id == job_id, ATTEMPTS.c.number == number)
         .values(**values)
     )
+
+
+def _changed(result: Any) -> bool:
+    return bool(cast(CursorResult[Any], result).rowcount)
 
 
 def _jsonable(error: FalError) -> Any:

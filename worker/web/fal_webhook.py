@@ -59,7 +59,7 @@ def _accept(
     job_id, fresh = write(
         settings.database_url,
         lambda s: store.record_webhook(
-            session=s, request_id=request_id, body=event.body, job_hint=job_hint
+            db=s, request_id=request_id, body=event.body, job_hint=job_hint
         ),
     )
     if job_id is not None and fresh:  # fal's request is over: its concurrency slot is free
