@@ -8,7 +8,6 @@ import time
 import redis
 
 from worker.constants import ACCOUNT_LOCK_KEY
-from worker.errors import AccountLocked
 from worker.logs import get_logger
 from worker.redis_client import shared_redis
 
@@ -41,11 +40,6 @@ class AccountGuard:
             if self._local and self._local[1] > time.monotonic():
                 return self._local[0]
         return None
-
-    def check(self) -> None:
-        """Raise AccountLocked while the account is known to be locked."""
-        if (reason := self.reason()) is not None:
-            raise AccountLocked(f"not submitted: {reason}")
 
     def lock(self, reason: str) -> None:
         """Record the lock; the first worker to see it logs one loud operator error."""

@@ -1,5 +1,8 @@
 """Fleet-wide limits shared by every worker through Redis.
 
+Before each submit a run asks for admission once (``FalLimiter.admit``): one Lua script
+reads the account lock and the cool-down and takes a slot, a single Redis round trip.
+
 * A cool-down: when any worker gets a 429 (with or without Retry-After), no worker submits
   before it ends. Celery's ``rate_limit`` is per worker and cannot do this.
 * A cap on fal requests in flight (``IMAGEGEN_FAL_CONCURRENCY``): a semaphore whose slots
@@ -10,11 +13,24 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import redis
 
-from worker.constants import FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
+from worker.account import AccountGuard
+from worker.constants import ACCOUNT_LOCK_KEY, FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
 from worker.redis_client import shared_redis
+
+
+@dataclass(frozen=True)
+class Admission:
+    """May this run submit now? ``locked``: fal locked the account (its reason);
+    ``cool_s``: a fleet-wide cool-down still runs; neither and not ``admitted``: no slot."""
+
+    admitted: bool
+    cool_s: float = 0.0
+    locked: str | None = None
+
 
 # KEYS[1] slots zset; ARGV: now, lease_s, limit, token, force. Returns 1 if the slot is held.
 _ACQUIRE = """
@@ -25,6 +41,21 @@ if ARGV[5] == '1' or redis.call('ZSCORE', KEYS[1], ARGV[4])
   return 1
 end
 return 0
+"""
+# KEYS: slots zset, cool-down key, account-lock key; ARGV: now, lease_s, limit (-1: none),
+# token. Returns {'locked', reason}, {'cool', until}, {'full', ''} or {'ok', ''}.
+_ADMIT = """
+local reason = redis.call('GET', KEYS[3])
+if reason then return {'locked', reason} end
+local cool_until = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cool_until > tonumber(ARGV[1]) then return {'cool', tostring(cool_until)} end
+if tonumber(ARGV[3]) < 0 then return {'ok', ''} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+  return {'ok', ''}
+end
+return {'full', ''}
 """
 # KEYS[1] cool-down key; ARGV: until (epoch s), ttl_ms. Only ever extends it.
 _COOL = """
@@ -45,12 +76,34 @@ class FalLimiter:
         self._local_cool_until = 0.0
         self._lock = threading.Lock()
         self._acquire = client.register_script(_ACQUIRE) if client is not None else None
+        self._admit = client.register_script(_ADMIT) if client is not None else None
         self._cool = client.register_script(_COOL) if client is not None else None
 
     @classmethod
     def for_url(cls, redis_url: str, *, limit: int | None, lease_s: float) -> FalLimiter:
         client = shared_redis(redis_url) if redis_url.startswith("redis") else None
         return cls(client, limit=limit, lease_s=lease_s)
+
+    def admit(self, token: str, guard: AccountGuard) -> Admission:
+        """Check the account lock and the cool-down, then take a slot (one round trip).
+
+        ``guard`` answers for the account lock when there is no Redis (this process only).
+        """
+        if self._admit is None:
+            if (reason := guard.reason()) is not None:
+                return Admission(False, locked=reason)
+            if (cooling := self.cooldown_remaining_s()) > 0:
+                return Admission(False, cool_s=cooling)
+            return Admission(self.try_acquire(token))
+        now = time.time()
+        limit = -1 if self.limit is None else self.limit
+        keys = [FAL_SLOTS_KEY, FAL_COOLDOWN_KEY, ACCOUNT_LOCK_KEY]
+        verdict, value = self._admit(keys=keys, args=[now, self.lease_s, limit, token])
+        if verdict == b"locked":
+            return Admission(False, locked=value.decode(errors="replace"))
+        if verdict == b"cool":
+            return Admission(False, cool_s=max(float(value) - now, 0.0))
+        return Admission(verdict == b"ok")
 
     def cooldown_remaining_s(self) -> float:
         if self._redis is not None:

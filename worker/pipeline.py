@@ -262,13 +262,18 @@ class _Run:
             raise DeadlineExceeded("the job's deadline passed (IMAGEGEN_JOB_DEADLINE_S)")
 
     def wait_for_turn(self) -> None:
-        """Block until no fleet-wide cool-down runs and a fal slot is ours (lease kept)."""
-        limiter = self.rt.limiter
+        """Block until no fleet-wide cool-down runs and a fal slot is ours (lease kept).
+
+        Raises AccountLocked while fal has locked the account (nothing is sent).
+        """
         while True:
-            cooling = limiter.cooldown_remaining_s()
-            if cooling <= 0 and limiter.try_acquire(self.slot):
+            admission = self.rt.limiter.admit(self.slot, self.rt.guard)
+            if admission.locked is not None:
+                raise AccountLocked(f"not submitted: {admission.locked}")
+            if admission.admitted:
                 self.holds_slot = True
                 return
+            cooling = admission.cool_s
             self.rt.sleep(min(cooling, 1.0) if cooling > 0 else 0.1 + 0.2 * random.random())
             self.keep_lease()
 
@@ -279,7 +284,6 @@ class _Run:
                 f"not submitted again: {self.submissions} submissions already "
                 f"(IMAGEGEN_MAX_ATTEMPTS={settings.max_attempts})"
             )
-        self.rt.guard.check()
         hooks = _AttemptHooks(settings.database_url, self.job.id)
         arguments: dict[str, Any] = {"prompt": self.job.prompt, **self.job.params}
         webhook = settings.webhook_url
@@ -512,11 +516,12 @@ class _Run:
     def finish(
         self, status: JobStatus, outcome: AttemptOutcome, summary: str, **values: Any
     ) -> Done:
-        def record(db: Connection) -> None:
-            store.close_attempt(db=db, job_id=self.job.id, number=self.number, outcome=outcome)
-            store.finish(db=db, job_id=self.job.id, status=status, **values)
-
-        self.write(record)
+        attempt = (self.number, outcome)
+        self.write(
+            lambda db: store.finish(
+                db=db, job_id=self.job.id, status=status, attempt=attempt, **values
+            )
+        )
         self.log.info(f"job.{summary}", attempt=self.number)
         return Done(summary)
 

@@ -15,12 +15,15 @@ from typing import Any, cast
 from sqlalchemy import (
     Connection,
     CursorResult,
+    String,
     Table,
+    Uuid,
     and_,
     bindparam,
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -243,11 +246,30 @@ _OPEN_ATTEMPT = insert(ATTEMPTS).values(
 )
 
 
+_counted = _COUNT_SUBMISSION.cte("counted")
+#: Postgres: count the submission and open its attempt row in one statement
+_BEGIN_ATTEMPT = (
+    insert(ATTEMPTS)
+    .from_select(
+        ["job_id", "number", "outcome", "started_at"],
+        select(
+            bindparam("jid", type_=Uuid()),
+            _counted.c.attempts,
+            literal(AttemptOutcome.SENDING.value, String()),
+            _NOW,
+        ),
+    )
+    .returning(ATTEMPTS.c.number)
+)
+
+
 def begin_attempt(*, db: Db, job_id: uuid.UUID) -> int:
     """Count one submission (before it is sent) and open its attempt row; returns its number."""
-    now = utcnow()
-    number = int(db.execute(_COUNT_SUBMISSION, {"jid": job_id, "now": now}).scalar_one())
-    db.execute(_OPEN_ATTEMPT, {"jid": job_id, "num": number, "now": now})
+    params: dict[str, Any] = {"jid": job_id, "now": utcnow()}
+    if _postgres(db):
+        return int(db.execute(_BEGIN_ATTEMPT, params).scalar_one())
+    number = int(db.execute(_COUNT_SUBMISSION, params).scalar_one())
+    db.execute(_OPEN_ATTEMPT, {**params, "num": number})
     return number
 
 
@@ -267,8 +289,14 @@ _JOB_SUBMITTED = (
 )
 
 
+_SUBMITTED = _JOB_SUBMITTED.add_cte(_ATTEMPT_SUBMITTED.cte("attempt"))
+
+
 def record_submitted(*, db: Db, job_id: uuid.UUID, number: int, request_id: str) -> None:
     params = {"jid": job_id, "num": number, "request_id": request_id, "now": utcnow()}
+    if _postgres(db):
+        db.execute(_SUBMITTED, params)
+        return
     db.execute(_ATTEMPT_SUBMITTED, params)
     db.execute(_JOB_SUBMITTED, params)
 
@@ -322,9 +350,14 @@ def mark_unknown(*, db: Db, job_id: uuid.UUID, number: int) -> None:
     )
 
 
-@lru_cache(maxsize=32)
-def _finish_statement(columns: frozenset[str]) -> Any:
-    return (
+_CLOSE_ATTEMPT = (
+    update(ATTEMPTS).where(_ATTEMPT).values(outcome=bindparam("new_outcome"), finished_at=_NOW)
+)
+
+
+@lru_cache(maxsize=64)
+def _finish_statement(columns: frozenset[str], close_attempt: bool) -> Any:
+    statement = (
         update(JOBS)
         .where(_JOB, JOBS.c.status.in_(_OPEN))
         .values(
@@ -336,27 +369,37 @@ def _finish_statement(columns: frozenset[str]) -> Any:
             **{column: bindparam(f"v_{column}") for column in sorted(columns)},
         )
     )
+    return statement.add_cte(_CLOSE_ATTEMPT.cte("closed")) if close_attempt else statement
 
 
-def finish(*, db: Db, job_id: uuid.UUID, status: JobStatus, **values: Any) -> bool:
-    """Move an open job to a terminal status; False if it was already terminal."""
+def finish(
+    *,
+    db: Db,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    attempt: tuple[int | None, AttemptOutcome] | None = None,
+    **values: Any,
+) -> bool:
+    """Move an open job to a terminal status; False if it was already terminal.
+
+    ``attempt``: (number, outcome) of the attempt row to close as well (None: no attempt).
+    """
     assert status in TERMINAL_STATUSES
     params = {"jid": job_id, "new_status": status, "now": utcnow()}
     params.update({f"v_{column}": value for column, value in values.items()})
-    return _changed(db.execute(_finish_statement(frozenset(values)), params))
-
-
-_CLOSE_ATTEMPT = (
-    update(ATTEMPTS).where(_ATTEMPT).values(outcome=bindparam("new_outcome"), finished_at=_NOW)
-)
-
-
-def close_attempt(
-    *, db: Db, job_id: uuid.UUID, number: int | None, outcome: AttemptOutcome
-) -> None:
+    number, outcome = attempt if attempt is not None else (None, None)
+    together = number is not None and _postgres(db)
     if number is not None:
-        params = {"jid": job_id, "num": number, "new_outcome": outcome, "now": utcnow()}
-        db.execute(_CLOSE_ATTEMPT, params)
+        params.update({"num": number, "new_outcome": outcome})
+        if not together:
+            db.execute(_CLOSE_ATTEMPT, params)
+    return _changed(db.execute(_finish_statement(frozenset(values), together), params))
+
+
+def _postgres(db: Db) -> bool:
+    """Postgres runs data-modifying CTEs: two writes in one statement, one round trip."""
+    dialect = db.dialect if isinstance(db, Connection) else db.get_bind().dialect
+    return dialect.name == "postgresql"
 
 
 def _update_attempt(db: Db, job_id: uuid.UUID, number: int, **values: Any) -> None:

@@ -1,0 +1,67 @@
+"""FalLimiter.admit against real Redis, and in-process without it: one call decides."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from worker.account import AccountGuard
+from worker.fleet import FalLimiter
+
+
+@pytest.fixture(params=["redis", "local"])
+def parts(
+    request: pytest.FixtureRequest, redis_url: str
+) -> Iterator[tuple[FalLimiter, AccountGuard]]:
+    client = redis.Redis.from_url(redis_url) if request.param == "redis" else None
+    yield FalLimiter(client, limit=2, lease_s=30), AccountGuard(client, 60)
+    if client is not None:
+        client.close()
+
+
+def test_admits_up_to_the_limit_and_a_held_token_again(
+    parts: tuple[FalLimiter, AccountGuard],
+) -> None:
+    limiter, guard = parts
+    assert limiter.admit("a", guard).admitted
+    assert limiter.admit("b", guard).admitted
+    full = limiter.admit("c", guard)
+    assert not full.admitted and full.locked is None and full.cool_s == 0
+    assert limiter.admit("a", guard).admitted  # already holds its slot
+    limiter.release("a")
+    assert limiter.admit("c", guard).admitted
+    assert limiter.in_flight() == 2
+
+
+def test_a_cool_down_refuses_with_the_time_left(parts: tuple[FalLimiter, AccountGuard]) -> None:
+    limiter, guard = parts
+    limiter.cool_down(20)
+    admission = limiter.admit("a", guard)
+    assert not admission.admitted and 19 < admission.cool_s <= 20
+    assert limiter.in_flight() == 0  # no slot taken while cooling
+
+
+def test_a_locked_account_refuses_with_its_reason_before_anything_else(
+    parts: tuple[FalLimiter, AccountGuard],
+) -> None:
+    limiter, guard = parts
+    limiter.cool_down(20)
+    guard.lock("User is locked: exhausted balance")
+    admission = limiter.admit("a", guard)
+    assert admission.locked == "User is locked: exhausted balance" and not admission.admitted
+    guard.unlock()
+    assert limiter.admit("a", guard).cool_s > 0
+
+
+def test_without_a_cap_only_the_lock_and_cool_down_count(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    limiter, guard = FalLimiter(client, limit=None, lease_s=30), AccountGuard(client, 60)
+    assert all(limiter.admit(str(i), guard).admitted for i in range(50))
+    limiter.cool_down(0.2)
+    assert not limiter.admit("x", guard).admitted
+    time.sleep(0.25)
+    assert limiter.admit("x", guard).admitted
+    client.close()
