@@ -26,11 +26,13 @@ def test_admits_up_to_the_limit_and_a_held_token_again(
     parts: tuple[FalLimiter, AccountGuard],
 ) -> None:
     limiter, guard = parts
-    assert limiter.admit("a", guard).admitted
+    first = limiter.admit("a", guard)
+    assert first.admitted and not first.held_before
     assert limiter.admit("b", guard).admitted
     full = limiter.admit("c", guard)
     assert not full.admitted and full.locked is None and full.cool_s == 0
-    assert limiter.admit("a", guard).admitted  # already holds its slot
+    again = limiter.admit("a", guard)  # already holds its slot
+    assert again.admitted and again.held_before
     limiter.release("a")
     assert limiter.admit("c", guard).admitted
     assert limiter.in_flight() == 2

@@ -25,11 +25,14 @@ from worker.redis_client import shared_redis
 @dataclass(frozen=True)
 class Admission:
     """May this run submit now? ``locked``: fal locked the account (its reason);
-    ``cool_s``: a fleet-wide cool-down still runs; neither and not ``admitted``: no slot."""
+    ``cool_s``: a fleet-wide cool-down still runs; neither and not ``admitted``: no slot.
+    ``held_before``: the token already held its slot (another run of the same job may be
+    using it: not ours to release if we end up not running the job)."""
 
     admitted: bool
     cool_s: float = 0.0
     locked: str | None = None
+    held_before: bool = False
 
 
 # KEYS[1] slots zset; ARGV: now, lease_s, limit, token, force. Returns 1 if the slot is held.
@@ -43,7 +46,7 @@ end
 return 0
 """
 # KEYS: slots zset, cool-down key, account-lock key; ARGV: now, lease_s, limit (-1: none),
-# token. Returns {'locked', reason}, {'cool', until}, {'full', ''} or {'ok', ''}.
+# token. Returns {'locked', reason}, {'cool', until}, {'full', ''} or {'ok', ''|'held'}.
 _ADMIT = """
 local reason = redis.call('GET', KEYS[3])
 if reason then return {'locked', reason} end
@@ -51,8 +54,10 @@ local cool_until = tonumber(redis.call('GET', KEYS[2]) or '0')
 if cool_until > tonumber(ARGV[1]) then return {'cool', tostring(cool_until)} end
 if tonumber(ARGV[3]) < 0 then return {'ok', ''} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+local held = redis.call('ZSCORE', KEYS[1], ARGV[4])
+if held or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+  if held then return {'ok', 'held'} end
   return {'ok', ''}
 end
 return {'full', ''}
@@ -94,7 +99,9 @@ class FalLimiter:
                 return Admission(False, locked=reason)
             if (cooling := self.cooldown_remaining_s()) > 0:
                 return Admission(False, cool_s=cooling)
-            return Admission(self.try_acquire(token))
+            with self._lock:
+                held = self._local_slots.get(token, 0.0) > time.time()
+            return Admission(self.try_acquire(token), held_before=held)
         now = time.time()
         limit = -1 if self.limit is None else self.limit
         keys = [FAL_SLOTS_KEY, FAL_COOLDOWN_KEY, ACCOUNT_LOCK_KEY]
@@ -103,7 +110,7 @@ class FalLimiter:
             return Admission(False, locked=value.decode(errors="replace"))
         if verdict == b"cool":
             return Admission(False, cool_s=max(float(value) - now, 0.0))
-        return Admission(verdict == b"ok")
+        return Admission(verdict == b"ok", held_before=value == b"held")
 
     def cooldown_remaining_s(self) -> float:
         if self._redis is not None:

@@ -87,12 +87,17 @@ class _LeaseLost(Exception):
 class _AttemptHooks:
     """Writes the attempt row and bumps ``jobs.attempts`` as each submit POST is sent."""
 
-    def __init__(self, database_url: str, job_id: uuid.UUID) -> None:
+    def __init__(self, database_url: str, job_id: uuid.UUID, counted: int | None) -> None:
         self._url, self._job_id = database_url, job_id
         self.number: int | None = None
+        #: the attempt the claim already counted and opened (``store.claim_first_submit``)
+        self.counted = counted
 
     def sending(self) -> None:
         metrics.SUBMISSIONS.inc()
+        if self.counted is not None:
+            self.number, self.counted = self.counted, None
+            return
         self.number = write(self._url, lambda s: store.begin_attempt(db=s, job_id=self._job_id))
 
     def not_sent(self) -> None:
@@ -103,6 +108,12 @@ class _AttemptHooks:
                 lambda s: store.retract_attempt(db=s, job_id=self._job_id, number=number),
             )
             self.number = None
+
+    def never_sent(self) -> None:
+        """The call ended before its POST was sent: un-count an attempt counted in advance."""
+        if self.counted is not None:
+            self.number, self.counted = self.counted, None
+            self.not_sent()
 
 
 def run_job(job_id: uuid.UUID, rt: Runtime, *, task_retries: int = 0) -> Done | RetryLater:
@@ -125,6 +136,22 @@ def _run_job(
     job_id: uuid.UUID, rt: Runtime, task_retries: int
 ) -> tuple[Done | RetryLater, str | None]:
     owner = uuid.uuid4().hex
+    url, slot, lease_s = rt.settings.database_url, str(job_id), rt.settings.lease_s
+    admission = None
+    if rt.moderation is None:  # nothing to check before a first submit: slot, then claim
+        admission = rt.limiter.admit(slot, rt.guard)
+        if admission.admitted:
+            fresh = write(
+                url,
+                lambda db: store.claim_first_submit(
+                    db=db, job_id=job_id, owner=owner, lease_s=lease_s
+                ),
+            )
+            if fresh is not None:  # claimed, attempt 1 counted: straight to the submit
+                run = _Run(rt, fresh, task_retries, owner)
+                run.holds_slot, run.counted = True, 1
+                return run.execute(), fresh.callback_url
+    admitted = admission is not None and admission.admitted
 
     def take(db: Connection) -> tuple[store.JobSnapshot | None, Any]:
         job = store.claim(db=db, job_id=job_id, owner=owner, lease_s=rt.settings.lease_s)
@@ -132,11 +159,14 @@ def _run_job(
             return job, None
         return job, store.latest_attempt(db=db, job_id=job_id)
 
-    job, latest = write(rt.settings.database_url, take)
+    job, latest = write(url, take)
     if job is None:
+        if admitted and admission is not None and not admission.held_before:
+            rt.limiter.release(slot)
         log.info("job.skipped", job_id=str(job_id), reason="unknown, finished or leased")
         return Done("skipped"), None
     run = _Run(rt, job, task_retries, owner)
+    run.holds_slot = admitted
     if latest is not None and job.fal_request_id is not None:
         run.number = latest[0]  # resuming: errors belong to the request in flight
     elif latest is not None and latest[1] is AttemptOutcome.SENDING:
@@ -164,6 +194,8 @@ class _Run:
         self.submitted_now = False
         self.parked = False
         self.holds_slot = False
+        #: attempt number the claim already counted for this run's first submit
+        self.counted: int | None = None
         self.callback_read: tuple[dict[str, Any] | None] | None = None
 
     def execute(self) -> Done | RetryLater:
@@ -182,11 +214,13 @@ class _Run:
 
     def _execute(self) -> Done | RetryLater:
         try:
-            self.check_deadline()
+            if self.counted is None:  # (a counted first submit had both checked in SQL)
+                self.check_deadline()
             if self.request_id is None and self.submissions == 0:
                 self.prefilter()
             if self.request_id is None:
-                self.wait_for_turn()
+                if not self.holds_slot:
+                    self.wait_for_turn()
                 self.request_id = self.submit()
                 self.submitted_now = True
             elif not self.callback_stored():  # resuming a request in flight at fal: a slot
@@ -284,7 +318,8 @@ class _Run:
                 f"not submitted again: {self.submissions} submissions already "
                 f"(IMAGEGEN_MAX_ATTEMPTS={settings.max_attempts})"
             )
-        hooks = _AttemptHooks(settings.database_url, self.job.id)
+        hooks = _AttemptHooks(settings.database_url, self.job.id, self.counted)
+        self.counted = None
         arguments: dict[str, Any] = {"prompt": self.job.prompt, **self.job.params}
         webhook = settings.webhook_url
         if webhook is not None:  # the job id is only a wake-up hint; fal signs the rest
@@ -292,6 +327,7 @@ class _Run:
         try:
             request_id = self.rt.gateway.submit(self.job.model, arguments, hooks, webhook)
         finally:
+            hooks.never_sent()
             self.number = hooks.number
             self.submissions += 1 if hooks.number is not None else 0
         number = self.number

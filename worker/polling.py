@@ -23,7 +23,12 @@ class LatencyEstimate:
             old = self._seconds.get(model)
             self._seconds[model] = seconds if old is None else old + self._weight * (seconds - old)
 
-    def first_wait_s(self, model: str, floor_s: float) -> float:
+    def first_wait_s(self, model: str, default_s: float) -> float:
+        """How long to wait before the first poll: ``default_s`` until something is known.
+
+        Below ``default_s`` too: generations that take a fraction of a second (an emulator,
+        a fast model) are polled that soon rather than holding their worker for a second.
+        """
         with self._lock:
             typical = self._seconds.get(model)
-        return floor_s if typical is None else max(floor_s, 0.85 * typical)
+        return default_s if typical is None else 0.85 * typical

@@ -7,7 +7,7 @@ building and cache-keying a fresh statement per call was most of a job's databas
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
@@ -124,6 +124,61 @@ def claim(*, db: Db, job_id: uuid.UUID, owner: str, lease_s: float) -> JobSnapsh
     params = {"jid": job_id, "owner": owner, "now": now, "until": until}
     row = db.execute(_CLAIM, params).one_or_none()
     return JobSnapshot(*row) if row is not None else None
+
+
+_claimed_fresh = (
+    update(JOBS)
+    .where(
+        _JOB,
+        JOBS.c.status == JobStatus.QUEUED,
+        JOBS.c.attempts == 0,
+        JOBS.c.fal_request_id.is_(None),
+        or_(JOBS.c.deadline_at.is_(None), JOBS.c.deadline_at > _NOW),
+    )
+    .values(
+        status=JobStatus.RUNNING,
+        lease_owner=bindparam("owner"),
+        lease_until=_UNTIL,
+        started_at=func.coalesce(JOBS.c.started_at, _NOW),
+        updated_at=_NOW,
+        attempts=1,
+    )
+    .returning(*_SNAPSHOT_COLUMNS)
+    .cte("claimed")
+)
+_CLAIM_FIRST_SUBMIT = select(*_claimed_fresh.c).add_cte(
+    insert(ATTEMPTS)
+    .from_select(
+        ["job_id", "number", "outcome", "started_at"],
+        select(
+            _claimed_fresh.c.id,
+            _claimed_fresh.c.attempts,
+            literal(AttemptOutcome.SENDING.value, String()),
+            _NOW,
+        ),
+    )
+    .cte("opened")
+)
+
+
+def claim_first_submit(
+    *, db: Db, job_id: uuid.UUID, owner: str, lease_s: float
+) -> JobSnapshot | None:
+    """Claim a never-submitted job and count its first submission, in one statement.
+
+    For a run that already holds a fal slot and has nothing to check before the submit
+    (no moderation). The attempt row reads 'sending' from here on, exactly as
+    ``begin_attempt`` leaves it. The snapshot shows the job as before this submission
+    (``attempts`` 0). None (nothing written) for any other job, and off Postgres: the
+    run claims it the usual way.
+    """
+    if not _postgres(db):
+        return None
+    now = utcnow()
+    until = now + timedelta(seconds=lease_s)
+    params = {"jid": job_id, "owner": owner, "now": now, "until": until}
+    row = db.execute(_CLAIM_FIRST_SUBMIT, params).one_or_none()
+    return replace(JobSnapshot(*row), attempts=0) if row is not None else None
 
 
 _RENEW = update(JOBS).where(_OURS).values(lease_until=_UNTIL, updated_at=_NOW)
