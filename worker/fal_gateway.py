@@ -274,26 +274,37 @@ class FalGateway:
 _CHECK_READ_CAP = 256 * 1024
 
 
-class PerThreadGateway:
-    """A FalGateway per thread (its own httpx client and connections), one TLS context.
+class GatewayPool:
+    """FalGateways lent to one thread per call (each its own httpx client and connections).
 
-    Sharing one httpx client across hundreds of worker threads is several times slower
-    and has closed sockets still in use (see the performance notes); a TLS context per
-    client would cost its CA bundle in memory each time.
+    Threads never share an httpx client at the same time (hundreds of threads on one client
+    were several times slower and closed sockets still in use, see the performance notes),
+    yet a host needs only as many clients as it makes calls at once, not one per thread:
+    most threads sleep between polls. Last in, first out, so the warm connections are
+    reused, and a thousand threads cost tens of TLS connections, not a thousand.
     """
 
     def __init__(self, settings: Settings) -> None:
         resolve_key(settings)  # fail now, not in the first thread
         self._settings = settings
-        self._ssl = httpx.create_ssl_context()  # honours SSL_CERT_FILE
-        self._local = threading.local()
+        self._ssl = httpx.create_ssl_context()  # honours SSL_CERT_FILE; shared by all
+        self._idle: list[FalGateway] = []
+        self._lock = threading.Lock()
+        self.created = 0
 
-    def get(self) -> FalGateway:
-        gateway: FalGateway | None = getattr(self._local, "gateway", None)
+    @contextmanager
+    def _lent(self) -> Iterator[FalGateway]:
+        with self._lock:
+            gateway = self._idle.pop() if self._idle else None
         if gateway is None:
             gateway = FalGateway.from_settings(self._settings, self._ssl)
-            self._local.gateway = gateway
-        return gateway
+            with self._lock:
+                self.created += 1
+        try:
+            yield gateway
+        finally:
+            with self._lock:
+                self._idle.append(gateway)
 
     def submit(
         self,
@@ -302,19 +313,24 @@ class PerThreadGateway:
         hooks: SubmitHooks,
         webhook_url: str | None = None,
     ) -> str:
-        return self.get().submit(model, arguments, hooks, webhook_url)
+        with self._lent() as gateway:
+            return gateway.submit(model, arguments, hooks, webhook_url)
 
     def status(self, model: str, request_id: str) -> FalStatus:
-        return self.get().status(model, request_id)
+        with self._lent() as gateway:
+            return gateway.status(model, request_id)
 
     def result(self, model: str, request_id: str) -> dict[str, Any]:
-        return self.get().result(model, request_id)
+        with self._lent() as gateway:
+            return gateway.result(model, request_id)
 
     def check_images(self, images: list[dict[str, Any]]) -> None:
-        self.get().check_images(images)
+        with self._lent() as gateway:
+            gateway.check_images(images)
 
     def cancel(self, model: str, request_id: str) -> None:
-        self.get().cancel(model, request_id)
+        with self._lent() as gateway:
+            gateway.cancel(model, request_id)
 
 
 @contextmanager

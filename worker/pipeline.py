@@ -30,7 +30,7 @@ from worker.errors import (
     RequestCancelled,
     TransientFalError,
 )
-from worker.fal_gateway import FalGateway, PerThreadGateway
+from worker.fal_gateway import FalGateway, GatewayPool
 from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
 from worker.moderation import Chain, ModerationUnavailable
@@ -69,7 +69,7 @@ class Runtime:
     """Everything a run talks to."""
 
     settings: Settings
-    gateway: FalGateway | PerThreadGateway
+    gateway: FalGateway | GatewayPool
     policy: RetryPolicy
     guard: AccountGuard
     limiter: FalLimiter
@@ -401,6 +401,7 @@ class _Run:
         deadline = started + settings.generation_timeout_s
         fresh = self.submitted_now
         interval, failures = settings.poll_initial_s, 0
+        running_at: float | None = None  # when fal last said it was not done yet
         wait = self.rt.latency.first_wait_s(self.job.model, interval) if fresh else interval
         while True:
             self.rt.sleep(wait)
@@ -416,9 +417,13 @@ class _Run:
                 if status.done:
                     if fresh:
                         took = self.rt.monotonic() - started
-                        self.rt.latency.observe(self.job.model, took)
+                        # Learn from the last "not done" answer, a lower bound: a busy host
+                        # that hears COMPLETED late must not push every later poll later.
+                        learned = took if running_at is None else running_at
+                        self.rt.latency.observe(self.job.model, learned)
                         metrics.FAL_LATENCY.observe(took)
                     return self.fetch(request_id, status.failure())
+                running_at = self.rt.monotonic() - started
             if self.rt.monotonic() > deadline:
                 raise TransientFalError(
                     f"fal did not finish within {settings.generation_timeout_s:g}s "

@@ -8,6 +8,9 @@ import threading
 class LatencyEstimate:
     """How long this model's generations take here (an EWMA), to time the first poll.
 
+    Fed with the last time fal still said "not done" (a lower bound), so that polls
+    delayed by a busy host do not inflate it.
+
     Polling at 1 s, 1.5 s, ... up to IMAGEGEN_POLL_MAX_S costs about 15 status requests for
     a 60 s generation; once the typical duration is known, the first poll waits for 85 % of
     it and the schedule restarts from there: about 4 requests a job.

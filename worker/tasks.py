@@ -15,7 +15,7 @@ from worker.callbacks import CallbackFailed, CallbackRejected, deliver
 from worker.celery_app import app
 from worker.constants import CALLBACK_TASK, RUN_JOB_TASK, SWEEP_TASK
 from worker.errors import ConfigurationError
-from worker.fal_gateway import PerThreadGateway
+from worker.fal_gateway import GatewayPool
 from worker.fleet import FalLimiter
 from worker.logs import get_logger
 from worker.moderation_setup import moderation_chain
@@ -31,7 +31,7 @@ def runtime() -> Runtime:
     settings = get_settings()
     return Runtime(
         settings=settings,
-        gateway=PerThreadGateway(settings),
+        gateway=GatewayPool(settings),
         policy=RetryPolicy.from_settings(settings),
         guard=AccountGuard.for_url(app.conf.broker_url or "", settings.account_lock_ttl_s),
         limiter=FalLimiter.for_url(

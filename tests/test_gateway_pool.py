@@ -1,0 +1,59 @@
+"""GatewayPool: a gateway is never lent to two calls at once, and warm ones are reused."""
+
+from __future__ import annotations
+
+import threading
+
+from tests.conftest import Stack, unique
+from worker.fal_gateway import GatewayPool
+
+MODEL = "openai/gpt-image-2"
+
+
+class _Hooks:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def sending(self) -> None:
+        self.sent += 1
+
+    def not_sent(self) -> None:
+        self.sent -= 1
+
+
+def test_calls_at_the_same_time_get_distinct_gateways_and_the_last_returned_comes_back(
+    stack: Stack,
+) -> None:
+    pool = GatewayPool(stack.settings())
+    with pool._lent() as first, pool._lent() as second:
+        assert first is not second
+    with pool._lent() as again:
+        assert again is first  # last in, first out: the warmest connections
+    assert pool.created == 2
+
+
+def test_many_threads_polling_need_only_as_many_clients_as_calls_at_once(stack: Stack) -> None:
+    pool = GatewayPool(stack.settings())
+    hooks = _Hooks()
+    request_id = pool.submit(MODEL, {"prompt": unique("pool")}, hooks)
+    assert hooks.sent == 1
+    errors: list[BaseException] = []
+
+    def poll() -> None:
+        try:
+            for _ in range(10):
+                pool.status(MODEL, request_id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poll) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert 1 <= pool.created <= 32
+    created = pool.created
+    for _ in range(20):  # one caller at a time: no new client
+        pool.status(MODEL, request_id)
+    assert pool.created == created
