@@ -24,3 +24,13 @@ def test_fast_generations_are_polled_sooner_than_the_default() -> None:
     estimate = LatencyEstimate()
     estimate.observe("m", 0.02)
     assert estimate.first_wait_s("m", 1.0) == pytest.approx(0.017)
+
+
+def test_near_the_typical_end_polls_come_every_five_percent_of_it() -> None:
+    estimate = LatencyEstimate()
+    assert estimate.near_end_step_s("m", 10.0) is None  # nothing known yet
+    estimate.observe("m", 60.0)
+    assert estimate.near_end_step_s("m", 52.0) == pytest.approx(3.0)
+    assert estimate.near_end_step_s("m", 79.0) is None  # past 1.3x: back to the growing schedule
+    estimate.observe("fast", 1.0)
+    assert estimate.near_end_step_s("fast", 0.5) == pytest.approx(0.25)  # never below 0.25 s

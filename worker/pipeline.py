@@ -441,6 +441,11 @@ class _Run:
                     f"fal did not finish within {settings.generation_timeout_s:g}s "
                     "(IMAGEGEN_GENERATION_TIMEOUT_S)"
                 )
+            elapsed = self.rt.monotonic() - started
+            step = self.rt.latency.near_end_step_s(self.job.model, elapsed) if fresh else None
+            if step is not None:
+                wait = step
+                continue
             wait = interval
             interval = min(interval * settings.poll_factor, settings.poll_max_s)
 

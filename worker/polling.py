@@ -35,3 +35,13 @@ class LatencyEstimate:
         with self._lock:
             typical = self._seconds.get(model)
         return default_s if typical is None else 0.85 * typical
+
+    def near_end_step_s(self, model: str, elapsed_s: float) -> float | None:
+        """Around the typical end of a generation (until 1.3x it), poll every 5 % of it
+        (at least 0.25 s): a completion is heard soon after it happens, for about four
+        more polls. None outside that window, or while nothing is known."""
+        with self._lock:
+            typical = self._seconds.get(model)
+        if typical is None or elapsed_s > 1.3 * typical:
+            return None
+        return max(0.25, 0.05 * typical)
