@@ -57,3 +57,20 @@ def test_many_threads_polling_need_only_as_many_clients_as_calls_at_once(stack: 
     for _ in range(20):  # one caller at a time: no new client
         pool.status(MODEL, request_id)
     assert pool.created == created
+
+
+def test_a_full_pool_makes_callers_queue_instead_of_building_more_clients(stack: Stack) -> None:
+    pool = GatewayPool(stack.settings(), size=2)
+    got_third = threading.Event()
+
+    def third() -> None:
+        with pool._lent():
+            got_third.set()
+
+    with pool._lent(), pool._lent():
+        waiter = threading.Thread(target=third)
+        waiter.start()
+        assert not got_third.wait(0.3)  # both clients are lent: the third call queues
+    assert got_third.wait(5.0)  # ... and gets one as soon as a call returns
+    waiter.join()
+    assert pool.created == 2

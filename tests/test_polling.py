@@ -1,6 +1,9 @@
-"""When the first status poll goes out: learned per model, not floored at the default."""
+"""When status polls go out: learned per model from a window of recent generations."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
@@ -11,26 +14,81 @@ def test_default_until_a_generation_was_seen() -> None:
     assert LatencyEstimate().first_wait_s("openai/gpt-image-2", 1.0) == 1.0
 
 
-def test_polls_near_the_end_of_a_typical_generation() -> None:
+def test_first_poll_at_the_tenth_percentile_of_recent_generations() -> None:
     estimate = LatencyEstimate()
-    estimate.observe("m", 60.0)
+    for seconds in range(50, 60):  # 50 ... 59
+        estimate.observe("m", float(seconds))
     assert estimate.first_wait_s("m", 1.0) == pytest.approx(51.0)
     assert estimate.first_wait_s("other", 1.0) == 1.0  # per model
-    estimate.observe("m", 40.0)  # moves a fifth of the way
-    assert estimate.first_wait_s("m", 1.0) == pytest.approx(0.85 * 56.0)
+
+
+def test_the_window_forgets_old_generations() -> None:
+    estimate = LatencyEstimate(window=5)
+    for _ in range(5):
+        estimate.observe("m", 60.0)
+    for _ in range(5):
+        estimate.observe("m", 20.0)
+    assert estimate.first_wait_s("m", 1.0) == pytest.approx(20.0)
+
+
+def test_done_at_the_first_poll_counts_as_a_little_shorter_so_the_estimate_can_come_down() -> None:
+    estimate = LatencyEstimate()
+    estimate.observe("m", 30.0, done_at_first_poll=True)
+    assert estimate.first_wait_s("m", 1.0) == pytest.approx(27.0)
 
 
 def test_fast_generations_are_polled_sooner_than_the_default() -> None:
     estimate = LatencyEstimate()
     estimate.observe("m", 0.02)
-    assert estimate.first_wait_s("m", 1.0) == pytest.approx(0.017)
+    assert estimate.first_wait_s("m", 1.0) == pytest.approx(0.02)
 
 
-def test_near_the_typical_end_polls_come_every_five_percent_of_it() -> None:
+def test_near_the_typical_end_polls_come_every_five_percent_of_the_median() -> None:
     estimate = LatencyEstimate()
     assert estimate.near_end_step_s("m", 10.0) is None  # nothing known yet
-    estimate.observe("m", 60.0)
+    for seconds in (40.0, 60.0, 100.0):
+        estimate.observe("m", seconds)
     assert estimate.near_end_step_s("m", 52.0) == pytest.approx(3.0)
-    assert estimate.near_end_step_s("m", 79.0) is None  # past 1.3x: back to the growing schedule
+    assert estimate.near_end_step_s("m", 129.0) == pytest.approx(3.0)  # until 1.3x the p90
+    assert estimate.near_end_step_s("m", 131.0) is None  # then the growing schedule
     estimate.observe("fast", 1.0)
     assert estimate.near_end_step_s("fast", 0.5) == pytest.approx(0.25)  # never below 0.25 s
+
+
+def test_only_a_few_scouts_poll_while_nothing_is_known() -> None:
+    estimate = LatencyEstimate(scouts=2)
+    assert estimate.enlist_scout("m") and estimate.enlist_scout("m")
+    assert not estimate.enlist_scout("m")
+    assert estimate.enlist_scout("other")  # per model
+    estimate.discharge_scout("m")
+    assert estimate.enlist_scout("m")  # a freed place is taken again
+    estimate.observe("m", 30.0)
+    assert not estimate.enlist_scout("m")  # known: nobody needs to scout
+
+
+def test_waiters_wake_as_soon_as_a_scout_learns_the_latency() -> None:
+    estimate = LatencyEstimate(scouts=1)
+    assert estimate.enlist_scout("m")
+    woke: list[float] = []
+
+    def waiter() -> None:
+        started = time.monotonic()
+        estimate.await_news("m", timeout_s=20.0)
+        woke.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)
+    estimate.observe("m", 30.0)
+    thread.join(timeout=5.0)
+    assert woke and woke[0] < 5.0
+    assert estimate.known("m")
+
+
+def test_waiting_for_news_gives_up_after_its_timeout() -> None:
+    estimate = LatencyEstimate(scouts=1)
+    assert estimate.enlist_scout("m")
+    started = time.monotonic()
+    estimate.await_news("m", timeout_s=0.2)
+    assert 0.15 <= time.monotonic() - started < 5.0
+    assert not estimate.known("m")

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -156,12 +156,15 @@ def _publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | No
         return
     app = app or _default_app()
     try:
-        with app.producer_or_acquire() as producer:
+        # One Redis pipeline for the task messages (a round trip and a client per message
+        # otherwise); if it fails, delivery is uncertain: the rows go, and a worker that gets
+        # a message without its row skips it.
+        with app.producer_or_acquire() as producer, producer.batch():
             for job_id in job_ids:
                 app.send_task(
                     RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id), producer=producer
                 )
-    except (OperationalError, OSError) as exc:
+    except (OperationalError, BatchPublishError, OSError) as exc:
         with session_scope(settings.database_url) as session:
             session.execute(delete(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED))
         raise EnqueueError(f"the broker could not be reached, job(s) not queued: {exc}") from exc

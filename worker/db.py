@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
 from worker.logs import get_logger
+from worker.settings import get_settings
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -43,11 +44,17 @@ def _create_engine(database_url: str) -> Engine:
         engine = create_engine(database_url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    # A pool as large as the writes a busy process makes at once: connections opened for a
+    # burst beyond it are closed after it, and opening one costs more than the transaction.
     # No pool_pre_ping (it doubles the round trips per transaction): a connection broken by a
     # Postgres restart raises on use, the pool discards it, and worker.db.write retries.
     # hide_parameters: prompts are user data; keep them out of error texts (logs, Flower).
     return create_engine(
-        database_url, pool_size=10, max_overflow=20, pool_recycle=1800, hide_parameters=True
+        database_url,
+        pool_size=get_settings().db_pool_size,
+        max_overflow=5,
+        pool_recycle=1800,
+        hide_parameters=True,
     )
 
 

@@ -275,36 +275,43 @@ _CHECK_READ_CAP = 256 * 1024
 
 
 class GatewayPool:
-    """FalGateways lent to one thread per call (each its own httpx client and connections).
+    """At most ``size`` FalGateways, each lent to one thread per call.
 
     Threads never share an httpx client at the same time (hundreds of threads on one client
     were several times slower and closed sockets still in use, see the performance notes),
     yet a host needs only as many clients as it makes calls at once, not one per thread:
     most threads sleep between polls. Last in, first out, so the warm connections are
-    reused, and a thousand threads cost tens of TLS connections, not a thousand.
+    reused. Bounded (IMAGEGEN_FAL_HTTP_CLIENTS): when a busy process makes more calls at
+    once than that, callers queue for a client instead of building new clients and TLS
+    connections in the middle of the rush (a few calls' worth of CPU each).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, size: int | None = None) -> None:
         resolve_key(settings)  # fail now, not in the first thread
         self._settings = settings
         self._ssl = httpx.create_ssl_context()  # honours SSL_CERT_FILE; shared by all
         self._idle: list[FalGateway] = []
+        self._free = threading.BoundedSemaphore(size or settings.fal_http_clients)
         self._lock = threading.Lock()
         self.created = 0
 
     @contextmanager
     def _lent(self) -> Iterator[FalGateway]:
-        with self._lock:
-            gateway = self._idle.pop() if self._idle else None
-        if gateway is None:
-            gateway = FalGateway.from_settings(self._settings, self._ssl)
-            with self._lock:
-                self.created += 1
+        self._free.acquire()
         try:
-            yield gateway
-        finally:
             with self._lock:
-                self._idle.append(gateway)
+                gateway = self._idle.pop() if self._idle else None
+                if gateway is None:
+                    self.created += 1
+            if gateway is None:
+                gateway = FalGateway.from_settings(self._settings, self._ssl)
+            try:
+                yield gateway
+            finally:
+                with self._lock:
+                    self._idle.append(gateway)
+        finally:
+            self._free.release()
 
     def submit(
         self,

@@ -400,7 +400,7 @@ class _Run:
         return self.checked(_images(result))
 
     def wait(self, request_id: str) -> list[dict[str, Any]]:
-        """Poll with a growing interval until COMPLETED, then fetch the images.
+        """Poll until COMPLETED, then fetch the images (``worker.polling`` says when).
 
         In webhook mode fal's callback, when it came, answers without any polling.
         """
@@ -409,45 +409,72 @@ class _Run:
             images = self.from_webhook(request_id)
             if images is not None:
                 return images
+        latency, model = self.rt.latency, self.job.model
         started = self.rt.monotonic()
         deadline = started + settings.generation_timeout_s
         fresh = self.submitted_now
-        interval, failures = settings.poll_initial_s, 0
+        interval, failures, polls = settings.poll_initial_s, 0, 0
         running_at: float | None = None  # when fal last said it was not done yet
-        wait = self.rt.latency.first_wait_s(self.job.model, interval) if fresh else interval
-        while True:
-            self.rt.sleep(wait)
+        scout = False
+        wait = latency.first_wait_s(model, interval) if fresh else interval
+        try:
+            while True:
+                if fresh and polls == 0 and not scout:
+                    scout = self.first_poll_turn(started)
+                    wait = max(0.0, started + latency.first_wait_s(model, interval) - self.now())
+                self.rt.sleep(wait)
+                self.keep_lease()
+                try:
+                    status = gateway.status(model, request_id)
+                except TransientFalError:
+                    failures += 1
+                    if failures >= settings.max_attempts:
+                        raise
+                else:
+                    failures, polls = 0, polls + 1
+                    if status.done:
+                        if fresh:
+                            took = self.now() - started
+                            # Learn from the last "not done" answer, a lower bound: a busy
+                            # host that hears COMPLETED late must not push later polls later.
+                            learned = took if running_at is None else running_at
+                            latency.observe(model, learned, done_at_first_poll=running_at is None)
+                            metrics.FAL_LATENCY.observe(took)
+                        return self.fetch(request_id, status.failure())
+                    running_at = self.now() - started
+                if self.now() > deadline:
+                    raise TransientFalError(
+                        f"fal did not finish within {settings.generation_timeout_s:g}s "
+                        "(IMAGEGEN_GENERATION_TIMEOUT_S)"
+                    )
+                step = latency.near_end_step_s(model, self.now() - started) if fresh else None
+                if step is not None:
+                    wait = step
+                    continue
+                wait = interval
+                interval = min(interval * settings.poll_factor, settings.poll_max_s)
+        finally:
+            if scout:
+                latency.discharge_scout(model)
+
+    def first_poll_turn(self, started: float) -> bool:
+        """Before a fresh request's first poll: is it a scout (True), or was it told when
+        generations of its model end (False)? Waits for that news (lease kept), at most
+        ``news_wait_s`` after the submit; then it polls anyway."""
+        latency, model = self.rt.latency, self.job.model
+        give_up_at = started + latency.news_wait_s
+        while not latency.known(model):
+            if latency.enlist_scout(model):
+                return True
+            left = give_up_at - self.now()
+            if left <= 0:
+                return False
+            latency.await_news(model, min(left, self.rt.settings.lease_s / 4))
             self.keep_lease()
-            try:
-                status = gateway.status(self.job.model, request_id)
-            except TransientFalError:
-                failures += 1
-                if failures >= settings.max_attempts:
-                    raise
-            else:
-                failures = 0
-                if status.done:
-                    if fresh:
-                        took = self.rt.monotonic() - started
-                        # Learn from the last "not done" answer, a lower bound: a busy host
-                        # that hears COMPLETED late must not push every later poll later.
-                        learned = took if running_at is None else running_at
-                        self.rt.latency.observe(self.job.model, learned)
-                        metrics.FAL_LATENCY.observe(took)
-                    return self.fetch(request_id, status.failure())
-                running_at = self.rt.monotonic() - started
-            if self.rt.monotonic() > deadline:
-                raise TransientFalError(
-                    f"fal did not finish within {settings.generation_timeout_s:g}s "
-                    "(IMAGEGEN_GENERATION_TIMEOUT_S)"
-                )
-            elapsed = self.rt.monotonic() - started
-            step = self.rt.latency.near_end_step_s(self.job.model, elapsed) if fresh else None
-            if step is not None:
-                wait = step
-                continue
-            wait = interval
-            interval = min(interval * settings.poll_factor, settings.poll_max_s)
+        return False
+
+    def now(self) -> float:
+        return self.rt.monotonic()
 
     def keep_lease(self) -> None:
         """Renew the lease when half of it is used; notice cancellation and deadlines."""

@@ -1,30 +1,69 @@
-"""When to poll fal: learn how long generations take, poll near the end of one."""
+"""When to poll fal: learn how long generations take, poll near the end of one.
+
+Per model, a window of recent generation times. An observation is the last time fal still
+said "not done" (a lower bound: a busy host that polls late does not inflate it), or, when
+the very first poll already found the request done, 0.9x that time (it may have been
+shorter: so the estimate comes down when fal gets faster).
+
+* First poll of a fresh request: at the 10th percentile of the window.
+* Then every 5 % of the median (at least 0.25 s) until 1.3x the 90th percentile, so that a
+  completion is heard soon after it happens; past that, the growing schedule.
+* While nothing is known about a model, a few scouts per process poll on the growing
+  schedule and the other fresh requests wait for what the scouts learn (woken at once when
+  it is known, or after ``news_wait_s``): a thousand first requests do not each spend ten
+  polls finding out that a generation takes half a minute.
+
+For a generation of a steady 30 s that is about two status requests a job; polling at
+1 s, 1.5 s, ... up to IMAGEGEN_POLL_MAX_S from the start costs about fifteen for 60 s.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
+
+
+class _Model:
+    __slots__ = ("q10", "q50", "q90", "samples", "scouts")
+
+    def __init__(self, window: int) -> None:
+        self.samples: deque[float] = deque(maxlen=window)
+        self.q10 = self.q50 = self.q90 = 0.0
+        self.scouts = 0
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+        ordered = sorted(self.samples)
+        last = len(ordered) - 1
+        self.q10, self.q50, self.q90 = (ordered[round(q * last)] for q in (0.1, 0.5, 0.9))
 
 
 class LatencyEstimate:
-    """How long this model's generations take here (an EWMA), to time the first poll.
+    """How long this model's generations take here, to time the status polls."""
 
-    Fed with the last time fal still said "not done" (a lower bound), so that polls
-    delayed by a busy host do not inflate it.
+    def __init__(self, window: int = 200, scouts: int = 4, news_wait_s: float = 30.0) -> None:
+        self._window, self._scouts, self.news_wait_s = window, scouts, news_wait_s
+        self._models: dict[str, _Model] = {}
+        self._news = threading.Condition()
 
-    Polling at 1 s, 1.5 s, ... up to IMAGEGEN_POLL_MAX_S costs about 15 status requests for
-    a 60 s generation; once the typical duration is known, the first poll waits for 85 % of
-    it and the schedule restarts from there: about 4 requests a job.
-    """
+    def _model(self, model: str) -> _Model:
+        entry = self._models.get(model)
+        if entry is None:
+            entry = self._models[model] = _Model(self._window)
+        return entry
 
-    def __init__(self, weight: float = 0.2) -> None:
-        self._weight = weight
-        self._seconds: dict[str, float] = {}
-        self._lock = threading.Lock()
+    def observe(self, model: str, seconds: float, *, done_at_first_poll: bool = False) -> None:
+        with self._news:
+            entry = self._model(model)
+            first = not entry.samples
+            entry.add(0.9 * seconds if done_at_first_poll else seconds)
+            if first:
+                self._news.notify_all()
 
-    def observe(self, model: str, seconds: float) -> None:
-        with self._lock:
-            old = self._seconds.get(model)
-            self._seconds[model] = seconds if old is None else old + self._weight * (seconds - old)
+    def known(self, model: str) -> bool:
+        with self._news:
+            entry = self._models.get(model)
+            return entry is not None and bool(entry.samples)
 
     def first_wait_s(self, model: str, default_s: float) -> float:
         """How long to wait before the first poll: ``default_s`` until something is known.
@@ -32,16 +71,36 @@ class LatencyEstimate:
         Below ``default_s`` too: generations that take a fraction of a second (an emulator,
         a fast model) are polled that soon rather than holding their worker for a second.
         """
-        with self._lock:
-            typical = self._seconds.get(model)
-        return default_s if typical is None else 0.85 * typical
+        with self._news:
+            entry = self._models.get(model)
+            return default_s if entry is None or not entry.samples else entry.q10
 
     def near_end_step_s(self, model: str, elapsed_s: float) -> float | None:
-        """Around the typical end of a generation (until 1.3x it), poll every 5 % of it
-        (at least 0.25 s): a completion is heard soon after it happens, for about four
-        more polls. None outside that window, or while nothing is known."""
-        with self._lock:
-            typical = self._seconds.get(model)
-        if typical is None or elapsed_s > 1.3 * typical:
-            return None
-        return max(0.25, 0.05 * typical)
+        """Near the typical end (until 1.3x the 90th percentile), poll every 5 % of the
+        median, at least 0.25 s. None outside that window, or while nothing is known."""
+        with self._news:
+            entry = self._models.get(model)
+            if entry is None or not entry.samples or elapsed_s > 1.3 * entry.q90:
+                return None
+            return max(0.25, 0.05 * entry.q50)
+
+    def enlist_scout(self, model: str) -> bool:
+        """Become one of the few requests polled while nothing is known (False: wait)."""
+        with self._news:
+            entry = self._model(model)
+            if entry.samples or entry.scouts >= self._scouts:
+                return False
+            entry.scouts += 1
+            return True
+
+    def discharge_scout(self, model: str) -> None:
+        with self._news:
+            self._model(model).scouts -= 1
+            self._news.notify_all()  # a free scout's place: a waiter may take it
+
+    def await_news(self, model: str, timeout_s: float) -> None:
+        """Sleep until something is known about ``model``, a scout's place frees, or timeout."""
+        with self._news:
+            entry = self._model(model)
+            if not entry.samples and entry.scouts >= self._scouts:
+                self._news.wait(timeout_s)

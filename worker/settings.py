@@ -40,10 +40,15 @@ class Settings(BaseSettings):
     poll_initial_s: float = Field(default=1.0, gt=0, alias="IMAGEGEN_POLL_INITIAL_S")
     poll_max_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_POLL_MAX_S")
     poll_factor: float = Field(default=1.5, ge=1.0, alias="IMAGEGEN_POLL_FACTOR")
+    # HTTP clients towards fal per worker process, lent per call (threads queue for one).
+    fal_http_clients: int = Field(default=32, ge=1, le=1000, alias="IMAGEGEN_FAL_HTTP_CLIENTS")
     generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
     resubmit_unknown: bool = Field(default=False, alias="IMAGEGEN_RESUBMIT_UNKNOWN")
     verify_images: bool = Field(default=True, alias="IMAGEGEN_VERIFY_IMAGES")
     account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
+
+    # Pooled Postgres connections per process (5 more in a burst, closed after it).
+    db_pool_size: int = Field(default=20, ge=1, le=200, alias="IMAGEGEN_DB_POOL_SIZE")
 
     # Leases, the sweeper and deadlines (the job row is the source of truth).
     lease_s: float = Field(default=120.0, gt=0, alias="IMAGEGEN_LEASE_S")

@@ -1,0 +1,37 @@
+"""enqueue_many: one transaction, one Redis pipeline for the task messages."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from models import Job
+from tests.conftest import Stack, unique
+from worker.api import enqueue_many
+from worker.db import session_scope
+from worker.errors import EnqueueError
+
+
+def _count(stack: Stack) -> int:
+    with session_scope(stack.database_url) as session:
+        return session.execute(select(func.count()).select_from(Job)).scalar_one()
+
+
+def test_a_batch_is_published_in_order_and_every_job_runs(running: Stack) -> None:
+    prompts = [unique(f"batch {i}") for i in range(5)]
+    ids = enqueue_many(prompts, settings=running.settings(), app=running.app())
+    assert len(set(ids)) == 5
+    for job_id, prompt in zip(ids, prompts, strict=True):
+        job = running.wait_terminal(job_id)
+        assert job["status"] == "succeeded" and job["prompt"] == prompt
+
+
+def test_a_batch_with_the_broker_down_leaves_no_row_and_says_so(stack: Stack) -> None:
+    settings = stack.settings(redis_url="redis://127.0.0.1:1/0")
+    app = stack.app()
+    app.conf.broker_url = "redis://127.0.0.1:1/0"
+    app.conf.broker_connection_retry = False
+    app.conf.broker_transport_options = {"max_retries": 0}
+    with pytest.raises(EnqueueError, match="broker could not be reached"):
+        enqueue_many([unique("lost a"), unique("lost b")], settings=settings, app=app)
+    assert _count(stack) == 0
