@@ -2,7 +2,7 @@
 
 `python -m bench.throughput --jobs N --latency SECONDS --fal-concurrency C [--processes 2]
 [--threads 500] [--webhook] [--naive-window 60] [--skip-naive] [--timeout 900]
-[--stall-after S]`
+[--stall-after S] [--print-every 10]`
 
 A throwaway Postgres database, Redis db 12 flushed, `imagegen fal-emulator` in its own
 process, one worker host started the documented way (`--processes` Celery workers on the
@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="webhook mode: fal calls back to `imagegen api` (started here) instead of polls",
     )
     parser.add_argument("--naive-window", type=float, default=60.0)
+    parser.add_argument("--print-every", type=float, default=10.0, help="progress lines, s")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument(
@@ -231,7 +232,8 @@ class Probe:
         With ``stall_s``: also when no job became terminal for that long (``self.stalled``).
         """
         samples: list[Sample] = []
-        next_print = t0 + 10
+        every = self.ctx.args.print_every
+        next_print = t0 + every
         last_terminal, last_change = -1, t0
         while True:
             tick = time.monotonic()
@@ -252,7 +254,7 @@ class Probe:
                     f" worker cpu {sample.cpu_s:.1f}s{api}",
                     file=sys.stderr,
                 )
-                next_print = tick + 10
+                next_print = tick + every
             time.sleep(max(0.0, tick + SAMPLE_EVERY_S - time.monotonic()))
 
     def times(self, run: Run, until: datetime) -> datetime | None:

@@ -197,6 +197,7 @@ class _Run:
         self.submitted_now = False
         self.parked = False
         self.holds_slot = False
+        self.slot_freed = False
         #: attempt number the claim already counted for this run's first submit
         self.counted: int | None = None
         self.callback_read: tuple[dict[str, Any] | None] | None = None
@@ -213,7 +214,16 @@ class _Run:
             return self.finish(JobStatus.FAILED, AttemptOutcome.PERMANENT, "failed", error=error)
         finally:
             if not self.parked:  # a parked request still runs at fal: it keeps its slot
-                self.rt.limiter.release(self.slot)
+                self.free_slot()
+
+    def took_slot(self) -> None:
+        self.holds_slot, self.slot_freed = True, False
+
+    def free_slot(self) -> None:
+        """Give back the fal slot (once): when fal said COMPLETED, or as the run ends."""
+        if not self.slot_freed:
+            self.rt.limiter.release(self.slot)
+            self.slot_freed, self.holds_slot = True, False
 
     def _execute(self) -> Done | RetryLater:
         try:
@@ -228,7 +238,7 @@ class _Run:
                 self.submitted_now = True
             elif not self.callback_stored():  # resuming a request in flight at fal: a slot
                 self.rt.limiter.try_acquire(self.slot, force=True)
-                self.holds_slot = True
+                self.took_slot()
             self.phase = "wait"
             if self.submitted_now and self.park(self.request_id):
                 return Done("awaiting-webhook")
@@ -315,7 +325,7 @@ class _Run:
                 if admission.locked is not None:
                     raise AccountLocked(f"not submitted: {admission.locked}")
                 if admission.admitted:
-                    self.holds_slot = True
+                    self.took_slot()
                     return
                 cooling = admission.cool_s
                 self.rt.sleep(min(cooling, 1.0) if cooling > 0 else 0.1 + 0.2 * random.random())
@@ -433,6 +443,9 @@ class _Run:
                 else:
                     failures, polls = 0, polls + 1
                     if status.done:
+                        # no longer running at fal: the next submit need not wait for
+                        # this one's result, image check and row
+                        self.free_slot()
                         if fresh:
                             took = self.now() - started
                             # Learn from the last "not done" answer, a lower bound: a busy

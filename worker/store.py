@@ -48,6 +48,8 @@ JOBS: Table = Job.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = JobAttempt.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = FalWebhook.__table__  # type: ignore[assignment]
 _OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
+#: "still open", as plain comparisons: ``in_()`` renders its list into the SQL on every call
+_IS_OPEN = or_(*(JOBS.c.status == status for status in _OPEN))
 
 #: a transaction: a Connection in the worker's hot path, a Session elsewhere
 Db = Connection | Session
@@ -269,7 +271,7 @@ def record_webhook(
                 request_id=request_id, job_id=job_hint, body=body, received_at=utcnow()
             )
         )
-    open_job = JOBS.c.status.in_(_OPEN)
+    open_job = _IS_OPEN
     job_id = db.execute(
         select(JOBS.c.id).where(JOBS.c.fal_request_id == request_id, open_job)
     ).scalar_one_or_none()
@@ -414,7 +416,7 @@ _CLOSE_ATTEMPT = (
 def _finish_statement(columns: frozenset[str], close_attempt: bool) -> Any:
     statement = (
         update(JOBS)
-        .where(_JOB, JOBS.c.status.in_(_OPEN))
+        .where(_JOB, _IS_OPEN)
         .values(
             status=bindparam("new_status"),
             finished_at=_NOW,
