@@ -312,7 +312,7 @@ class _Run:
         """Block until no fleet-wide cool-down runs and a fal slot is ours (lease kept).
 
         The waiters of a process queue at its turnstile and only the first asks Redis,
-        every 0.1-0.3 s: a thousand threads waiting for slots would otherwise spin on
+        every 0.05-0.15 s: a thousand threads waiting for slots would otherwise spin on
         Redis (thousands of calls a second, most of a core). Queued waiters keep their
         job leases meanwhile. Raises AccountLocked while fal has locked the account.
         """
@@ -328,7 +328,7 @@ class _Run:
                     self.took_slot()
                     return
                 cooling = admission.cool_s
-                self.rt.sleep(min(cooling, 1.0) if cooling > 0 else 0.1 + 0.2 * random.random())
+                self.rt.sleep(min(cooling, 1.0) if cooling > 0 else 0.05 + 0.1 * random.random())
                 self.keep_lease()
         finally:
             turnstile.release()
@@ -460,7 +460,7 @@ class _Run:
                         f"fal did not finish within {settings.generation_timeout_s:g}s "
                         "(IMAGEGEN_GENERATION_TIMEOUT_S)"
                     )
-                step = latency.near_end_step_s(model, self.now() - started) if fresh else None
+                step = self.next_step(started, fresh, scout)
                 if step is not None:
                     wait = step
                     continue
@@ -469,6 +469,18 @@ class _Run:
         finally:
             if scout:
                 latency.discharge_scout(model)
+
+    def next_step(self, started: float, fresh: bool, scout: bool) -> float | None:
+        """The next poll's delay when it is not the growing schedule's: near the learned
+        end of a fresh request, or every IMAGEGEN_POLL_INITIAL_S for a scout (the other
+        first requests wait for what it learns)."""
+        if not fresh:
+            return None
+        latency, model = self.rt.latency, self.job.model
+        step = latency.near_end_step_s(model, self.now() - started)
+        if step is None and scout and not latency.known(model):
+            return self.rt.settings.poll_initial_s
+        return step
 
     def first_poll_turn(self, started: float) -> bool:
         """Before a fresh request's first poll: is it a scout (True), or was it told when

@@ -8,10 +8,11 @@ shorter: so the estimate comes down when fal gets faster).
 * First poll of a fresh request: at the 10th percentile of the window.
 * Then every 5 % of the median (at least 0.25 s) until 1.3x the 90th percentile, so that a
   completion is heard soon after it happens; past that, the growing schedule.
-* While nothing is known about a model, a few scouts per process poll on the growing
-  schedule and the other fresh requests wait for what the scouts learn (woken at once when
-  it is known, or after ``news_wait_s``): a thousand first requests do not each spend ten
-  polls finding out that a generation takes half a minute.
+* While nothing is known about a model, a few scouts per process poll every
+  IMAGEGEN_POLL_INITIAL_S and the other fresh requests wait for what the scouts learn
+  (woken at once when it is known, or after ``news_wait_s``): a thousand first requests do
+  not each spend ten polls finding out that a generation takes half a minute. (A fresh
+  process pays this once per model: four scouts polling for a minute.)
 
 For a generation of a steady 30 s that is about two status requests a job; polling at
 1 s, 1.5 s, ... up to IMAGEGEN_POLL_MAX_S from the start costs about fifteen for 60 s.
