@@ -42,7 +42,7 @@ class _Model:
 class LatencyEstimate:
     """How long this model's generations take here, to time the status polls."""
 
-    def __init__(self, window: int = 200, scouts: int = 4, news_wait_s: float = 30.0) -> None:
+    def __init__(self, window: int = 200, scouts: int = 4, news_wait_s: float = 300.0) -> None:
         self._window, self._scouts, self.news_wait_s = window, scouts, news_wait_s
         self._models: dict[str, _Model] = {}
         self._news = threading.Condition()
