@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.conftest import Stack, unique
 from worker.polling import LatencyEstimate
 
 
@@ -92,3 +93,19 @@ def test_waiting_for_news_gives_up_after_its_timeout() -> None:
     estimate.await_news("m", timeout_s=0.2)
     assert 0.15 <= time.monotonic() - started < 5.0
     assert not estimate.known("m")
+
+
+def test_a_fresh_worker_polls_its_first_wave_through_a_few_scouts(running: Stack) -> None:
+    """Eight 2 s generations on a new worker: four scouts poll every 0.1 s; the other
+    four wait for what they learn, then need a poll or two each (the growing schedule
+    alone would spend about eight on every one)."""
+    from worker.api import enqueue_many
+
+    prompts = [unique(f"[[fal:ok+latency:2]] first wave {i}") for i in range(8)]
+    ids = enqueue_many(prompts, settings=running.settings(), app=running.app())
+    jobs = [running.wait_terminal(job_id) for job_id in ids]
+    assert all(job["status"] == "succeeded" for job in jobs), jobs
+    requests = running.emulator.stats()["requests"]
+    polls = sorted(requests[job["fal_request_id"]]["status_polls"] for job in jobs)
+    assert sum(1 for n in polls if n <= 3) >= 3, polls
+    assert polls[-1] >= 10, polls  # the scouts did poll often
