@@ -1,10 +1,10 @@
 """Enqueue speed: `enqueue_many` batches and single `enqueue` calls, from one process.
 
-    python -m bench.enqueue [--jobs 10000] [--batch 1000] [--singles 1000]
+    python -m bench.enqueue [--jobs 10000] [--batch 1000] [--singles 1000] [--redis-url URL]
 
-A throwaway Postgres database (migrated) and Redis db 13 (flushed before and after); no
-worker runs, so the task messages stay queued and are dropped at the end. First
-`--jobs` jobs in `enqueue_many` batches of `--batch` (one transaction and one Redis
+A throwaway Postgres database (migrated) and Redis db 13 (or --redis-url; flushed before
+and after); no worker runs, so the task messages stay queued and are dropped at the end.
+First `--jobs` jobs in `enqueue_many` batches of `--batch` (one transaction and one Redis
 pipeline a batch; a warm-up batch is not counted), then `--singles` single `enqueue` calls
 on the warm connection: jobs/s of the batches, p50/p99/max of the single calls. Prints a
 table, then one JSON object as the last line.
@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs through enqueue_many")
     parser.add_argument("--batch", type=int, default=1_000, help="items per enqueue_many call")
     parser.add_argument("--singles", type=int, default=1_000, help="single enqueue calls")
+    parser.add_argument("--redis-url", default=REDIS_URL, help="a Redis database to flush and use")
     args = parser.parse_args(argv)
     if min(args.jobs, args.batch, args.singles) < 1:
         parser.error("--jobs, --batch and --singles must be at least 1")
@@ -55,8 +56,8 @@ def _admin(statement: str) -> None:
         engine.dispose()
 
 
-def _flush_redis() -> None:
-    with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as client:
+def _flush_redis(url: str) -> None:
+    with contextlib.closing(redis.Redis.from_url(url)) as client:
         client.flushdb()
 
 
@@ -114,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     db_name = f"bench_enqueue_{uuid.uuid4().hex[:8]}"
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
     _admin(f'CREATE DATABASE "{db_name}"')
-    _flush_redis()
+    _flush_redis(args.redis_url)
     try:
         upgrade(url)
-        result = measure(args, Settings(DATABASE_URL=url, REDIS_URL=REDIS_URL))
+        result = measure(args, Settings(DATABASE_URL=url, REDIS_URL=args.redis_url))
     finally:
         dispose_engines()
         _admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        _flush_redis()
+        _flush_redis(args.redis_url)
     render(result)
     print(json.dumps(result))
     return 0

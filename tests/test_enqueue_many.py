@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import func, select
 
@@ -35,3 +37,16 @@ def test_a_batch_with_the_broker_down_leaves_no_row_and_says_so(stack: Stack) ->
     with pytest.raises(EnqueueError, match="broker could not be reached"):
         enqueue_many([unique("lost a"), unique("lost b")], settings=settings, app=app)
     assert _count(stack) == 0
+
+
+def test_the_enqueue_benchmark_prints_its_figures_as_json(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import enqueue as bench_enqueue
+
+    argv = ["--jobs", "30", "--batch", "10", "--singles", "5", "--redis-url", redis_url]
+    assert bench_enqueue.main(argv) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["jobs"] == 30 and figures["singles"] == 5
+    assert figures["enqueue_many_jobs_per_s"] > 0
+    assert 0 < figures["single_enqueue_p50_ms"] <= figures["single_enqueue_p99_ms"]
