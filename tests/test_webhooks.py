@@ -133,3 +133,20 @@ def test_forged_or_unsigned_callbacks_are_refused(stack: Stack) -> None:
         response = client.post("/fal/webhook", content=body, headers=forged)
         assert response.status_code == 401, response.text
         assert "signature" in response.json()["detail"]
+
+
+def test_cancelling_a_parked_job_frees_its_fleet_slot_at_once(stack: Stack) -> None:
+    from worker.api import cancel
+    from worker.fleet import FalLimiter
+
+    stack.env["IMAGEGEN_FAL_CONCURRENCY"] = "3"
+    _webhook_stack(stack)
+    job_id = stack.enqueue(unique("[[fal:ok+latency:20]] parked, then cancelled"))
+    limiter = FalLimiter.for_url(stack.redis_url, limit=3, lease_s=120)
+    deadline = time.monotonic() + 15
+    while "job.awaiting_webhook" not in stack.logs():
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.05)
+    assert limiter.in_flight() == 1  # the parked request keeps its slot while fal runs it
+    assert cancel(job_id, settings=stack.settings()) == "cancelled"
+    assert limiter.in_flight() == 0  # not 7 minutes later, when the parked lease runs out

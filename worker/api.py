@@ -211,13 +211,27 @@ def cancel(
     if cancelled and callback_url is not None:
         (app or _default_app()).send_task(CALLBACK_TASK, args=[str(job_id)])
     if cancelled and request_id is not None:
-        from worker.fal_gateway import FalGateway
-
-        gateway = FalGateway.from_settings(settings)
-        try:
-            gateway.cancel(model, request_id)
-        except FalError as exc:  # already finished at fal, or unreachable: the row decides
-            log.info("fal.cancel_failed", job_id=str(job_id), error=exc.message)
-        finally:
-            gateway.close()
+        _cancel_at_fal(job_id, model, request_id, settings)
     return status.value
+
+
+def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Settings) -> None:
+    """fal's cancel call; once fal took it, the job's fleet slot is free at once (a parked
+    job's worker is not there to give it back: it would stay taken until its lease ran out).
+    If fal could not be reached the request may still run: the slot stays until its lease."""
+    from worker.fal_gateway import FalGateway
+    from worker.fleet import FalLimiter
+
+    gateway = FalGateway.from_settings(settings)
+    try:
+        gateway.cancel(model, request_id)
+    except FalError as exc:  # already finished at fal, or unreachable: the row decides
+        log.info("fal.cancel_failed", job_id=str(job_id), error=exc.message)
+        return
+    finally:
+        gateway.close()
+    if settings.fal_concurrency is not None:
+        limiter = FalLimiter.for_url(
+            settings.redis_url, limit=settings.fal_concurrency, lease_s=settings.lease_s
+        )
+        limiter.release(str(job_id))
