@@ -87,6 +87,14 @@ _JOB = JOBS.c.id == bindparam("jid")
 _OURS = and_(_JOB, JOBS.c.lease_owner == bindparam("owner"), JOBS.c.status == JobStatus.RUNNING)
 _ATTEMPT = and_(ATTEMPTS.c.job_id == bindparam("jid"), ATTEMPTS.c.number == bindparam("num"))
 
+#: what a claim writes: the job runs, leased to this run's owner until now + lease_s
+_TAKE_LEASE: dict[str, Any] = {
+    "status": JobStatus.RUNNING,
+    "lease_owner": bindparam("owner"),
+    "lease_until": _UNTIL,
+    "started_at": func.coalesce(JOBS.c.started_at, _NOW),
+    "updated_at": _NOW,
+}
 _CLAIM = (
     update(JOBS)
     .where(
@@ -103,13 +111,7 @@ _CLAIM = (
             ),
         ),
     )
-    .values(
-        status=JobStatus.RUNNING,
-        lease_owner=bindparam("owner"),
-        lease_until=_UNTIL,
-        started_at=func.coalesce(JOBS.c.started_at, _NOW),
-        updated_at=_NOW,
-    )
+    .values(**_TAKE_LEASE)
     .returning(*_SNAPSHOT_COLUMNS)
 )
 
@@ -137,14 +139,7 @@ _claimed_fresh = (
         JOBS.c.fal_request_id.is_(None),
         or_(JOBS.c.deadline_at.is_(None), JOBS.c.deadline_at > _NOW),
     )
-    .values(
-        status=JobStatus.RUNNING,
-        lease_owner=bindparam("owner"),
-        lease_until=_UNTIL,
-        started_at=func.coalesce(JOBS.c.started_at, _NOW),
-        updated_at=_NOW,
-        attempts=1,
-    )
+    .values(**_TAKE_LEASE, attempts=1)
     .returning(*_SNAPSHOT_COLUMNS)
     .cte("claimed")
 )
