@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
@@ -107,15 +108,16 @@ def write(
     ``work`` gets a Connection, not a Session: the worker's writes are Core statements and
     a Session's bookkeeping was a large share of their CPU.
 
-    Used for the writes that record what fal said: a Postgres restart or a dropped
-    connection delays them (about 20 s at most by default) instead of losing them.
+    Used for the writes that record what fal said: a Postgres restart, a dropped
+    connection or a pool whose connections are all busy for 30 s delays them (about 20 s
+    at most by default) instead of losing them.
     ``work`` must be safe to repeat (every store function is: conditional updates).
     """
     for attempt in range(1, attempts + 1):
         try:
             with get_engine(database_url).begin() as connection:
                 return work(connection)
-        except (OperationalError, InterfaceError) as exc:
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
             if attempt == attempts:
                 raise
             delay = min(cap_s, base_s * 2 ** (attempt - 1))

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from models import AttemptOutcome, JobStatus, utcnow
 from worker import fal_webhook, metrics, store
@@ -205,7 +206,7 @@ class _Run:
     def execute(self) -> Done | RetryLater:
         try:
             return self._execute()
-        except DBAPIError:
+        except (DBAPIError, PoolTimeout):
             raise  # the database is unreachable: the task retries, the row says where to resume
         except Exception as exc:  # a bug must not leave the job running (and swept) forever
             self.log.exception("job.internal_error")
@@ -485,16 +486,18 @@ class _Run:
     def first_poll_turn(self, started: float) -> bool:
         """Before a fresh request's first poll: is it a scout (True), or was it told when
         generations of its model end (False)? Waits for that news (lease kept), at most
-        ``news_wait_s`` after the submit; then it polls anyway."""
+        ``news_wait_s`` (or half IMAGEGEN_GENERATION_TIMEOUT_S) after the submit; then it
+        polls anyway."""
         latency, model = self.rt.latency, self.job.model
-        give_up_at = started + latency.news_wait_s
+        settings = self.rt.settings
+        give_up_at = started + min(latency.news_wait_s, settings.generation_timeout_s / 2)
         while not latency.known(model):
             if latency.enlist_scout(model):
                 return True
             left = give_up_at - self.now()
             if left <= 0:
                 return False
-            latency.await_news(model, min(left, self.rt.settings.lease_s / 4))
+            latency.await_news(model, min(left, settings.lease_s / 4))
             self.keep_lease()
         return False
 

@@ -8,6 +8,7 @@ from functools import lru_cache
 import httpx
 from celery import Task
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from worker import metrics
 from worker.account import AccountGuard
@@ -52,7 +53,7 @@ CALLBACK_MAX_RETRIES = 15
     max_retries=None,
     # The database was unreachable for longer than worker.db.write waits: run again later;
     # the row (and its fal request id) says where to resume.
-    autoretry_for=(DBAPIError,),
+    autoretry_for=(DBAPIError, PoolTimeout),
     retry_backoff=5,
     retry_backoff_max=120,
 )
