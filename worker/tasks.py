@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from functools import lru_cache
 
@@ -25,10 +26,22 @@ from worker.retry import RetryPolicy
 from worker.settings import get_settings
 from worker.sweeper import sweep
 
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """The process's collaborators, built on first use (after fork, in prefork pools).
+
+    Under a lock: a fresh threads-pool worker starts many tasks at once, and lru_cache
+    alone let each of them build its own Runtime (its own latency estimate and scouts,
+    gateway pool and turnstile).
+    """
+    with _runtime_lock:
+        return _build_runtime()
+
 
 @lru_cache(maxsize=1)
-def runtime() -> Runtime:
-    """The process's collaborators, built on first use (after fork, in prefork pools)."""
+def _build_runtime() -> Runtime:
     settings = get_settings()
     return Runtime(
         settings=settings,
@@ -67,8 +80,13 @@ def run_job_task(self: Task, job_id: str) -> str:
     return outcome.summary
 
 
-@lru_cache(maxsize=1)
 def _callback_http() -> httpx.Client:
+    with _runtime_lock:  # one client per process, however many threads ask first
+        return _build_callback_http()
+
+
+@lru_cache(maxsize=1)
+def _build_callback_http() -> httpx.Client:
     return httpx.Client(timeout=get_settings().callback_timeout_s, follow_redirects=False)
 
 
