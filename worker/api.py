@@ -230,8 +230,4 @@ def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Set
         return
     finally:
         gateway.close()
-    if settings.fal_concurrency is not None:
-        limiter = FalLimiter.for_url(
-            settings.redis_url, limit=settings.fal_concurrency, lease_s=settings.lease_s
-        )
-        limiter.release(str(job_id))
+    FalLimiter.for_settings(settings).release(str(job_id))  # a no-op without a fleet cap

@@ -14,12 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis
 
 from worker.account import AccountGuard
 from worker.constants import ACCOUNT_LOCK_KEY, FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
 from worker.redis_client import shared_redis
+from worker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,11 @@ class FalLimiter:
     def for_url(cls, redis_url: str, *, limit: int | None, lease_s: float) -> FalLimiter:
         client = shared_redis(redis_url) if redis_url.startswith("redis") else None
         return cls(client, limit=limit, lease_s=lease_s)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> FalLimiter:
+        """The process's limiter for these settings (IMAGEGEN_FAL_CONCURRENCY, REDIS_URL)."""
+        return _shared_limiter(settings.redis_url, settings.fal_concurrency, settings.lease_s)
 
     def admit(self, token: str, guard: AccountGuard) -> Admission:
         """Check the account lock and the cool-down, then take a slot (one round trip).
@@ -171,3 +178,8 @@ class FalLimiter:
             self._redis.zremrangebyscore(FAL_SLOTS_KEY, "-inf", time.time())
             return int(self._redis.zcard(FAL_SLOTS_KEY))
         return sum(1 for exp in self._local_slots.values() if exp > time.time())
+
+
+@lru_cache(maxsize=4)
+def _shared_limiter(redis_url: str, limit: int | None, lease_s: float) -> FalLimiter:
+    return FalLimiter.for_url(redis_url, limit=limit, lease_s=lease_s)

@@ -153,7 +153,8 @@ def _run_job(
             )
             if fresh is not None:  # claimed, attempt 1 counted: straight to the submit
                 run = _Run(rt, fresh, task_retries, owner)
-                run.holds_slot, run.counted = True, 1
+                run.took_slot()
+                run.counted = 1
                 return run.execute(), fresh.callback_url
     admitted = admission is not None and admission.admitted
 
@@ -424,13 +425,13 @@ class _Run:
         started = self.rt.monotonic()
         deadline = started + settings.generation_timeout_s
         fresh = self.submitted_now
-        interval, failures, polls = settings.poll_initial_s, 0, 0
+        interval, failures = settings.poll_initial_s, 0
         running_at: float | None = None  # when fal last said it was not done yet
-        scout = False
-        wait = latency.first_wait_s(model, interval) if fresh else interval
+        scout, first, wait = False, fresh, interval
         try:
             while True:
-                if fresh and polls == 0 and not scout:
+                if first:  # a fresh request's first poll is timed from what is known
+                    first = False
                     scout = self.first_poll_turn(started)
                     wait = max(0.0, started + latency.first_wait_s(model, interval) - self.now())
                 self.rt.sleep(wait)
@@ -442,7 +443,7 @@ class _Run:
                     if failures >= settings.max_attempts:
                         raise
                 else:
-                    failures, polls = 0, polls + 1
+                    failures = 0
                     if status.done:
                         # no longer running at fal: the next submit need not wait for
                         # this one's result, image check and row

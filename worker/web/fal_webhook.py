@@ -28,11 +28,6 @@ log = get_logger(__name__)
 
 
 @lru_cache(maxsize=4)
-def _limiter(redis_url: str, limit: int | None, lease_s: float) -> FalLimiter:
-    return FalLimiter.for_url(redis_url, limit=limit, lease_s=lease_s)
-
-
-@lru_cache(maxsize=4)
 def _verifier(jwks_url: str, tolerance_s: float) -> WebhookVerifier:
     return WebhookVerifier(jwks_url, tolerance_s=tolerance_s)
 
@@ -63,9 +58,7 @@ def _accept(
         ),
     )
     if job_id is not None and fresh:  # fal's request is over: its concurrency slot is free
-        _limiter(settings.redis_url, settings.fal_concurrency, settings.lease_s).release(
-            str(job_id)
-        )
+        FalLimiter.for_settings(settings).release(str(job_id))
     if job_id is None:
         log.info("fal.webhook_unmatched", fal_request_id=request_id)
         return {"status": "ignored", "reason": "no open job has this request"}
