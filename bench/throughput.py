@@ -212,7 +212,7 @@ class Probe:
 
     def sample(self, t0: float) -> Sample:
         counts, in_flight = self.counts()
-        emulator_active = active(self.ctx.emulator.stats())
+        emulator_active = active(self.ctx.emulator.summary())
         rss_mb, cpu = (self.host.rss_mb(), self.host.cpu_s()) if self.host else (0.0, 0.0)
         t = time.monotonic() - t0
         machine, emulator_cpu = machine_busy_s(), self.ctx.emulator.cpu_s()

@@ -146,6 +146,25 @@ def test_concurrency_limit(emu: FalEmulator, client: httpx.Client) -> None:
     assert emu.stats()["rejected_429_total"] == 0
 
 
+def test_cancelled_running_request_frees_its_place(emu: FalEmulator, client: httpx.Client) -> None:
+    """The queued request starts when the running one is cancelled, and completes one
+    latency later (the cancelled request's own end time is not replayed as a completion)."""
+    emu.configure(latency_s=0.4, concurrency_limit=1)
+    first = submit(emu, client, "first [[fal:ok+latency:5]]").json()
+    second = submit(emu, client, "second").json()
+    assert client.get(second["status_url"]).json()["status"] == "IN_QUEUE"
+    assert client.put(first["cancel_url"]).status_code == 202
+    started = time.monotonic()
+    assert client.get(second["status_url"]).json()["status"] == "IN_PROGRESS"
+    done = wait_completed(client, second["status_url"])
+    assert done["status"] == "COMPLETED"
+    assert 0.3 < time.monotonic() - started < 2.0
+    summary = client.get(f"{emu.base_url}/_emulator/stats", params={"summary": "1"}).json()
+    assert "requests" not in summary and "submissions_by_prompt" not in summary
+    assert (summary["queued"], summary["in_progress"], summary["in_progress_peak"]) == (0, 0, 1)
+    assert summary["submissions_total"] == 2
+
+
 def test_strict_limit_rejects_instead_of_queueing(emu: FalEmulator, client: httpx.Client) -> None:
     emu.configure(latency_s=0.3, concurrency_limit=2, reject_over_limit=True)
     first, second = (submit(emu, client, f"s{i}") for i in range(2))

@@ -74,7 +74,7 @@ class FalHandler(TLSHandler):
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Reply:
         if path.startswith("/_emulator/"):
-            return self._control(method, path, body)
+            return self._control(method, path, query, body)
         file_match = _FILE_PATH.fullmatch(path)
         if file_match is not None:
             return self._file(method, file_match)
@@ -164,10 +164,11 @@ class FalHandler(TLSHandler):
             return protocol.status(req, with_logs)
         return protocol.result(req)
 
-    def _control(self, method: str, path: str, body: bytes) -> Reply:
+    def _control(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Reply:
         state = self.app.state
         if path == "/_emulator/stats" and method == "GET":
-            return json_reply(200, state.stats())
+            summary = query.get("summary", ["0"])[-1].lower() in _TRUE
+            return json_reply(200, state.stats(summary=summary))
         if path == "/_emulator/reset" and method == "POST":
             state.reset()
             return json_reply(200, {"ok": True})

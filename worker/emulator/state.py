@@ -8,6 +8,8 @@ With `reject_over_limit`, a submit beyond the limit is refused instead of queued
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import threading
 import time
 from collections import Counter, deque
@@ -76,6 +78,10 @@ class QueueState:
         self._requests: dict[str, Request] = {}
         self._queue: deque[Request] = deque()
         self._running: dict[str, Request] = {}
+        #: (ends_at, tie-break, request) of every request started; a cancelled one is skipped
+        self._ends: list[tuple[float, int, Request]] = []
+        self._order = itertools.count()
+        self._due: list[Request] = []  # completed, callback not yet taken
         self._by_prompt: Counter[str] = Counter()
         self._submissions = 0
         self._status_polls = 0
@@ -92,19 +98,24 @@ class QueueState:
         while self._queue and (limit is None or len(self._running) < limit):
             req = self._queue.popleft()
             latency = req.step.latency_s if req.step.latency_s is not None else self.latency_s
-            req.state, req.started_at, req.ends_at = "IN_PROGRESS", at, at + latency
+            ends_at = at + latency
+            req.state, req.started_at, req.ends_at = "IN_PROGRESS", at, ends_at
             self._running[req.rid] = req
+            heapq.heappush(self._ends, (ends_at, next(self._order), req))
         self._peak = max(self._peak, len(self._running))
 
     def _advance(self, now: float) -> None:
-        while self._running:
-            done = min(self._running.values(), key=lambda r: r.ends_at or 0.0)
-            if done.ends_at is None or done.ends_at > now:
-                break
+        ends = self._ends
+        while ends and ends[0][0] <= now:
+            ends_at, _, done = heapq.heappop(ends)
+            if self._running.get(done.rid) is not done:  # cancelled meanwhile
+                continue
             del self._running[done.rid]
-            done.state, done.finished_at = "COMPLETED", done.ends_at
-            done.webhook_due = done.webhook_url is not None and done.step.webhook
-            self._promote(done.ends_at)
+            done.state, done.finished_at = "COMPLETED", ends_at
+            if done.webhook_url is not None and done.step.webhook:
+                done.webhook_due = True
+                self._due.append(done)
+            self._promote(ends_at)
         self._promote(now)
 
     def _snapshot(self, req: Request) -> Request:
@@ -162,7 +173,7 @@ class QueueState:
         """Completed requests whose callback is due (each returned once)."""
         with self._lock:
             self._advance(time.monotonic())
-            due = [r for r in self._requests.values() if r.webhook_due]
+            due, self._due = self._due, []
             for req in due:
                 req.webhook_due = False
             return [self._snapshot(r) for r in due]
@@ -196,14 +207,15 @@ class QueueState:
             return "running"
         return "completed"
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, summary: bool = False) -> dict[str, Any]:
+        """Counters and peaks; with every request and prompt unless ``summary`` (what a
+        probe sampling twice a second asks for: the lock is held while this is built)."""
         with self._lock:
             self._advance(time.monotonic())
-            return {
+            stats: dict[str, Any] = {
                 "submissions_total": self._submissions,
-                "submissions_by_prompt": dict(self._by_prompt),
-                "requests": {rid: r.stats() for rid, r in self._requests.items()},
                 "status_polls_total": self._status_polls,
+                "queued": len(self._queue),
                 "in_progress": len(self._running),
                 "in_progress_peak": self._peak,
                 "active_peak": self._active_peak,
@@ -212,6 +224,10 @@ class QueueState:
                 "webhooks_sent": self._webhooks["sent"],
                 "webhooks_failed": self._webhooks["failed"],
             }
+            if not summary:
+                stats["submissions_by_prompt"] = dict(self._by_prompt)
+                stats["requests"] = {rid: r.stats() for rid, r in self._requests.items()}
+            return stats
 
     def reset(self) -> None:
         with self._lock:
