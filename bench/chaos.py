@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, text
 
+from bench.host import one_run_at_a_time
 from worker.api import enqueue
 
 # None of these imports fal-client (worker.tasks and worker.fal_gateway do; never imported here).
@@ -392,6 +393,11 @@ def run(args: argparse.Namespace, url: str, emulator: FalEmulator, log_dir: Path
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure(level=logging.ERROR)  # the sweeper's warnings would drown the output
+    with one_run_at_a_time(ADMIN_URL, REDIS_URL, "bench.chaos"):
+        return chaos(args)
+
+
+def chaos(args: argparse.Namespace) -> int:
     name = f"imagegen_chaos_{uuid.uuid4().hex[:12]}"
     log_dir = Path(tempfile.mkdtemp(prefix="imagegen-chaos-"))
     emulator = FalEmulator(latency_s=args.latency).start()

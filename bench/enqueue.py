@@ -26,6 +26,7 @@ from rich.table import Table
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from bench.host import one_run_at_a_time
 from worker.api import enqueue, enqueue_many
 from worker.celery_app import create_app
 from worker.db import dispose_engines, upgrade
@@ -112,6 +113,11 @@ def render(result: dict[str, float | int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with one_run_at_a_time(ADMIN_URL, args.redis_url, "bench.enqueue"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     db_name = f"bench_enqueue_{uuid.uuid4().hex[:8]}"
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
     _admin(f'CREATE DATABASE "{db_name}"')

@@ -8,6 +8,7 @@ The API (``imagegen api``, fal's webhook receiver in webhook mode) is sampled th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shlex
 import signal
@@ -15,15 +16,42 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from celery import Celery
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def one_run_at_a_time(admin_url: str, redis_url: str, bench: str) -> Iterator[None]:
+    """Refuse to start while another benchmark uses the same Redis database: each flushes
+    it before and after its run, so two at once would delete each other's queued tasks
+    (jobs left queued for good). A Postgres advisory lock, held for the whole run."""
+    key = int.from_bytes(hashlib.sha256(f"imagegen-bench {redis_url}".encode()).digest()[:8])
+    key -= 1 << 63 if key >= 1 << 63 else 0  # a signed bigint
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            taken = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            if not taken:
+                raise SystemExit(
+                    f"{bench}: another benchmark is running on {redis_url} (it flushes that "
+                    "Redis database); wait for it to finish"
+                )
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
 
 
 def free_port() -> int:

@@ -41,7 +41,14 @@ from sqlalchemy import Connection, create_engine, insert, text
 from sqlalchemy.pool import NullPool
 
 from bench import naive
-from bench.host import ApiServer, Emulator, WorkerHost, active, machine_busy_s
+from bench.host import (
+    ApiServer,
+    Emulator,
+    WorkerHost,
+    active,
+    machine_busy_s,
+    one_run_at_a_time,
+)
 from bench.report import render
 from models import Job, JobStatus, utcnow
 from worker.api import enqueue_many
@@ -438,6 +445,11 @@ def log_events(logs: str) -> Counter[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure(level=logging.ERROR)
+    with one_run_at_a_time(ADMIN_URL, REDIS_URL, "bench.throughput"):
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="imagegen-throughput-"))
     emulator = Emulator(args.latency, args.fal_concurrency, work)
     db_name = f"imagegen_tp_{uuid.uuid4().hex[:12]}"
