@@ -32,10 +32,17 @@ def test_the_window_forgets_old_generations() -> None:
     assert estimate.first_wait_s("m", 1.0) == pytest.approx(20.0)
 
 
-def test_done_at_the_first_poll_counts_as_a_little_shorter_so_the_estimate_can_come_down() -> None:
+def test_done_at_the_first_poll_counts_as_one_step_shorter_so_the_estimate_can_come_down() -> None:
     estimate = LatencyEstimate()
-    estimate.observe("m", 30.0, done_at_first_poll=True)
+    estimate.observe("m", 30.0, done_at_first_poll=True)  # nothing known yet: 0.9x
     assert estimate.first_wait_s("m", 1.0) == pytest.approx(27.0)
+    estimate = LatencyEstimate(window=3)
+    for _ in range(3):
+        estimate.observe("m", 30.0)
+    assert estimate.near_end_step_s("m", 30.0) == pytest.approx(1.5)  # 5 % of the median
+    for _ in range(3):  # fal got faster: each first poll found the request done
+        estimate.observe("m", estimate.first_wait_s("m", 1.0), done_at_first_poll=True)
+    assert estimate.first_wait_s("m", 1.0) == pytest.approx(30.0 - 3 * 1.5, abs=0.3)
 
 
 def test_fast_generations_are_polled_sooner_than_the_default() -> None:

@@ -2,8 +2,9 @@
 
 Per model, a window of recent generation times. An observation is the last time fal still
 said "not done" (a lower bound: a busy host that polls late does not inflate it), or, when
-the very first poll already found the request done, 0.9x that time (it may have been
-shorter: so the estimate comes down when fal gets faster).
+the very first poll already found the request done, that time less one near-end step (it
+may have been shorter, by up to the step we poll at: so the estimate comes down when fal
+gets faster; 0.9x it while nothing is known yet).
 
 * First poll of a fresh request: at the 10th percentile of the window.
 * Then every 5 % of the median (at least 0.25 s) until 1.3x the 90th percentile, so that a
@@ -39,6 +40,11 @@ class _Model:
         self.q10, self.q50, self.q90 = (ordered[round(q * last)] for q in (0.1, 0.5, 0.9))
 
 
+def _step(entry: _Model) -> float:
+    """The near-end poll interval: 5 % of the median, at least 0.25 s."""
+    return max(0.25, 0.05 * entry.q50)
+
+
 class LatencyEstimate:
     """How long this model's generations take here, to time the status polls."""
 
@@ -57,7 +63,9 @@ class LatencyEstimate:
         with self._news:
             entry = self._model(model)
             first = not entry.samples
-            entry.add(0.9 * seconds if done_at_first_poll else seconds)
+            if done_at_first_poll:
+                seconds = 0.9 * seconds if first else max(0.0, seconds - _step(entry))
+            entry.add(seconds)
             if first:
                 self._news.notify_all()
 
@@ -83,7 +91,7 @@ class LatencyEstimate:
             entry = self._models.get(model)
             if entry is None or not entry.samples or elapsed_s > 1.3 * entry.q90:
                 return None
-            return max(0.25, 0.05 * entry.q50)
+            return _step(entry)
 
     def enlist_scout(self, model: str) -> bool:
         """Become one of the few requests polled while nothing is known (False: wait)."""
