@@ -9,6 +9,7 @@ plus the longest retry countdown (IMAGEGEN_RETRY_AFTER_CAP_S, capped below it).
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -67,15 +68,22 @@ def worker_argv(*, concurrency: int, name: str | None = None, loglevel: str = "I
     return argv + (["-n", name] if name else [])
 
 
+#: the worker's ``-l/--loglevel``, which our own log lines follow too (set at worker start)
+_log_level = logging.INFO
+
+
 @worker_init.connect
-def _check_configuration(**_: Any) -> None:
+def _check_configuration(sender: Any = None, **_: Any) -> None:
     """Fail at worker start, not per job, when FAL_KEY is missing for the real fal.ai."""
     from worker.errors import ConfigurationError
     from worker.fal_gateway import resolve_key
     from worker.logs import configure, get_logger
 
+    global _log_level
+    level = getattr(sender, "loglevel", None)
+    _log_level = level if isinstance(level, int) else logging.INFO
     settings = get_settings()
-    configure(settings.log_format)
+    configure(settings.log_format, _log_level)
     if settings.metrics_port is not None:
         from worker.metrics import serve_worker_metrics
 
@@ -91,4 +99,4 @@ def _check_configuration(**_: Any) -> None:
 def _per_process(**_: Any) -> None:
     from worker.logs import configure
 
-    configure(get_settings().log_format)
+    configure(get_settings().log_format, _log_level)
