@@ -6,9 +6,10 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+import structlog
 
 from worker import celery_app
-from worker.logs import configure, get_logger
+from worker.logs import get_logger
 
 
 def test_the_worker_loglevel_filters_our_own_lines(capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,4 +28,4 @@ def test_the_worker_loglevel_filters_our_own_lines(capsys: pytest.CaptureFixture
         assert "j4" in capsys.readouterr().err
     finally:
         celery_app._log_level = logging.INFO
-        configure()
+        structlog.reset_defaults()  # as the other tests found it (not bound to this capture)
