@@ -11,6 +11,8 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -79,6 +81,18 @@ class TLSServer(ThreadingHTTPServer):
             logger.exception("fal emulator: error while handling %s", client_address)
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header, formatted once a second (email.utils is slow for every answer)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
 class TLSHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive handler: handshake, body reading and reply delivery."""
 
@@ -110,14 +124,20 @@ class TLSHandler(BaseHTTPRequestHandler):
             self._send(reply)
 
     def _send(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(reply.body)
+        """Status line, headers and body in one write (one TLS record, one syscall)."""
+        phrase = self.responses.get(reply.status, ("",))[0]
+        head = [
+            f"{self.protocol_version} {reply.status} {phrase}",
+            f"Server: {self.server_version}",
+            f"Date: {_http_date()}",
+        ]
+        head += [f"{name}: {value}" for name, value in reply.headers]
+        head.append(f"Content-Type: {reply.content_type}")
+        head.append(f"Content-Length: {len(reply.body)}")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(data + reply.body if self.command != "HEAD" else data)
+        if logger.isEnabledFor(logging.DEBUG):
+            self.log_request(reply.status)
 
     def _drop(self) -> None:
         """Close the TCP connection without any response."""
