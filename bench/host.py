@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -149,7 +150,8 @@ class Emulator:
         return self
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, verify=self.env["SSL_CERT_FILE"], timeout=30)
+        trust = ssl.create_default_context(cafile=self.env["SSL_CERT_FILE"])
+        return httpx.Client(base_url=self.base_url, verify=trust, timeout=30)
 
     def stats(self) -> dict[str, Any]:
         """Everything, every request included (for the report, once a run ended)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -325,6 +325,20 @@ def rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def timeline_table(run: Run) -> Table:
+    """--timeline: seconds in which something happened, with the requests fal has finished
+    whose outcome is not recorded yet (their fal slot may already be free)."""
+    grid = Table(title="ours, second by second since the first enqueue (from the job table)")
+    for name in ("t, s", "claimed", "sent to fal", "done at fal", "finished", "done, unrecorded"):
+        grid.add_column(name, justify="right")
+    done = finished = 0
+    for second in run.timeline:
+        done, finished = done + second.fal_done, finished + second.finished
+        counts = (second.claimed, second.sent, second.fal_done, second.finished)
+        grid.add_row(str(second.t), *map(str, counts), str(max(0, done - finished)))
+    return grid
+
+
 def render(
     args: argparse.Namespace,
     ours_run: Run | None,
@@ -339,10 +353,15 @@ def render(
     console.print(table(args, ours, naive))
     console.print(f"IMAGEGEN_* passed through from the environment: {passed or 'none'}")
     print_events("ours", ours_run.log_events)
+    if ours_run.timeline:
+        console.print(timeline_table(ours_run))
     if ours_run.mode == "webhook":
         print_events("ours", ours_run.api_log_events, "API log (imagegen api)")
     if naive_run is not None:
         print_events("naive", naive_run.log_events)
     if args.keep_logs:
         console.print(f"logs kept in {work}", highlight=False)
-    print(json.dumps(summary(args, ours, naive)), flush=True)
+    data = summary(args, ours, naive)
+    if ours_run.timeline:  # [t, claimed, sent, done at fal, finished] a second
+        data["timeline"] = [astuple(second) for second in ours_run.timeline]
+    print(json.dumps(data), flush=True)

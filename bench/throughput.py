@@ -2,7 +2,7 @@
 
 `python -m bench.throughput --jobs N --latency SECONDS --fal-concurrency C [--processes 2]
 [--threads 500] [--webhook] [--naive-window 60] [--skip-naive] [--timeout 900]
-[--stall-after S] [--print-every 10]`
+[--stall-after S] [--print-every 10] [--timeline] [--redis-url URL]`
 
 A throwaway Postgres database, Redis db 12 flushed, `imagegen fal-emulator` in its own
 process, one worker host started the documented way (`--processes` Celery workers on the
@@ -14,7 +14,9 @@ the run: `IMAGEGEN_WEBHOOK_FALLBACK_S` 600 unless set). Then the naive pattern
 (`bench/naive.py`: `fal_client.subscribe` in a task on the default prefork pool) for
 `--naive-window` seconds against the same emulator. A run in which no job finishes for
 `--stall-after` seconds (default max(120, 3 x latency + 60)) is stopped and reported stalled.
-Prints a table, then one JSON object as the last line.
+Prints a table (with `--timeline`, a second one: jobs claimed, sent to fal, done at fal and
+finished, second by second, from the job table), then one JSON object as the last line.
+Redis db 12 unless `--redis-url`; two runs on one Redis database refuse to overlap.
 """
 
 from __future__ import annotations
@@ -63,6 +65,22 @@ TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 SAMPLE_EVERY_S = 0.5
 WEBHOOK_FALLBACK_S = "600"  # longer than any run here: a lost callback shows as a stuck job
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
+TIMELINE_SQL = """
+WITH t0 AS (SELECT min(created_at) AS t0 FROM jobs),
+events AS (
+  SELECT extract(epoch FROM j.started_at - t0) AS s, 'claimed' AS k FROM jobs j, t0
+  WHERE j.started_at IS NOT NULL
+  UNION ALL SELECT extract(epoch FROM a.started_at - t0), 'sent' FROM job_attempts a, t0
+  UNION ALL SELECT extract(epoch FROM a.started_at - t0) + :latency_s, 'fal_done'
+  FROM job_attempts a, t0 WHERE a.fal_request_id IS NOT NULL
+  UNION ALL SELECT extract(epoch FROM j.finished_at - t0), 'finished' FROM jobs j, t0
+  WHERE j.finished_at IS NOT NULL
+)
+SELECT floor(s)::int AS t, count(*) FILTER (WHERE k = 'claimed'),
+  count(*) FILTER (WHERE k = 'sent'), count(*) FILTER (WHERE k = 'fal_done'),
+  count(*) FILTER (WHERE k = 'finished')
+FROM events GROUP BY 1 ORDER BY 1
+"""
 COUNTS_SQL = "SELECT status, fal_request_id IS NOT NULL, count(*) FROM jobs GROUP BY 1, 2"
 TIMES_SQL = """
 SELECT count(*), max(finished_at), extract(epoch FROM max(finished_at) - min(created_at)),
@@ -95,6 +113,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop when no job finished for this long, s (default max(120, 3 x latency + 60))",
     )
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also print, second by second, jobs claimed, sent to fal, done at fal, finished",
+    )
+    parser.add_argument("--redis-url", default=REDIS_URL, help="a Redis database to flush and use")
     return parser.parse_args(argv)
 
 
@@ -125,6 +149,17 @@ class Sample:
     api_cpu_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class Second:
+    """One second of a run (since the first enqueue), counted from the job table."""
+
+    t: int
+    claimed: int  # jobs.started_at: a worker took the job
+    sent: int  # job_attempts.started_at: the submit POST left
+    fal_done: int  # sent + the emulator's latency: fal finished the request
+    finished: int  # jobs.finished_at: the outcome was recorded
+
+
 @dataclass
 class Run:
     """What one run measured; the figures are derived in bench.report."""
@@ -150,6 +185,7 @@ class Run:
     api_log_events: Counter[str] = field(default_factory=Counter)
     window_s: float | None = None  # naive: the time box, when it was used
     stalled_s: float | None = None  # ours: stopped after no job finished for this long
+    timeline: list[Second] = field(default_factory=list)  # ours, with --timeline
 
 
 def admin_sql(statement: str, **params: Any) -> Any:
@@ -162,8 +198,8 @@ def admin_sql(statement: str, **params: Any) -> Any:
         admin.dispose()
 
 
-def flush_redis() -> None:
-    with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as client:
+def flush_redis(redis_url: str) -> None:
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
         client.flushdb()
 
 
@@ -186,13 +222,13 @@ def db_counters(db_name: str) -> tuple[int, int | None]:
     return int(xacts), int(calls)
 
 
-def worker_env(url: str, emulator: Emulator, concurrency: int) -> dict[str, str]:
+def worker_env(url: str, redis_url: str, emulator: Emulator, concurrency: int) -> dict[str, str]:
     """The harness's environment (IMAGEGEN_* included) with the services pointed at.
 
     Polling mode unless ``--webhook``: an IMAGEGEN_WEBHOOK_URL of the caller is dropped.
     """
     env = {k: v for k, v in os.environ.items() if k != "IMAGEGEN_WEBHOOK_URL"}
-    env.update(DATABASE_URL=url, REDIS_URL=REDIS_URL, FAL_KEY="bench", **emulator.env)
+    env.update(DATABASE_URL=url, REDIS_URL=redis_url, FAL_KEY="bench", **emulator.env)
     env.update(IMAGEGEN_FAL_CONCURRENCY=str(concurrency), IMAGEGEN_LOG_FORMAT="json")
     return env
 
@@ -271,6 +307,12 @@ class Probe:
         run.p50_s, run.p95_s = (None, None) if row[3] is None else (float(row[3]), float(row[4]))
         run.final = self.counts()[0]
         return last
+
+    def timeline(self, latency_s: float) -> list[Second]:
+        """Second by second: where a wave's jobs were (the emulator starts a request when it
+        arrives, under the account limit the bench sets, so fal is done at sent + latency)."""
+        rows = self._conn.execute(text(TIMELINE_SQL), {"latency_s": latency_s})
+        return [Second(*map(int, row)) for row in rows]
 
     def webhooks_stored(self) -> int:
         return int(self._conn.execute(text("SELECT count(*) FROM fal_webhooks")).scalar_one())
@@ -360,6 +402,7 @@ def run_ours(ctx: Context) -> Run:
     if run.done < run.jobs and run.samples:  # stalled or timed out: over the time watched
         run.span_s = run.samples[-1].t
     run.webhooks_stored = probe.webhooks_stored() if args.webhook else None
+    run.timeline = probe.timeline(args.latency) if args.timeline else []
     probe.close()
     return run
 
@@ -387,8 +430,8 @@ def naive_worker() -> list[str]:
 def run_naive(ctx: Context) -> Run:
     args, run = ctx.args, Run("naive", ctx.args.jobs, window_s=ctx.args.naive_window)
     ctx.emulator.reset()
-    flush_redis()
-    producer = Celery("naive-producer", broker=REDIS_URL)
+    flush_redis(args.redis_url)
+    producer = Celery("naive-producer", broker=args.redis_url)
     host = WorkerHost(ctx.env, ctx.log_dir)
     try:
         host.start([[*naive_worker(), "-n", "naive@%h", "-l", "WARNING"]], run.label)
@@ -445,7 +488,7 @@ def log_events(logs: str) -> Counter[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure(level=logging.ERROR)
-    with one_run_at_a_time(ADMIN_URL, REDIS_URL, "bench.throughput"):
+    with one_run_at_a_time(ADMIN_URL, args.redis_url, "bench.throughput"):
         return measure(args)
 
 
@@ -460,15 +503,15 @@ def measure(args: argparse.Namespace) -> int:
         admin_sql(f"CREATE DATABASE {db_name}")
         ctx = Context(args, db_name, emulator, {}, work)
         upgrade(ctx.url)
-        flush_redis()
-        ctx.env = worker_env(ctx.url, emulator, args.fal_concurrency)
+        flush_redis(args.redis_url)
+        ctx.env = worker_env(ctx.url, args.redis_url, emulator, args.fal_concurrency)
         ours = run_ours(ctx)
         naive_run = None if args.skip_naive else run_naive(ctx)
     finally:
         emulator.stop()
         dispose_engines()
         admin_sql(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
-        flush_redis()
+        flush_redis(args.redis_url)
     render(args, ours, naive_run, passed_through(), work)
     if not args.keep_logs:
         shutil.rmtree(work, ignore_errors=True)
