@@ -76,6 +76,16 @@ def _clean_emulator(emulator: Any) -> None:
     emulator.configure(latency_s=0.3, concurrency_limit=None)
 
 
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    """For a test whose code calls ``worker.logs.configure()``: afterwards structlog is as
+    the other tests found it, not bound to this test's captured (then closed) stderr."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A migrated database that every test's database is cloned from."""

@@ -6,12 +6,12 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-import structlog
 
 from worker import celery_app
 from worker.logs import get_logger
 
 
+@pytest.mark.usefixtures("restore_structlog")
 def test_the_worker_loglevel_filters_our_own_lines(capsys: pytest.CaptureFixture[str]) -> None:
     try:
         celery_app._check_configuration(sender=SimpleNamespace(loglevel=logging.WARNING))
@@ -28,4 +28,3 @@ def test_the_worker_loglevel_filters_our_own_lines(capsys: pytest.CaptureFixture
         assert "j4" in capsys.readouterr().err
     finally:
         celery_app._log_level = logging.INFO
-        structlog.reset_defaults()  # as the other tests found it (not bound to this capture)
