@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, insert, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from worker.db import write
+from models import AttemptOutcome, JobStatus, utcnow
+from worker import store
+from worker.db import get_engine, write
+from worker.store import JOBS
 
 
 def test_a_pool_with_every_connection_busy_delays_the_write_instead_of_losing_it(
@@ -31,3 +39,77 @@ def test_a_write_gives_up_after_its_attempts(database_url: str) -> None:
 
     with pytest.raises(OperationalError):
         write(database_url, work, attempts=2, base_s=0.01)
+
+
+def test_a_one_statement_write_runs_in_autocommit_on_postgres(database_url: str) -> None:
+    def autocommit(db: Connection) -> bool:
+        db.execute(text("SELECT 1"))
+        return bool(db.connection.dbapi_connection.autocommit)  # type: ignore[union-attr]
+
+    assert write(database_url, autocommit, one_statement=True) is True
+    assert write(database_url, autocommit) is False  # the pool's connections are not changed
+
+
+def test_the_store_writes_sent_as_one_statement_send_one(database_url: str) -> None:
+    """The pipeline runs these with ``one_statement=True``, so each must stay one statement."""
+    owner = "run-1"
+    job_id = _queued_job(database_url)
+    sent: list[str] = []
+    engine = get_engine(database_url)
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement.split(None, 1)[0])
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        steps: list[Callable[[Connection], Any]] = [
+            lambda db: store.claim_first_submit(db=db, job_id=job_id, owner=owner, lease_s=60),
+            lambda db: store.begin_attempt(db=db, job_id=job_id),
+            lambda db: store.record_submitted(db=db, job_id=job_id, number=2, request_id="r-2"),
+            lambda db: store.renew_lease(db=db, job_id=job_id, owner=owner, lease_s=60),
+            lambda db: store.park_for_webhook(
+                db=db, job_id=job_id, owner=owner, request_id="r-2", wait_s=60
+            ),
+            lambda db: store.webhook_body(db=db, request_id="r-2"),
+            lambda db: store.mark_unknown(db=db, job_id=job_id, number=1),
+            lambda db: store.finish(
+                db=db,
+                job_id=job_id,
+                status=JobStatus.SUCCEEDED,
+                attempt=(2, AttemptOutcome.SUCCEEDED),
+                images=[{"url": "https://example.invalid/1.png"}],
+            ),
+        ]
+        for step in steps:
+            sent.clear()
+            write(database_url, step, one_statement=True)
+            assert len(sent) == 1, sent
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    with get_engine(database_url).connect() as db:
+        row = db.execute(select(JOBS).where(JOBS.c.id == job_id)).mappings().one()
+    assert (row["status"], row["attempts"], row["fal_request_id"]) == (
+        JobStatus.SUCCEEDED,
+        2,
+        "r-2",
+    )
+
+
+def _queued_job(database_url: str) -> uuid.UUID:
+    now = utcnow()
+    job_id = uuid.uuid4()
+    with get_engine(database_url).begin() as db:
+        db.execute(
+            insert(JOBS).values(
+                id=job_id,
+                prompt="a fox",
+                params={},
+                model="openai/gpt-image-2",
+                status=JobStatus.QUEUED,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+                lease_until=now + timedelta(seconds=60),
+            )
+        )
+    return job_id

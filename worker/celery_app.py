@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
+from worker.broker import TRANSPORT as BROKER_TRANSPORT
 from worker.constants import CALLBACK_QUEUE, CALLBACK_TASK, JOB_QUEUE, RUN_JOB_TASK, SWEEP_TASK
 from worker.settings import Settings, get_settings
 
@@ -29,6 +30,10 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
+        # kombu's Redis transport with one client per channel (see worker.broker)
+        broker_transport=(
+            BROKER_TRANSPORT if settings.redis_url.startswith(("redis://", "rediss://")) else None
+        ),
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout_s if redis else None,
         task_ignore_result=True,

@@ -102,7 +102,11 @@ class _AttemptHooks:
         if self.counted is not None:
             self.number, self.counted = self.counted, None
             return
-        self.number = write(self._url, lambda s: store.begin_attempt(db=s, job_id=self._job_id))
+        self.number = write(
+            self._url,
+            lambda s: store.begin_attempt(db=s, job_id=self._job_id),
+            one_statement=True,
+        )
 
     def not_sent(self) -> None:
         if self.number is not None:
@@ -150,6 +154,7 @@ def _run_job(
                 lambda db: store.claim_first_submit(
                     db=db, job_id=job_id, owner=owner, lease_s=lease_s
                 ),
+                one_statement=True,
             )
             if fresh is not None:  # claimed, attempt 1 counted: straight to the submit
                 run = _Run(rt, fresh, task_retries, owner)
@@ -264,7 +269,10 @@ class _Run:
         fal offers no idempotency key, so sending again could pay twice. By default the
         job fails saying so; IMAGEGEN_RESUBMIT_UNKNOWN=true sends it again (counted).
         """
-        self.write(lambda s: store.mark_unknown(db=s, job_id=self.job.id, number=number))
+        self.write(
+            lambda s: store.mark_unknown(db=s, job_id=self.job.id, number=number),
+            one_statement=True,
+        )
         self.log.warning("job.submit_outcome_unknown", attempt=number)
         if self.rt.settings.resubmit_unknown:
             return self.execute()
@@ -300,8 +308,8 @@ class _Run:
                 checker=verdict.source,
             )
 
-    def write(self, work: Callable[[Connection], Any]) -> Any:
-        return write(self.rt.settings.database_url, work)
+    def write(self, work: Callable[[Connection], Any], *, one_statement: bool = False) -> Any:
+        return write(self.rt.settings.database_url, work, one_statement=one_statement)
 
     def check_deadline(self) -> None:
         deadline = self.job.deadline_at
@@ -360,7 +368,8 @@ class _Run:
         self.write(
             lambda s: store.record_submitted(
                 db=s, job_id=self.job.id, number=number, request_id=request_id
-            )
+            ),
+            one_statement=True,
         )
         return request_id
 
@@ -376,7 +385,8 @@ class _Run:
                 owner=self.owner,
                 request_id=request_id,
                 wait_s=settings.webhook_fallback_s,
-            )
+            ),
+            one_statement=True,
         )
         if parked:
             self.parked = True
@@ -392,7 +402,9 @@ class _Run:
     def stored_callback(self, request_id: str) -> dict[str, Any] | None:
         """fal's verified callback for the request, read from the table once per run."""
         if self.callback_read is None:
-            body = self.write(lambda s: store.webhook_body(db=s, request_id=request_id))
+            body = self.write(
+                lambda s: store.webhook_body(db=s, request_id=request_id), one_statement=True
+            )
             self.callback_read = (body,)
         return self.callback_read[0]
 
@@ -510,8 +522,10 @@ class _Run:
         if self.rt.monotonic() < self.lease_renew_at:
             return
         lease_s = self.rt.settings.lease_s
+        job_id, owner = self.job.id, self.owner
         held = self.write(
-            lambda s: store.renew_lease(db=s, job_id=self.job.id, owner=self.owner, lease_s=lease_s)
+            lambda s: store.renew_lease(db=s, job_id=job_id, owner=owner, lease_s=lease_s),
+            one_statement=True,
         )
         if not held:
             raise _LeaseLost
@@ -634,7 +648,8 @@ class _Run:
         self.write(
             lambda db: store.finish(
                 db=db, job_id=self.job.id, status=status, attempt=attempt, **values
-            )
+            ),
+            one_statement=True,
         )
         self.log.info(f"job.{summary}", attempt=self.number)
         return Done(summary)
