@@ -9,12 +9,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Enum,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -196,3 +198,21 @@ __all__ = [
     "JobAttempt",
     "JobStatus",
 ]
+
+
+class JobCount(Base):
+    """Running totals behind ``imagegen stats`` on Postgres, kept by triggers (migration 0006).
+
+    ``key`` is a terminal status (then ``n`` counts jobs in it, by refusal category and
+    source, '' for none) or ``fal_submissions`` (attempt rows). Each total is spread over a
+    few ``shard`` rows so that concurrent writers rarely wait on one row; a total is the sum
+    over its shards. Open jobs (queued, running) are counted live: there are few.
+    """
+
+    __tablename__ = "job_counts"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    refusal_category: Mapped[str] = mapped_column(String(100), primary_key=True)
+    refusal_source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)

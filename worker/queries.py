@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
-from models import Job, JobAttempt, JobStatus
+from models import Job, JobAttempt, JobCount, JobStatus
 from worker.errors import JobNotFound
 
 
@@ -48,28 +48,80 @@ def list_jobs(
 
 
 def stats(*, session: Session) -> dict[str, Any]:
-    """Counts by status and by refusal category, plus submissions sent to fal."""
-    by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    refusals = session.execute(
-        select(Job.refusal_category, Job.refusal_source, func.count())
-        .where(Job.refusal_category.is_not(None))
-        .group_by(Job.refusal_category, Job.refusal_source)
-    ).all()
+    """Counts by status and by refusal category, plus submissions sent to fal.
+
+    On Postgres from the totals triggers keep (``models.JobCount``), and a live count of the
+    open jobs only; elsewhere (SQLite) by counting the tables.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        by_status, refusals, submissions = _kept_counts(session)
+    else:
+        by_status, refusals, submissions = _live_counts(session)
     by_category: dict[str, int] = {}
     by_source: dict[str, dict[str, int]] = {"fal": {}, "prefilter": {}}
     for category, source, count in refusals:
-        category = str(category)
         by_category[category] = by_category.get(category, 0) + count
         by_source.setdefault(source or "fal", {})[category] = count
-    submissions = session.execute(select(func.count()).select_from(JobAttempt)).scalar_one()
     return {
         "total": sum(by_status.values()),
-        "by_status": {s.value: by_status.get(s, 0) for s in JobStatus},
+        "by_status": {s.value: by_status.get(s.value, 0) for s in JobStatus},
         "by_refusal_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
         #: fal's own refusals, and our pre-filter's (nothing was sent to fal for those)
         "by_refusal_source": by_source,
         "fal_submissions": submissions,
     }
+
+
+_Refusals = list[tuple[str, str | None, int]]
+_OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def _live_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
+    by_status = {
+        status.value: count
+        for status, count in session.execute(
+            select(Job.status, func.count()).group_by(Job.status)
+        ).all()
+    }
+    refusals = [
+        (str(category), source, count)
+        for category, source, count in session.execute(
+            select(Job.refusal_category, Job.refusal_source, func.count())
+            .where(Job.refusal_category.is_not(None))
+            .group_by(Job.refusal_category, Job.refusal_source)
+        ).all()
+    ]
+    submissions = session.execute(select(func.count()).select_from(JobAttempt)).scalar_one()
+    return by_status, refusals, submissions
+
+
+def _kept_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
+    by_status = {
+        status.value: count
+        for status, count in session.execute(
+            select(Job.status, func.count())
+            .where(Job.status.in_(_OPEN_STATUSES))
+            .group_by(Job.status)
+        ).all()
+    }
+    totals = session.execute(
+        select(
+            JobCount.key, JobCount.refusal_category, JobCount.refusal_source, func.sum(JobCount.n)
+        ).group_by(JobCount.key, JobCount.refusal_category, JobCount.refusal_source)
+    ).all()
+    refusals: _Refusals = []
+    submissions = 0
+    for key, category, source, count in totals:
+        count = int(count)
+        if count == 0:  # moved on (a corrected category, a removed job): shown nowhere
+            continue
+        if key == "fal_submissions":
+            submissions += count
+            continue
+        by_status[key] = by_status.get(key, 0) + count
+        if category:
+            refusals.append((category, source or None, count))
+    return by_status, refusals, submissions
 
 
 def job_to_dict(job: Job, *, with_attempts: bool = False) -> dict[str, Any]:
