@@ -357,3 +357,25 @@ def test_cancel_already_completed_400_is_permanent() -> None:
     with pytest.raises(PermanentFalError):
         gateway(mock).cancel(MODEL, RID)
     assert len(mock.requests) == 1
+
+
+def test_fal_clients_keep_no_cookies() -> None:
+    """fal authenticates with a header: a Set-Cookie is neither parsed nor sent back."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            return httpx.Response(
+                200,
+                json={"status": "IN_PROGRESS", "logs": []},
+                headers={"set-cookie": "__cf_bm=x; Path=/"},
+            )
+        return submit_answer(request)
+
+    mock = Mock(answer)
+    gw = gateway(mock)
+    gw.status(MODEL, RID)
+    gw.status(MODEL, RID)
+    assert [r.headers.get("cookie") for r in mock.requests] == [None, None]
+    assert all(r.headers["authorization"] == "Key k" for r in mock.requests)
+    with pytest.raises(ValueError, match="no cookies"):
+        fal_gateway._Client().cookies = {"a": "b"}
