@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, insert, update
+import pytest
+from sqlalchemy import delete, event, insert, update
 from sqlalchemy.orm import Session
 
 from models import AttemptOutcome, JobStatus, utcnow
+from tests.conftest import Stack
 from worker import queries, store
 from worker.db import get_engine, session_scope
 
@@ -118,3 +121,30 @@ def test_stats_count_rows_written_before_the_totals_existed(database_url: str) -
     upgrade(database_url)
     stats = _kept(database_url)
     assert stats["by_status"]["failed"] == 4 and stats["by_status"]["refused"] == 3
+
+
+def test_the_sweeper_expires_a_backlog_in_short_batches_and_the_totals_follow(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import sweeper
+
+    monkeypatch.setattr(sweeper, "BATCH", 2)
+    past = utcnow() - timedelta(hours=1)
+    overdue = _add_jobs(stack.database_url, 5, JobStatus.QUEUED, deadline_at=past, lease_until=past)
+    updated: list[int] = []
+
+    def count(_conn: object, cursor: Any, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE jobs SET status"):
+            updated.append(cursor.rowcount)
+
+    engine = get_engine(stack.database_url)
+    event.listen(engine, "after_cursor_execute", count)
+    try:
+        report = sweeper.sweep(stack.settings(), stack.app())
+    finally:
+        event.remove(engine, "after_cursor_execute", count)
+    assert sorted(report.expired) == sorted(overdue)  # all five in one pass,
+    assert updated == [2, 2, 1]  # two a statement
+    assert report.republished == []
+    stats = _kept(stack.database_url)
+    assert stats["by_status"]["failed"] == 5

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import or_, select, update
@@ -36,27 +36,9 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
     """One pass; safe to run from several processes at once."""
     report = SweepReport()
     now = utcnow()
+    expired = _expire_overdue(settings, now)
+    report.expired = [job_id for job_id, _ in expired]
     with session_scope(settings.database_url) as session:
-        expired = list(
-            session.execute(
-                update(Job)
-                .where(
-                    Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
-                    Job.deadline_at < now,
-                    or_(Job.lease_until.is_(None), Job.lease_until < now),
-                )
-                .values(
-                    status=JobStatus.FAILED,
-                    error="deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)",
-                    finished_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_until=None,
-                )
-                .returning(Job.id, Job.callback_url)
-            ).all()
-        )
-        report.expired = [job_id for job_id, _ in expired]
         stale = select(Job.id).where(
             Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
             or_(Job.lease_until.is_(None), Job.lease_until < now),
@@ -86,3 +68,41 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
     if report.republished or report.expired:
         log.warning("sweep", republished=len(report.republished), expired=len(report.expired))
     return report
+
+
+def _expire_overdue(settings: Settings, now: datetime) -> list[tuple[uuid.UUID, str | None]]:
+    """Fail the jobs past their deadline that no run is working on, BATCH a transaction.
+
+    After an outage the backlog can be large; short transactions keep row locks (and the
+    work of the stats triggers, see migration 0006) small, and skip rows a run holds.
+    """
+    overdue = (
+        Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+        Job.deadline_at < now,
+        or_(Job.lease_until.is_(None), Job.lease_until < now),
+    )
+    expired: list[tuple[uuid.UUID, str | None]] = []
+    while True:
+        # The ids first, then the update (as for the republished jobs below): a LIMIT ...
+        # FOR UPDATE SKIP LOCKED subquery inside the UPDATE may run again and take more.
+        batch = select(Job.id).where(*overdue).limit(BATCH).with_for_update(skip_locked=True)
+        with session_scope(settings.database_url) as session:
+            ids = list(session.execute(batch).scalars())
+            if not ids:
+                return expired
+            rows = session.execute(
+                update(Job)
+                .where(Job.id.in_(ids), *overdue)
+                .values(
+                    status=JobStatus.FAILED,
+                    error="deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)",
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+                .returning(Job.id, Job.callback_url)
+            ).all()
+        expired.extend((job_id, callback_url) for job_id, callback_url in rows)
+        if len(rows) < BATCH:
+            return expired
