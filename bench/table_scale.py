@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 from models import JobStatus
 from worker.db import dispose_engines, session_scope, upgrade
-from worker.queries import _live_counts, list_jobs, stats
+from worker.queries import list_jobs, live_counts, stats
 
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -101,7 +101,7 @@ def run(url: str, rows: int) -> None:
 
     def live() -> Any:  # what stats counted before the kept totals (migration 0006)
         with session_scope(url) as s:
-            return _live_counts(s)
+            return live_counts(s)
 
     figures = {
         "jobs_refused_limit_50_ms": _timed(refused),

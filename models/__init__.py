@@ -64,6 +64,8 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.REFUSED, JobStatus.FAILED, JobStatus.CANCELLED}
 )
+#: a run may still work on these (as a tuple: SQL ``IN`` lists keep their order)
+OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -190,6 +192,7 @@ class FalWebhook(Base):
 
 
 __all__ = [
+    "OPEN_STATUSES",
     "TERMINAL_STATUSES",
     "AttemptOutcome",
     "Base",

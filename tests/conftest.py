@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,33 @@ def running(stack: Stack) -> Stack:
 def unique(text: str) -> str:
     """A prompt no other test uses (the emulator counts submissions per prompt)."""
     return f"{text} #{uuid.uuid4().hex[:8]}"
+
+
+def add_jobs(database_url: str, count: int, status: Any, **values: object) -> list[uuid.UUID]:
+    """Job rows written straight into the table (tests of the table itself)."""
+    from sqlalchemy import insert  # imported here: the settings are exported first
+
+    from models import utcnow
+    from worker import store
+    from worker.db import get_engine
+
+    now = utcnow()
+    ids = [uuid.uuid4() for _ in range(count)]
+    rows = [
+        {
+            "id": job_id,
+            "prompt": "a fox",
+            "params": {},
+            "model": "openai/gpt-image-2",
+            "status": status,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "lease_until": now + timedelta(seconds=60),
+            **values,
+        }
+        for job_id in ids
+    ]
+    with get_engine(database_url).begin() as db:
+        db.execute(insert(store.JOBS), rows)
+    return ids

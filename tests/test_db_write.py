@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, insert, select, text
+from sqlalchemy import Connection, event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from models import AttemptOutcome, JobStatus, utcnow
+from models import AttemptOutcome, JobStatus
+from tests.conftest import add_jobs
 from worker import store
 from worker.db import get_engine, write
 from worker.store import JOBS
@@ -53,7 +52,7 @@ def test_a_one_statement_write_runs_in_autocommit_on_postgres(database_url: str)
 def test_the_store_writes_sent_as_one_statement_send_one(database_url: str) -> None:
     """The pipeline runs these with ``one_statement=True``, so each must stay one statement."""
     owner = "run-1"
-    job_id = _queued_job(database_url)
+    (job_id,) = add_jobs(database_url, 1, JobStatus.QUEUED)
     sent: list[str] = []
     engine = get_engine(database_url)
 
@@ -93,23 +92,3 @@ def test_the_store_writes_sent_as_one_statement_send_one(database_url: str) -> N
         2,
         "r-2",
     )
-
-
-def _queued_job(database_url: str) -> uuid.UUID:
-    now = utcnow()
-    job_id = uuid.uuid4()
-    with get_engine(database_url).begin() as db:
-        db.execute(
-            insert(JOBS).values(
-                id=job_id,
-                prompt="a fox",
-                params={},
-                model="openai/gpt-image-2",
-                status=JobStatus.QUEUED,
-                attempts=0,
-                created_at=now,
-                updated_at=now,
-                lease_until=now + timedelta(seconds=60),
-            )
-        )
-    return job_id

@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, insert, update
+from sqlalchemy import delete, event, update
 from sqlalchemy.orm import Session
 
 from models import AttemptOutcome, JobStatus, utcnow
-from tests.conftest import Stack
+from tests.conftest import Stack, add_jobs
 from worker import queries, store
 from worker.db import get_engine, session_scope
 
 
-def _add_jobs(
-    database_url: str, count: int, status: JobStatus, **values: object
-) -> list[uuid.UUID]:
-    now = utcnow()
-    ids = [uuid.uuid4() for _ in range(count)]
-    rows = [
-        {
-            "id": job_id,
-            "prompt": "a fox",
-            "params": {},
-            "model": "openai/gpt-image-2",
-            "status": status,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-            "lease_until": now + timedelta(seconds=60),
-            **values,
-        }
-        for job_id in ids
-    ]
-    with get_engine(database_url).begin() as db:
-        db.execute(insert(store.JOBS), rows)
-    return ids
-
-
 def _live(session: Session) -> dict[str, object]:
-    by_status, refusals, submissions = queries._live_counts(session)
+    by_status, refusals, submissions = queries.live_counts(session)
     by_category: dict[str, int] = {}
     for category, _source, count in refusals:
         by_category[category] = by_category.get(category, 0) + count
@@ -67,8 +41,8 @@ def _kept(database_url: str) -> dict[str, object]:
 
 def test_kept_totals_follow_every_change_a_job_goes_through(database_url: str) -> None:
     engine = get_engine(database_url)
-    queued = _add_jobs(database_url, 6, JobStatus.QUEUED)
-    _add_jobs(database_url, 2, JobStatus.SUCCEEDED, attempts=1)  # inserted already finished
+    queued = add_jobs(database_url, 6, JobStatus.QUEUED)
+    add_jobs(database_url, 2, JobStatus.SUCCEEDED, attempts=1)  # inserted already finished
     _kept(database_url)
 
     with engine.begin() as db:  # claimed and counted, as the worker does it
@@ -114,10 +88,10 @@ def test_stats_count_rows_written_before_the_totals_existed(database_url: str) -
     """Migration 0006 counts the rows already there (here: re-run on a filled table)."""
     from worker.db import downgrade, upgrade
 
-    _add_jobs(database_url, 3, JobStatus.REFUSED, refusal_category="trademark_ip")
-    _add_jobs(database_url, 2, JobStatus.QUEUED)
+    add_jobs(database_url, 3, JobStatus.REFUSED, refusal_category="trademark_ip")
+    add_jobs(database_url, 2, JobStatus.QUEUED)
     downgrade(database_url, "0005")
-    _add_jobs(database_url, 4, JobStatus.FAILED, error="x")  # while no trigger counted
+    add_jobs(database_url, 4, JobStatus.FAILED, error="x")  # while no trigger counted
     upgrade(database_url)
     stats = _kept(database_url)
     assert stats["by_status"]["failed"] == 4 and stats["by_status"]["refused"] == 3
@@ -130,7 +104,7 @@ def test_the_sweeper_expires_a_backlog_in_short_batches_and_the_totals_follow(
 
     monkeypatch.setattr(sweeper, "BATCH", 2)
     past = utcnow() - timedelta(hours=1)
-    overdue = _add_jobs(stack.database_url, 5, JobStatus.QUEUED, deadline_at=past, lease_until=past)
+    overdue = add_jobs(stack.database_url, 5, JobStatus.QUEUED, deadline_at=past, lease_until=past)
     updated: list[int] = []
 
     def count(_conn: object, cursor: Any, statement: str, *_: object) -> None:

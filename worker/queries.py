@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
-from models import Job, JobAttempt, JobCount, JobStatus
+from models import OPEN_STATUSES, Job, JobAttempt, JobCount, JobStatus
 from worker.errors import JobNotFound
 
 
@@ -56,7 +56,7 @@ def stats(*, session: Session) -> dict[str, Any]:
     if session.get_bind().dialect.name == "postgresql":
         by_status, refusals, submissions = _kept_counts(session)
     else:
-        by_status, refusals, submissions = _live_counts(session)
+        by_status, refusals, submissions = live_counts(session)
     by_category: dict[str, int] = {}
     by_source: dict[str, dict[str, int]] = {"fal": {}, "prefilter": {}}
     for category, source, count in refusals:
@@ -73,10 +73,9 @@ def stats(*, session: Session) -> dict[str, Any]:
 
 
 _Refusals = list[tuple[str, str | None, int]]
-_OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-def _live_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
+def live_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
     by_status = {
         status.value: count
         for status, count in session.execute(
@@ -100,7 +99,7 @@ def _kept_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
         status.value: count
         for status, count in session.execute(
             select(Job.status, func.count())
-            .where(Job.status.in_(_OPEN_STATUSES))
+            .where(Job.status.in_(OPEN_STATUSES))
             .group_by(Job.status)
         ).all()
     }

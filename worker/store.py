@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from models import (
+    OPEN_STATUSES,
     TERMINAL_STATUSES,
     AttemptOutcome,
     FalWebhook,
@@ -47,9 +48,8 @@ from worker.errors import FalError, PolicyRefusal
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = JobAttempt.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = FalWebhook.__table__  # type: ignore[assignment]
-_OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
 #: "still open", as plain comparisons: ``in_()`` renders its list into the SQL on every call
-_IS_OPEN = or_(*(JOBS.c.status == status for status in _OPEN))
+_IS_OPEN = or_(*(JOBS.c.status == status for status in OPEN_STATUSES))
 
 #: a transaction: a Connection in the worker's hot path, a Session elsewhere
 Db = Connection | Session

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from celery import Celery
 from sqlalchemy import or_, select, update
 
-from models import Job, JobStatus, utcnow
+from models import OPEN_STATUSES, Job, JobStatus, utcnow
 from worker.constants import CALLBACK_TASK, RUN_JOB_TASK
 from worker.db import session_scope
 from worker.logs import get_logger
@@ -40,7 +40,7 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
     report.expired = [job_id for job_id, _ in expired]
     with session_scope(settings.database_url) as session:
         stale = select(Job.id).where(
-            Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+            Job.status.in_(OPEN_STATUSES),
             or_(Job.lease_until.is_(None), Job.lease_until < now),
         )
         ids = list(session.execute(stale.limit(BATCH).with_for_update(skip_locked=True)).scalars())
@@ -77,7 +77,7 @@ def _expire_overdue(settings: Settings, now: datetime) -> list[tuple[uuid.UUID, 
     work of the stats triggers, see migration 0006) small, and skip rows a run holds.
     """
     overdue = (
-        Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+        Job.status.in_(OPEN_STATUSES),
         Job.deadline_at < now,
         or_(Job.lease_until.is_(None), Job.lease_until < now),
     )
