@@ -1,8 +1,10 @@
 """The Celery application: Redis as broker, Postgres (the job table) as the source of truth.
 
 Reliability settings (see shared reference notes on Celery + Redis):
-acks_late with reject_on_worker_lost so a killed worker's job is redelivered, prefetch 1
-so a worker holds no job it is not running, and a visibility timeout (default 1 h) longer
+acks_late with reject_on_worker_lost so a killed worker's job is redelivered, prefetch 2
+(IMAGEGEN_PREFETCH_MULTIPLIER: the next messages are in the process when its threads come
+free; a claim in the job row guards against a message delivered twice, and the sweeper
+republishes one a dead worker held), and a visibility timeout (default 1 h) longer
 than the longest generation (fal's p95 is ~2 min; IMAGEGEN_GENERATION_TIMEOUT_S = 15 min)
 plus the longest retry countdown (IMAGEGEN_RETRY_AFTER_CAP_S, capped below it).
 """
@@ -28,7 +30,7 @@ def create_app(settings: Settings) -> Celery:
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
         broker_transport_options=transport,
         # kombu's Redis transport with one client per channel (see worker.broker)
         broker_transport=(

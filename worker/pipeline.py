@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -66,6 +66,23 @@ class RetryLater:
     reason: str
 
 
+class Recorder(Protocol):
+    """Threads that finish runs whose request fal has completed (``worker.tasks``)."""
+
+    def wanted(self) -> bool:
+        """Should a run give its thread back now (task messages wait for one)?"""
+
+    def take(
+        self,
+        job_id: uuid.UUID,
+        finish: Callable[[], Done | RetryLater],
+        *,
+        callback_url: str | None,
+        task_retries: int,
+    ) -> None:
+        """Run ``finish`` (result, image check, row) on a recorder thread, then settle it."""
+
+
 @dataclass
 class Runtime:
     """Everything a run talks to."""
@@ -82,6 +99,20 @@ class Runtime:
     turnstile: threading.Lock = field(default_factory=threading.Lock)
     sleep: Callable[[float], None] = field(default=time.sleep)
     monotonic: Callable[[], float] = field(default=time.monotonic)
+    #: takes over a run once fal said COMPLETED, when the run's thread is wanted elsewhere
+    recorder: Recorder | None = None
+
+
+class _Completed(Exception):
+    """fal said COMPLETED: the rest of the run may go to a recorder thread."""
+
+    def __init__(self, request_id: str, failure: FalError | None) -> None:
+        super().__init__(request_id)
+        self.request_id, self.failure = request_id, failure
+
+
+class _Parked(Exception):
+    """The run parked its request for fal's webhook (its slot stays taken)."""
 
 
 class _LeaseLost(Exception):
@@ -131,6 +162,11 @@ def run_job(job_id: uuid.UUID, rt: Runtime, *, task_retries: int = 0) -> Done | 
         outcome, callback_url = _run_job(job_id, rt, task_retries)
     finally:
         metrics.IN_FLIGHT.dec()
+    return settle(outcome, callback_url)
+
+
+def settle(outcome: Done | RetryLater, callback_url: str | None) -> Done | RetryLater:
+    """Count the run's outcome; a job that ended here notifies its web app, if it asked."""
     if isinstance(outcome, RetryLater):
         metrics.RETRIES.inc()
     elif outcome.terminal:
@@ -209,9 +245,9 @@ class _Run:
         self.counted: int | None = None
         self.callback_read: tuple[dict[str, Any] | None] | None = None
 
-    def execute(self) -> Done | RetryLater:
+    def execute(self, step: Callable[[], list[dict[str, Any]]] | None = None) -> Done | RetryLater:
         try:
-            return self._execute()
+            return self._conclude(step or self._to_images)
         except (DBAPIError, PoolTimeout):
             raise  # the database is unreachable: the task retries, the row says where to resume
         except Exception as exc:  # a bug must not leave the job running (and swept) forever
@@ -232,24 +268,31 @@ class _Run:
             self.rt.limiter.release(self.slot)
             self.slot_freed, self.holds_slot = True, False
 
-    def _execute(self) -> Done | RetryLater:
+    def _to_images(self) -> list[dict[str, Any]]:
+        if self.counted is None:  # (a counted first submit had both checked in SQL)
+            self.check_deadline()
+        if self.request_id is None and self.submissions == 0:
+            self.prefilter()
+        if self.request_id is None:
+            if not self.holds_slot:
+                self.wait_for_turn()
+            self.request_id = self.submit()
+            self.submitted_now = True
+        elif not self.callback_stored():  # resuming a request in flight at fal: a slot
+            self.rt.limiter.try_acquire(self.slot, force=True)
+            self.took_slot()
+        self.phase = "wait"
+        if self.submitted_now and self.park(self.request_id):
+            raise _Parked
+        return self.wait(self.request_id)
+
+    def _conclude(self, step: Callable[[], list[dict[str, Any]]]) -> Done | RetryLater:
         try:
-            if self.counted is None:  # (a counted first submit had both checked in SQL)
-                self.check_deadline()
-            if self.request_id is None and self.submissions == 0:
-                self.prefilter()
-            if self.request_id is None:
-                if not self.holds_slot:
-                    self.wait_for_turn()
-                self.request_id = self.submit()
-                self.submitted_now = True
-            elif not self.callback_stored():  # resuming a request in flight at fal: a slot
-                self.rt.limiter.try_acquire(self.slot, force=True)
-                self.took_slot()
-            self.phase = "wait"
-            if self.submitted_now and self.park(self.request_id):
-                return Done("awaiting-webhook")
-            images = self.wait(self.request_id)
+            images = step()
+        except _Parked:
+            return Done("awaiting-webhook")
+        except _Completed as completed:
+            return self.hand_off(completed)
         except _LeaseLost:
             self.log.info("job.left", reason="cancelled, finished or taken over meanwhile")
             return Done("left")
@@ -262,6 +305,30 @@ class _Run:
         return self.finish(
             JobStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, "succeeded", images=images
         )
+
+    def hand_off(self, completed: _Completed) -> Done:
+        """Leave the rest of the run to a recorder thread; this one takes the next message.
+
+        The job keeps its lease (renewed before the result is read); a crash in between
+        leaves it running with its request id, and the sweeper republishes it when the lease
+        expires: the next run resumes by request id, never submitting again.
+        """
+        recorder = self.rt.recorder
+        assert recorder is not None
+        request_id, failure = completed.request_id, completed.failure
+
+        def images() -> list[dict[str, Any]]:
+            self.keep_lease()
+            return self.fetch(request_id, failure)
+
+        recorder.take(
+            self.job.id,
+            lambda: self.execute(images),
+            callback_url=self.job.callback_url,
+            task_retries=self.task_retries,
+        )
+        self.log.info("job.handed_to_recorder", fal_request_id=request_id)
+        return Done("recording")
 
     def orphaned_submit(self, number: int) -> Done | RetryLater:
         """A run died between counting a submit and hearing fal's answer.
@@ -457,17 +524,9 @@ class _Run:
                 else:
                     failures = 0
                     if status.done:
-                        # no longer running at fal: the next submit need not wait for
-                        # this one's result, image check and row
-                        self.free_slot()
                         if fresh:
-                            took = self.now() - started
-                            # Learn from the last "not done" answer, a lower bound: a busy
-                            # host that hears COMPLETED late must not push later polls later.
-                            learned = took if running_at is None else running_at
-                            latency.observe(model, learned, done_at_first_poll=running_at is None)
-                            metrics.FAL_LATENCY.observe(took)
-                        return self.fetch(request_id, status.failure())
+                            self.learn(started, running_at)
+                        return self.completed(request_id, status.failure())
                     running_at = self.now() - started
                 if self.now() > deadline:
                     raise TransientFalError(
@@ -483,6 +542,26 @@ class _Run:
         finally:
             if scout:
                 latency.discharge_scout(model)
+
+    def learn(self, started: float, running_at: float | None) -> None:
+        """A fresh request is done: how long it took teaches when to poll the next ones.
+
+        From the last "not done" answer, a lower bound: a busy host that hears COMPLETED
+        late must not push later polls later.
+        """
+        took = self.now() - started
+        learned = took if running_at is None else running_at
+        self.rt.latency.observe(self.job.model, learned, done_at_first_poll=running_at is None)
+        metrics.FAL_LATENCY.observe(took)
+
+    def completed(self, request_id: str, failure: FalError | None) -> list[dict[str, Any]]:
+        """fal said COMPLETED: free the fal slot (the next submit need not wait for this
+        result, image check and row), then fetch, here or on a recorder thread."""
+        self.free_slot()
+        recorder = self.rt.recorder
+        if recorder is not None and recorder.wanted():
+            raise _Completed(request_id, failure)
+        return self.fetch(request_id, failure)
 
     def next_step(self, started: float, fresh: bool, scout: bool) -> float | None:
         """The next poll's delay when it is not the growing schedule's: near the learned

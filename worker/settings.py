@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     verify_images: bool = Field(default=True, alias="IMAGEGEN_VERIFY_IMAGES")
     account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
 
+    # A saturated worker process (task messages waiting for a thread): a run that hears
+    # COMPLETED gives its thread to the next message and leaves the result, the image check
+    # and the row to these threads (0: every run records its own outcome). Task messages a
+    # process reserves: threads x IMAGEGEN_PREFETCH_MULTIPLIER (Celery's prefetch).
+    recorder_threads: int = Field(default=4, ge=0, le=64, alias="IMAGEGEN_RECORDER_THREADS")
+    prefetch_multiplier: int = Field(default=2, ge=1, le=16, alias="IMAGEGEN_PREFETCH_MULTIPLIER")
+
     # Pooled Postgres connections per process (5 more in a burst, closed after it).
     db_pool_size: int = Field(default=20, ge=1, le=200, alias="IMAGEGEN_DB_POOL_SIZE")
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import httpx
 from celery import Task
+from celery.signals import worker_shutdown
+from celery.worker import state as worker_state
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -21,7 +25,7 @@ from worker.fal_gateway import GatewayPool
 from worker.fleet import FalLimiter
 from worker.logs import get_logger
 from worker.moderation_setup import moderation_chain
-from worker.pipeline import RetryLater, Runtime, run_job
+from worker.pipeline import Done, RetryLater, Runtime, run_job, settle
 from worker.retry import RetryPolicy
 from worker.settings import get_settings
 from worker.sweeper import sweep
@@ -52,7 +56,85 @@ def _build_runtime() -> Runtime:
             app.conf.broker_url or "", limit=settings.fal_concurrency, lease_s=settings.lease_s
         ),
         moderation=moderation_chain(settings),
+        recorder=_Recorder(settings.recorder_threads) if settings.recorder_threads else None,
     )
+
+
+#: when a recorder thread found the database unreachable: run the job again this much later
+RECORDER_DB_RETRY_S = 5.0
+
+
+class _Recorder:
+    """``worker.pipeline.Recorder`` on a few threads of this worker process.
+
+    A saturated process (prefetched task messages wait for a thread) would otherwise hear
+    COMPLETED from a wave of requests and spend its threads reading results, checking images
+    and writing rows while the next wave's messages wait: fal slots stay empty meanwhile.
+    Here a run gives its thread back as soon as fal said COMPLETED and its fal slot is free,
+    and a few threads record the outcomes: they share the GIL with hundreds of runs, so the
+    next submits go first. The task's result (what Flower shows) is then ``recording``; the
+    job row has the outcome, as always.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imagegen-recorder")
+
+    def wanted(self) -> bool:
+        # Messages this process reserved (Celery's prefetch) that no thread runs yet.
+        return len(worker_state.reserved_requests) > len(worker_state.active_requests)
+
+    def take(
+        self,
+        job_id: uuid.UUID,
+        finish: Callable[[], Done | RetryLater],
+        *,
+        callback_url: str | None,
+        task_retries: int,
+    ) -> None:
+        self._pool.submit(self._record, job_id, finish, callback_url, task_retries)
+
+    def shutdown(self) -> None:
+        """Record every outcome already handed over (a warm shutdown waits for them)."""
+        self._pool.shutdown(wait=True)
+
+    @staticmethod
+    def _record(
+        job_id: uuid.UUID,
+        finish: Callable[[], Done | RetryLater],
+        callback_url: str | None,
+        task_retries: int,
+    ) -> None:
+        log = get_logger(__name__).bind(job_id=str(job_id))
+        try:
+            try:
+                outcome = finish()
+            except (DBAPIError, PoolTimeout) as exc:  # as the task's autoretry would
+                log.warning("recorder.database_unreachable", error=type(exc).__name__)
+                outcome = RetryLater(RECORDER_DB_RETRY_S, "the database is unreachable")
+            _follow_up(job_id, settle(outcome, callback_url), task_retries)
+        except Exception:  # the lease runs out and the sweeper republishes the job
+            log.exception("recorder.failed")
+
+
+def _follow_up(job_id: uuid.UUID, outcome: Done | RetryLater, task_retries: int) -> None:
+    """What ``run_job_task`` does with an outcome, for one a recorder thread reached."""
+    if isinstance(outcome, RetryLater):
+        run_job_task.apply_async(
+            args=[str(job_id)],
+            task_id=str(job_id),
+            countdown=outcome.delay_s,
+            retries=task_retries + 1,
+        )
+    elif outcome.notify:
+        callback_task.apply_async(args=[str(job_id)])
+
+
+@worker_shutdown.connect
+def _drain_recorder(**_: object) -> None:
+    if _build_runtime.cache_info().currsize:
+        recorder = runtime().recorder
+        if isinstance(recorder, _Recorder):
+            recorder.shutdown()
 
 
 #: about 2 h of tries with backoff capped at 10 min (like fal's own webhook redelivery)

@@ -1,0 +1,49 @@
+"""A saturated worker hands the end of its runs to recorder threads (``worker.tasks``).
+
+With one thread and Celery's prefetch of 2, a second message always waits while a run
+polls: each run that hears COMPLETED gives its thread to it, and a recorder thread reads
+the result, checks the images and writes the row. Every outcome must come out exactly as
+when the run records it itself (``tests/test_pipeline.py``), retries included.
+"""
+
+from __future__ import annotations
+
+from conftest import Stack, unique
+
+
+def test_saturated_worker_records_every_outcome_on_its_recorder_threads(stack: Stack) -> None:
+    stack.start_worker("--concurrency", "1")
+    prompts = {
+        "ok": unique("a lighthouse at dawn"),
+        "late-refusal": unique("[[fal:late-refuse:violence]] a duel"),
+        "resubmitted": unique("[[fal:runner-disconnected,ok]] a flaky runner"),
+        "url-404": unique("[[fal:url-404]] a vanished file"),
+        "ok-again": unique("a quiet harbour"),
+    }
+    ids = {name: stack.enqueue(prompt) for name, prompt in prompts.items()}
+    jobs = {name: stack.wait_terminal(job_id, timeout_s=60) for name, job_id in ids.items()}
+
+    for name in ("ok", "ok-again"):
+        assert jobs[name]["status"] == "succeeded", jobs[name]
+        assert jobs[name]["images"] and jobs[name]["attempts"] == 1, jobs[name]
+    refused = jobs["late-refusal"]
+    assert (refused["status"], refused["refusal_category"]) == ("refused", "violence"), refused
+    assert refused["attempts"] == 1, "a refusal is never retried"
+    # a request fal completed with a retryable error: the recorder schedules the next run,
+    # which submits once more (counted)
+    resubmitted = jobs["resubmitted"]
+    assert (resubmitted["status"], resubmitted["attempts"]) == ("succeeded", 2), resubmitted
+    assert resubmitted["attempt_log"][0]["error_type"] == "runner_disconnected"
+    assert jobs["url-404"]["status"] == "failed" and "404" in jobs["url-404"]["error"]
+
+    submissions = stack.emulator.stats()["submissions_by_prompt"]
+    assert [submissions[p] for p in prompts.values()] == [1, 1, 2, 1, 1]
+    handed = stack.logs().count("job.handed_to_recorder")
+    assert handed >= 3, f"runs were not handed to the recorder ({handed})\n{stack.logs()}"
+
+
+def test_a_worker_with_threads_to_spare_records_its_own_outcomes(running: Stack) -> None:
+    """Not saturated (8 threads, one job): the run records, and Flower sees the outcome."""
+    job = running.wait_terminal(running.enqueue(unique("a single fox")))
+    assert job["status"] == "succeeded", job
+    assert "job.handed_to_recorder" not in running.logs()
