@@ -13,7 +13,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from models import AttemptOutcome, JobStatus
 from tests.conftest import add_jobs
 from worker import store
-from worker.db import get_engine, write
+from worker.db import dispose_engines, get_engine, open_pool, write
+from worker.settings import get_settings
 from worker.store import JOBS
 
 
@@ -38,6 +39,17 @@ def test_a_write_gives_up_after_its_attempts(database_url: str) -> None:
 
     with pytest.raises(OperationalError):
         write(database_url, work, attempts=2, base_s=0.01)
+
+
+def test_open_pool_opens_the_pooled_connections_at_worker_start(database_url: str) -> None:
+    dispose_engines()
+    connects: list[int] = []
+    event.listen(get_engine(database_url), "connect", lambda *_: connects.append(1))
+    size = get_settings().db_pool_size
+    assert open_pool(database_url) == size == len(connects)
+    assert write(database_url, lambda db: db.execute(text("SELECT 1")).scalar_one()) == 1
+    assert len(connects) == size, "a write after the warm-up opened a connection of its own"
+    dispose_engines()
 
 
 def test_a_one_statement_write_runs_in_autocommit_on_postgres(database_url: str) -> None:

@@ -74,3 +74,17 @@ def test_a_full_pool_makes_callers_queue_instead_of_building_more_clients(stack:
     assert got_third.wait(5.0)  # ... and gets one as soon as a call returns
     waiter.join()
     assert pool.created == 2
+
+
+def test_fill_builds_every_client_once_at_worker_start(stack: Stack) -> None:
+    pool = GatewayPool(stack.settings(), size=5)
+    with pool._lent():  # one already built and lent
+        pool.fill()
+    assert pool.created == 5
+    pool.fill()  # nothing missing: nothing built
+    assert pool.created == 5
+    lent = [pool._lent() for _ in range(5)]
+    gateways = {id(cm.__enter__()) for cm in lent}
+    assert len(gateways) == 5 and pool.created == 5  # all five from the filled pool
+    for cm in lent:
+        cm.__exit__(None, None, None)

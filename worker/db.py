@@ -69,6 +69,18 @@ def _create_engine(database_url: str) -> Engine:
     )
 
 
+def open_pool(database_url: str) -> int:
+    """Open the process's pooled connections now (worker start), not in its first burst of
+    jobs; returns how many the pool holds. Off Postgres it does nothing."""
+    engine = get_engine(database_url)
+    if engine.dialect.name != "postgresql":
+        return 0
+    connections = [engine.connect() for _ in range(get_settings().db_pool_size)]
+    for connection in connections:
+        connection.close()  # back to the pool, still open
+    return len(connections)
+
+
 def dispose_engines() -> None:
     """Close every pooled connection of this process (tests, forks)."""
     with _engines_lock:

@@ -319,9 +319,19 @@ class GatewayPool:
         self._settings = settings
         self._ssl = httpx.create_ssl_context()  # honours SSL_CERT_FILE; shared by all
         self._idle: list[FalGateway] = []
-        self._free = threading.BoundedSemaphore(size or settings.fal_http_clients)
+        self.size = size or settings.fal_http_clients
+        self._free = threading.BoundedSemaphore(self.size)
         self._lock = threading.Lock()
         self.created = 0
+
+    def fill(self) -> None:
+        """Build every client now (worker start) rather than in the first rush of calls."""
+        with self._lock:
+            missing = self.size - self.created
+            self.created += max(missing, 0)
+        built = [FalGateway.from_settings(self._settings, self._ssl) for _ in range(missing)]
+        with self._lock:
+            self._idle.extend(built)
 
     @contextmanager
     def _lent(self) -> Iterator[FalGateway]:

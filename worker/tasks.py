@@ -10,7 +10,8 @@ from functools import lru_cache
 
 import httpx
 from celery import Task
-from celery.signals import worker_shutdown
+from celery.concurrency.thread import TaskPool as ThreadsPool
+from celery.signals import worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -20,6 +21,7 @@ from worker.account import AccountGuard
 from worker.callbacks import CallbackFailed, CallbackRejected, deliver
 from worker.celery_app import app
 from worker.constants import CALLBACK_TASK, RUN_JOB_TASK, SWEEP_TASK
+from worker.db import open_pool
 from worker.errors import ConfigurationError
 from worker.fal_gateway import GatewayPool
 from worker.fleet import FalLimiter
@@ -127,6 +129,19 @@ def _follow_up(job_id: uuid.UUID, outcome: Done | RetryLater, task_retries: int)
         )
     elif outcome.notify:
         callback_task.apply_async(args=[str(job_id)])
+
+
+@worker_ready.connect
+def _warm_up(sender: object = None, **_: object) -> None:
+    """Threads pool: build the runtime and open its Postgres and fal clients before the first
+    burst of messages, which would otherwise pay for them (a prefork child builds its own)."""
+    if not isinstance(getattr(sender, "pool", None), ThreadsPool):
+        return
+    rt = runtime()
+    if isinstance(rt.gateway, GatewayPool):
+        rt.gateway.fill()
+    opened = open_pool(rt.settings.database_url)
+    get_logger(__name__).info("worker.warmed", db_connections=opened)
 
 
 @worker_shutdown.connect
