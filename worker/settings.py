@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # COMPLETED gives its thread to the next message and leaves the result, the image check
     # and the row to these threads (0: every run records its own outcome). Task messages a
     # process reserves: threads x IMAGEGEN_PREFETCH_MULTIPLIER (Celery's prefetch).
-    recorder_threads: int = Field(default=4, ge=0, le=64, alias="IMAGEGEN_RECORDER_THREADS")
+    recorder_threads: int = Field(default=2, ge=0, le=64, alias="IMAGEGEN_RECORDER_THREADS")
     prefetch_multiplier: int = Field(default=2, ge=1, le=16, alias="IMAGEGEN_PREFETCH_MULTIPLIER")
 
     # Pooled Postgres connections per process (5 more in a burst, closed after it).
