@@ -321,13 +321,13 @@ class _Run:
             self.keep_lease()
             return self.fetch(request_id, failure)
 
-        recorder.take(
+        self.log.info("job.handed_to_recorder", fal_request_id=request_id)
+        recorder.take(  # from here on the run belongs to the recorder thread
             self.job.id,
             lambda: self.execute(images),
             callback_url=self.job.callback_url,
             task_retries=self.task_retries,
         )
-        self.log.info("job.handed_to_recorder", fal_request_id=request_id)
         return Done("recording")
 
     def orphaned_submit(self, number: int) -> Done | RetryLater:
