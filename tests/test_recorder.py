@@ -8,6 +8,11 @@ when the run records it itself (``tests/test_pipeline.py``), retries included.
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
 from conftest import Stack, unique
 
 
@@ -47,3 +52,64 @@ def test_a_worker_with_threads_to_spare_records_its_own_outcomes(running: Stack)
     job = running.wait_terminal(running.enqueue(unique("a single fox")))
     assert job["status"] == "succeeded", job
     assert "job.handed_to_recorder" not in running.logs()
+
+
+class _KilledAfterTheHandOver:
+    """A recorder whose process dies before it records anything (SIGKILL after the hand-over)."""
+
+    def __init__(self) -> None:
+        self.dropped: list[uuid.UUID] = []
+
+    def wanted(self) -> bool:
+        return True
+
+    def take(self, job_id: uuid.UUID, finish: Callable[[], Any], **_: Any) -> None:
+        self.dropped.append(job_id)
+
+
+def test_a_worker_killed_after_the_hand_over_is_resumed_by_request_id(stack: Stack) -> None:
+    """The message was acked with the hand-over; the lease and the sweeper carry the job."""
+    from worker.account import AccountGuard
+    from worker.db import session_scope
+    from worker.fal_gateway import GatewayPool
+    from worker.fleet import FalLimiter
+    from worker.pipeline import Done, Runtime, run_job
+    from worker.queries import get_job, job_to_dict
+    from worker.retry import RetryPolicy
+    from worker.sweeper import sweep
+
+    lease = {"IMAGEGEN_LEASE_S": "1.5"}
+    stack.env.update(lease)
+    settings = stack.settings()
+    recorder = _KilledAfterTheHandOver()
+    rt = Runtime(
+        settings=settings,
+        gateway=GatewayPool(settings),
+        policy=RetryPolicy.from_settings(settings),
+        guard=AccountGuard.for_url(stack.redis_url, settings.account_lock_ttl_s),
+        limiter=FalLimiter.for_url(stack.redis_url, limit=None, lease_s=settings.lease_s),
+        recorder=recorder,
+    )
+    prompt = unique("a lighthouse, recorded by nobody")
+    job_id = stack.enqueue(prompt)
+    assert run_job(job_id, rt) == Done("recording")
+    assert recorder.dropped == [job_id]
+
+    def row() -> dict[str, Any]:
+        with session_scope(stack.database_url) as session:
+            return job_to_dict(get_job(session=session, job_id=job_id), with_attempts=True)
+
+    orphan = row()
+    assert orphan["status"] == "running" and orphan["fal_request_id"], orphan
+
+    stack.start_worker()  # it gets the enqueued message: the lease still holds, so it skips
+    deadline = time.monotonic() + 60
+    while row()["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, row()
+        sweep(settings, stack.app())  # celery beat's job: republish once the lease ran out
+        time.sleep(0.5)
+    job = row()
+    assert job["status"] == "succeeded" and job["images"], job
+    assert job["attempts"] == 1
+    assert job["fal_request_id"] == orphan["fal_request_id"]
+    assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
