@@ -327,8 +327,8 @@ class GatewayPool:
     def fill(self) -> None:
         """Build every client now (worker start) rather than in the first rush of calls."""
         with self._lock:
-            missing = self.size - self.created
-            self.created += max(missing, 0)
+            missing = max(self.size - self.created, 0)
+            self.created += missing
         built = [FalGateway.from_settings(self._settings, self._ssl) for _ in range(missing)]
         with self._lock:
             self._idle.extend(built)

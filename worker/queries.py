@@ -75,13 +75,13 @@ def stats(*, session: Session) -> dict[str, Any]:
 _Refusals = list[tuple[str, str | None, int]]
 
 
+def _status_counts(session: Session, *where: Any) -> dict[str, int]:
+    query = select(Job.status, func.count()).where(*where).group_by(Job.status)
+    return {status.value: count for status, count in session.execute(query).all()}
+
+
 def live_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
-    by_status = {
-        status.value: count
-        for status, count in session.execute(
-            select(Job.status, func.count()).group_by(Job.status)
-        ).all()
-    }
+    by_status = _status_counts(session)
     refusals = [
         (str(category), source, count)
         for category, source, count in session.execute(
@@ -95,14 +95,7 @@ def live_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
 
 
 def _kept_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
-    by_status = {
-        status.value: count
-        for status, count in session.execute(
-            select(Job.status, func.count())
-            .where(Job.status.in_(OPEN_STATUSES))
-            .group_by(Job.status)
-        ).all()
-    }
+    by_status = _status_counts(session, Job.status.in_(OPEN_STATUSES))
     totals = session.execute(
         select(
             JobCount.key, JobCount.refusal_category, JobCount.refusal_source, func.sum(JobCount.n)
