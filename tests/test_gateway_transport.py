@@ -379,3 +379,49 @@ def test_fal_clients_keep_no_cookies() -> None:
     assert all(r.headers["authorization"] == "Key k" for r in mock.requests)
     with pytest.raises(ValueError, match="no cookies"):
         fal_gateway._Client().cookies = {"a": "b"}
+
+
+# --- fal's backup domains ------------------------------------------------------------------
+
+
+def backup_domains(mock: Mock) -> httpx.Client:
+    return httpx.Client(transport=fal_gateway._BackupDomains(httpx.MockTransport(mock)))
+
+
+def test_a_connect_error_on_fal_is_tried_once_on_its_backup_domain() -> None:
+    """As fal-client's BackupDomainTransport: queue.fal.run unreachable -> queue.falrun.com,
+    the connect timeout capped for both."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "queue.fal.run":
+            raise httpx.ConnectError("unreachable", request=request)
+        return httpx.Response(200, json={"status": "IN_PROGRESS"})
+
+    mock = Mock(answer)
+    with backup_domains(mock) as client:
+        response = client.get(f"https://queue.fal.run/openai/gpt-image-2/requests/{RID}/status")
+    assert response.json() == {"status": "IN_PROGRESS"}
+    assert [r.url.host for r in mock.requests] == ["queue.fal.run", "queue.falrun.com"]
+    assert mock.requests[1].headers["host"] == "queue.falrun.com"
+    assert all(r.extensions["timeout"]["connect"] <= 5.0 for r in mock.requests)
+
+
+def test_when_the_backup_domain_fails_too_the_primary_error_is_raised() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"unreachable {request.url.host}", request=request)
+
+    mock = Mock(answer)
+    with (
+        backup_domains(mock) as client,
+        pytest.raises(httpx.ConnectError, match=r"unreachable queue\.fal\.run$"),
+    ):
+        client.post("https://queue.fal.run/openai/gpt-image-2", json=ARGS)
+    assert len(mock.requests) == 2
+
+
+def test_hosts_without_a_backup_domain_are_tried_once() -> None:
+    mock = Mock(raising(httpx.ConnectError("refused")))
+    with backup_domains(mock) as client, pytest.raises(httpx.ConnectError):
+        client.get(f"https://127.0.0.1:9/openai/gpt-image-2/requests/{RID}/status")
+    assert len(mock.requests) == 1
+    assert mock.requests[0].extensions["timeout"]["connect"] == 5.0  # httpx's default, kept

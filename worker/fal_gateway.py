@@ -110,6 +110,37 @@ class _FalTransport(httpx.BaseTransport):
         self._inner.close()
 
 
+class _BackupDomains(httpx.BaseTransport):
+    """fal-client's failover to fal's backup domains, straight on the transport.
+
+    fal-client's ``BackupDomainTransport`` does this through an inner ``httpx.Client``: a
+    second request/response layer and a cookie jar on every call. This does what it does,
+    with its own helpers (pinned fal-client 1.0.3): the connect timeout is capped for fal's
+    domains, and a connection that could not be made to the primary host is tried once on
+    its backup host (the primary's error wins if that fails too).
+    """
+
+    def __init__(self, transport: httpx.BaseTransport) -> None:
+        self._transport = transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        fal_client_module._limit_connect_timeout(request)
+        try:
+            return self._transport.handle_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            backup = fal_client_module._fallback_url(request.url)
+            if backup is None:
+                raise
+            fal_client_module._log_backup(request.url, backup.host, exc)
+            try:
+                return self._transport.handle_request(fal_client_module._backup_request(request))
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                raise exc from None
+
+    def close(self) -> None:
+        self._transport.close()
+
+
 class _NoCookies(httpx.Cookies):
     """A jar that keeps nothing: fal's API authenticates with a header, not cookies."""
 
@@ -208,9 +239,7 @@ class FalGateway:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        inner = inner_transport or fal_client_module.BackupDomainTransport(
-            transport=httpx.HTTPTransport(retries=0, verify=verify)
-        )
+        inner = inner_transport or _BackupDomains(httpx.HTTPTransport(retries=0, verify=verify))
         transport = _FalTransport(inner, submit_s=submit_timeout_s, poll_s=poll_timeout_s)
         self._client = _SyncClient(key=key)
         object.__setattr__(self._client, "transport", transport)
