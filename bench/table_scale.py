@@ -95,6 +95,12 @@ def run(url: str, rows: int) -> None:
         with session_scope(url) as s:
             return list_jobs(session=s, status=JobStatus.REFUSED, limit=50)
 
+    def by_category() -> Any:  # the partial index of migration 0007
+        with session_scope(url) as s:
+            return list_jobs(
+                session=s, status=JobStatus.REFUSED, category="celebrity_likeness", limit=50
+            )
+
     def counts() -> Any:
         with session_scope(url) as s:
             return stats(session=s)
@@ -105,6 +111,7 @@ def run(url: str, rows: int) -> None:
 
     figures = {
         "jobs_refused_limit_50_ms": _timed(refused),
+        "jobs_refused_category_limit_50_ms": _timed(by_category),
         "stats_ms": _timed(counts),
         "stats_live_count_ms": _timed(live, repeat=2),
     }
@@ -118,6 +125,7 @@ def run(url: str, rows: int) -> None:
     print("kept totals = a live count of the table")
     for label, sql in (
         ("imagegen jobs --status refused --limit 50", _LIST_SQL),
+        ("imagegen jobs --status refused --category celebrity_likeness --limit 50", _CATEGORY_SQL),
         ("imagegen stats (open jobs, counted live)", _OPEN_SQL),
         ("imagegen stats (kept totals)", _TOTALS_SQL),
     ):
@@ -126,6 +134,10 @@ def run(url: str, rows: int) -> None:
 
 
 _LIST_SQL = "SELECT * FROM jobs WHERE status = 'refused' ORDER BY created_at DESC LIMIT 50"
+_CATEGORY_SQL = (
+    "SELECT * FROM jobs WHERE status = 'refused' AND refusal_category = 'celebrity_likeness' "
+    "ORDER BY created_at DESC LIMIT 50"
+)
 _OPEN_SQL = (
     "SELECT status, count(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY status"
 )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -105,6 +106,12 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
     )
 
 
+def _not_null(column: str) -> dict[str, Any]:
+    """A partial index's predicate: only rows with a value (migration 0007 says why)."""
+    predicate = text(f"{column} IS NOT NULL")
+    return {"postgresql_where": predicate, "sqlite_where": predicate}
+
+
 class Job(Base):
     """One image-generation request and its outcome."""
 
@@ -123,7 +130,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fal_request_id: Mapped[str | None] = mapped_column(String(100))
     images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     #: the web app's URL that gets the job's JSON (HMAC-signed) when it ends
     callback_url: Mapped[str | None] = mapped_column(String(2000))
     #: running: until when the run holding ``lease_owner`` may work on it undisturbed;
@@ -145,10 +152,16 @@ class Job(Base):
 
     __table_args__ = (
         Index(None, "status", "created_at"),
-        Index(None, "refusal_category", "created_at"),
+        Index(None, "refusal_category", "created_at", **_not_null("refusal_category")),
         Index(None, "created_at"),
         Index(None, "status", "lease_until"),
-        Index(None, "fal_request_id"),
+        Index(None, "fal_request_id", **_not_null("fal_request_id")),
+        Index(
+            "uq_jobs_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            **_not_null("idempotency_key"),
+        ),
     )
 
 
