@@ -342,7 +342,8 @@ class GatewayPool:
     once than that, callers queue for a client instead of building new clients and TLS
     connections in the middle of the rush (a few calls' worth of CPU each). The GIL runs
     one thread's Python at a time, so a few clients keep a process busy: 8 (the default)
-    against 32 made ~10 % more jobs a second at zero latency, on fewer connections.
+    made as many jobs a second as 32 (interleaved runs, within the noise) on a quarter of
+    the connections.
     """
 
     def __init__(self, settings: Settings, size: int | None = None) -> None:
