@@ -340,10 +340,10 @@ class GatewayPool:
     most threads sleep between polls. Last in, first out, so the warm connections are
     reused. Bounded (IMAGEGEN_FAL_HTTP_CLIENTS): when a busy process makes more calls at
     once than that, callers queue for a client instead of building new clients and TLS
-    connections in the middle of the rush (a few calls' worth of CPU each). The GIL runs
-    one thread's Python at a time, so a few clients keep a process busy: 8 (the default)
-    made as many jobs a second as 32 (interleaved runs, within the noise) on a quarter of
-    the connections.
+    connections in the middle of the rush (a few calls' worth of CPU each). Size it for
+    fal's round trip, not the local emulator's: the calls a process has open at once are
+    its call rate times the time a call takes (the default 32: ~100 calls a second at
+    0.3 s each).
     """
 
     def __init__(self, settings: Settings, size: int | None = None) -> None:
