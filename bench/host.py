@@ -125,6 +125,7 @@ class Emulator:
     latency_s: float
     concurrency: int
     work_dir: Path
+    round_trip_s: float = 0.0  # added to every answer: fal over a network, not on localhost
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
     base_url: str = ""
@@ -135,6 +136,7 @@ class Emulator:
         cmd = [str(Path(sys.executable).parent / "imagegen"), "fal-emulator", "--port", str(port)]
         cmd += ["--latency", f"{self.latency_s:g}", "--concurrency", str(self.concurrency)]
         cmd += ["--cert-dir", str(self.work_dir / "certs")]
+        cmd += ["--round-trip", f"{self.round_trip_s:g}"]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

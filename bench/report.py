@@ -224,7 +224,7 @@ def table(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> Tab
     title = (
         f"throughput ({ours.mode} mode): {args.jobs} jobs, latency {args.latency:g} s, fal "
         f"concurrency {args.fal_concurrency}, {args.processes} x threads {args.threads}"
-        " vs prefork default"
+        " vs prefork default" + (f", round trip {args.round_trip:g} s" if args.round_trip else "")
     )
     result = Table(title=title)
     for column in ("figure", f"ours (threads pool, {ours.mode})", "naive (subscribe, prefork)"):
@@ -296,6 +296,7 @@ def summary(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> d
         "requests_without_webhook": ours.requests_without_webhook,
         "jobs": args.jobs,
         "latency_s": args.latency,
+        "round_trip_s": args.round_trip,
         "fal_concurrency": args.fal_concurrency,
         "processes": args.processes,
         "threads": args.threads,

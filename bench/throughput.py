@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--latency", type=float, required=True, help="emulator latency, s")
     parser.add_argument("--fal-concurrency", type=int, required=True, help="C")
+    parser.add_argument(
+        "--round-trip",
+        type=float,
+        default=0.0,
+        help="s added to every fal answer (the emulator's --round-trip): fal over a network",
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=500)
     parser.add_argument(
@@ -494,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="imagegen-throughput-"))
-    emulator = Emulator(args.latency, args.fal_concurrency, work)
+    emulator = Emulator(args.latency, args.fal_concurrency, work, args.round_trip)
     db_name = f"imagegen_tp_{uuid.uuid4().hex[:12]}"
     ours: Run | None = None
     naive_run: Run | None = None

@@ -281,6 +281,27 @@ def test_drop_and_slow(emu: FalEmulator, client: httpx.Client) -> None:
     assert [r["prompt"] for r in stats["requests"].values()] == ["[[fal:slow:1]]"]
 
 
+def test_round_trip_delays_every_fal_answer_but_not_the_control_calls() -> None:
+    """--round-trip: fal over a network (tens to hundreds of ms a call), not on localhost."""
+    headers = {"Authorization": "Key test"}
+    with (
+        FalEmulator(latency_s=0, round_trip_s=0.3) as slow,
+        httpx.Client(verify=tls(slow), trust_env=False, headers=headers, timeout=5) as c,
+    ):
+        c.get(f"{slow.base_url}/_emulator/stats")  # the connection, out of the timings
+        started = time.monotonic()
+        accepted = submit(slow, c, "a slow network")
+        submitted = time.monotonic()
+        c.get(f"{slow.base_url}/_emulator/stats", params={"summary": "1"})
+        probed = time.monotonic()
+        done = wait_completed(c, accepted.json()["status_url"])
+        polled = time.monotonic()
+    assert accepted.status_code == 200 and done["status"] == "COMPLETED"
+    assert submitted - started >= 0.3
+    assert probed - submitted < 0.2
+    assert polled - probed >= 0.3
+
+
 def test_control_endpoints(emu: FalEmulator, client: httpx.Client) -> None:
     submit(emu, client, "x")
     config = client.post(f"{emu.base_url}/_emulator/config", json={"concurrency_limit": 3})

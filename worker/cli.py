@@ -204,11 +204,22 @@ def fal_emulator(
     latency: Annotated[float, typer.Option(help="Seconds per generation")] = 2.0,
     concurrency: Annotated[int | None, typer.Option(help="Account concurrency limit")] = None,
     cert_dir: Annotated[str | None, typer.Option(help="Where to write ca.pem")] = None,
+    round_trip: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds added to every answer (network and fal's handling)"),
+    ] = 0.0,
 ) -> None:
     """Serve fal's queue protocol over HTTPS locally (prints the env to point workers at it)."""
     from worker.emulator import serve
 
-    serve(host=host, port=port, latency_s=latency, concurrency_limit=concurrency, cert_dir=cert_dir)
+    serve(
+        host=host,
+        port=port,
+        latency_s=latency,
+        concurrency_limit=concurrency,
+        cert_dir=cert_dir,
+        round_trip_s=round_trip,
+    )
 
 
 @cli.command()

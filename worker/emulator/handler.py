@@ -7,7 +7,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,6 +36,9 @@ class AppContext:
     protocol: Protocol
     expected_key: str | None = None
     jwks: dict[str, Any] = field(default_factory=dict)
+    #: added to every answer of fal's API (not to /_emulator/ calls): the network round
+    #: trip and fal's own handling, which a local emulator otherwise answers in ~1 ms
+    round_trip_s: float = 0.0
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -70,7 +73,10 @@ class FalHandler(TLSHandler):
         url = urlsplit(self.path)
         body = self.read_body()
         method = "GET" if self.command == "HEAD" else self.command
-        self.perform(self._route(method, url.path, parse_qs(url.query), body))
+        reply = self._route(method, url.path, parse_qs(url.query), body)
+        if self.app.round_trip_s > 0 and not url.path.startswith("/_emulator/"):
+            reply = replace(reply, delay_s=reply.delay_s + self.app.round_trip_s)
+        self.perform(reply)
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Reply:
         if path.startswith("/_emulator/"):

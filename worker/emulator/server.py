@@ -51,8 +51,10 @@ class FalEmulator:
         cert_dir: str | Path | None = None,
         expected_key: str | None = None,
         reject_over_limit: bool = False,
+        round_trip_s: float = 0.0,
     ) -> None:
         self.host = host
+        self.round_trip_s = round_trip_s
         self.port = port
         self.ca_file = ""
         self._cert_dir = cert_dir
@@ -89,7 +91,7 @@ class FalEmulator:
         self.port = int(server.server_address[1])
         protocol = Protocol(self.host_port)
         jwks = jwks_for(self._signing_key)
-        app = AppContext(self._state, protocol, self._expected_key, jwks)
+        app = AppContext(self._state, protocol, self._expected_key, jwks, self.round_trip_s)
         server.RequestHandlerClass = bind_handler(app)
         self._webhooks = WebhookSender(self._state, protocol, self._signing_key)
         self._webhooks.start()
@@ -169,6 +171,7 @@ def serve(
     concurrency_limit: int | None,
     cert_dir: str | None,
     reject_over_limit: bool = False,
+    round_trip_s: float = 0.0,
 ) -> None:
     """Run an emulator until Ctrl-C or SIGTERM, printing `export` lines for its environment."""
     emulator = FalEmulator(
@@ -178,6 +181,7 @@ def serve(
         concurrency_limit=concurrency_limit,
         cert_dir=cert_dir,
         reject_over_limit=reject_over_limit,
+        round_trip_s=round_trip_s,
     )
     done = threading.Event()
     previous = _install_sigterm(done)
@@ -190,7 +194,7 @@ def serve(
             limit = f"{limit}, 429 over it"
         print(
             f"# fal emulator on {emulator.base_url} (latency {latency_s}s, "
-            f"concurrency {limit}); Ctrl-C to stop",
+            f"concurrency {limit}, round trip {round_trip_s}s); Ctrl-C to stop",
             flush=True,
         )
         with contextlib.suppress(KeyboardInterrupt):
