@@ -8,12 +8,17 @@ when the run records it itself (``tests/test_pipeline.py``), retries included.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from celery.worker import state as worker_state
 from conftest import Stack, unique
+
+from worker.pipeline import Done
+from worker.tasks import _Recorder
 
 
 def test_saturated_worker_records_every_outcome_on_its_recorder_threads(stack: Stack) -> None:
@@ -113,3 +118,35 @@ def test_a_worker_killed_after_the_hand_over_is_resumed_by_request_id(stack: Sta
     assert job["attempts"] == 1
     assert job["fal_request_id"] == orphan["fal_request_id"]
     assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
+
+
+def test_a_run_is_never_queued_behind_busy_recorder_threads(monkeypatch: Any) -> None:
+    """Recording waits on fal's round trips (result, image check): with every recorder thread
+    busy, a run records itself instead of waiting in line for one (unit test, no Celery)."""
+    monkeypatch.setattr(worker_state, "reserved_requests", {"a", "b"})  # a message waits
+    monkeypatch.setattr(worker_state, "active_requests", {"a"})
+    recorder, release = _Recorder(1), threading.Event()
+    recorded: list[uuid.UUID] = []
+
+    def finish(job_id: uuid.UUID) -> Callable[[], Done]:
+        def run() -> Done:
+            release.wait(10)
+            recorded.append(job_id)
+            return Done("succeeded")
+
+        return run
+
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert recorder.wanted()
+    recorder.take(first, finish(first), callback_url=None, task_retries=0)
+    assert not recorder.wanted(), "the only recorder thread is busy: record it yourself"
+    release.set()
+    deadline = time.monotonic() + 10
+    while not recorder.wanted():  # free again once the first run is recorded
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    recorder.take(second, finish(second), callback_url=None, task_retries=0)
+    recorder.shutdown()
+    assert recorded == [first, second]
+    monkeypatch.setattr(worker_state, "active_requests", {"a", "b"})  # nothing waits
+    assert not _Recorder(1).wanted()

@@ -70,7 +70,9 @@ class Recorder(Protocol):
     """Threads that finish runs whose request fal has completed (``worker.tasks``)."""
 
     def wanted(self) -> bool:
-        """Should a run give its thread back now (task messages wait for one)?"""
+        """Should a run give its thread back now (task messages wait for one, and a recorder
+        thread is free)? True holds that recorder thread for the run: hand it over with
+        ``take``."""
 
     def take(
         self,

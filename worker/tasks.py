@@ -80,10 +80,17 @@ class _Recorder:
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imagegen-recorder")
+        #: recorder threads not holding a run: a run is never queued behind busy recorders
+        self._free = threading.BoundedSemaphore(threads)
 
     def wanted(self) -> bool:
-        # Messages this process reserved (Celery's prefetch) that no thread runs yet.
-        return len(worker_state.reserved_requests) > len(worker_state.active_requests)
+        # Messages this process reserved (Celery's prefetch) that no thread runs yet, and a
+        # recorder thread free. Recording waits on fal's network round trips (the result, the
+        # image check): runs queued behind a few busy recorders would wait for each other's,
+        # one at a time; when none is free, the run records itself, in its own thread.
+        if len(worker_state.reserved_requests) <= len(worker_state.active_requests):
+            return False
+        return self._free.acquire(blocking=False)
 
     def take(
         self,
@@ -93,29 +100,46 @@ class _Recorder:
         callback_url: str | None,
         task_retries: int,
     ) -> None:
-        self._pool.submit(self._record, job_id, finish, callback_url, task_retries)
+        try:
+            self._pool.submit(self._record, job_id, finish, callback_url, task_retries)
+        except RuntimeError:  # shut down already: give the thread's place back
+            self._free.release()
+            raise
 
-    def shutdown(self) -> None:
-        """Record every outcome already handed over (a warm shutdown waits for them)."""
-        self._pool.shutdown(wait=True)
-
-    @staticmethod
     def _record(
+        self,
         job_id: uuid.UUID,
         finish: Callable[[], Done | RetryLater],
         callback_url: str | None,
         task_retries: int,
     ) -> None:
-        log = get_logger(__name__).bind(job_id=str(job_id))
         try:
-            try:
-                outcome = finish()
-            except (DBAPIError, PoolTimeout) as exc:  # as the task's autoretry would
-                log.warning("recorder.database_unreachable", error=type(exc).__name__)
-                outcome = RetryLater(RECORDER_DB_RETRY_S, "the database is unreachable")
-            _follow_up(job_id, settle(outcome, callback_url), task_retries)
-        except Exception:  # the lease runs out and the sweeper republishes the job
-            log.exception("recorder.failed")
+            _record(job_id, finish, callback_url, task_retries)
+        finally:
+            self._free.release()
+
+    def shutdown(self) -> None:
+        """Record every outcome already handed over (a warm shutdown waits for them)."""
+        self._pool.shutdown(wait=True)
+
+
+def _record(
+    job_id: uuid.UUID,
+    finish: Callable[[], Done | RetryLater],
+    callback_url: str | None,
+    task_retries: int,
+) -> None:
+    """Finish a handed-over run and do what the task would have done with its outcome."""
+    log = get_logger(__name__).bind(job_id=str(job_id))
+    try:
+        try:
+            outcome = finish()
+        except (DBAPIError, PoolTimeout) as exc:  # as the task's autoretry would
+            log.warning("recorder.database_unreachable", error=type(exc).__name__)
+            outcome = RetryLater(RECORDER_DB_RETRY_S, "the database is unreachable")
+        _follow_up(job_id, settle(outcome, callback_url), task_retries)
+    except Exception:  # the lease runs out and the sweeper republishes the job
+        log.exception("recorder.failed")
 
 
 def _follow_up(job_id: uuid.UUID, outcome: Done | RetryLater, task_retries: int) -> None:
