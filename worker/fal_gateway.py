@@ -342,7 +342,7 @@ class GatewayPool:
     once than that, callers queue for a client instead of building new clients and TLS
     connections in the middle of the rush (a few calls' worth of CPU each). Size it for
     fal's round trip, not the local emulator's: the calls a process has open at once are
-    its call rate times the time a call takes (the default 32: ~100 calls a second at
+    its call rate times the time a call takes (the default 128: ~400 calls a second at
     0.3 s each).
     """
 

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     poll_max_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_POLL_MAX_S")
     poll_factor: float = Field(default=1.5, ge=1.0, alias="IMAGEGEN_POLL_FACTOR")
     # HTTP clients towards fal per worker process, lent per call (threads queue for one).
-    fal_http_clients: int = Field(default=32, ge=1, le=1000, alias="IMAGEGEN_FAL_HTTP_CLIENTS")
+    fal_http_clients: int = Field(default=128, ge=1, le=1000, alias="IMAGEGEN_FAL_HTTP_CLIENTS")
     generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
     resubmit_unknown: bool = Field(default=False, alias="IMAGEGEN_RESUBMIT_UNKNOWN")
     verify_images: bool = Field(default=True, alias="IMAGEGEN_VERIFY_IMAGES")
