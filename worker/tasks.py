@@ -6,7 +6,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import httpx
 from celery import Task
@@ -100,21 +100,16 @@ class _Recorder:
         callback_url: str | None,
         task_retries: int,
     ) -> None:
+        record = partial(_record, job_id, finish, callback_url, task_retries)
         try:
-            self._pool.submit(self._record, job_id, finish, callback_url, task_retries)
+            self._pool.submit(self._then_free, record)
         except RuntimeError:  # shut down already: give the thread's place back
             self._free.release()
             raise
 
-    def _record(
-        self,
-        job_id: uuid.UUID,
-        finish: Callable[[], Done | RetryLater],
-        callback_url: str | None,
-        task_retries: int,
-    ) -> None:
+    def _then_free(self, record: Callable[[], None]) -> None:
         try:
-            _record(job_id, finish, callback_url, task_retries)
+            record()
         finally:
             self._free.release()
 
