@@ -237,13 +237,22 @@ class FalGateway:
         poll_timeout_s: float = 30.0,
         inner_transport: httpx.BaseTransport | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        keepalive_s: float = 60.0,
     ) -> None:
         verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        inner = inner_transport or _BackupDomains(httpx.HTTPTransport(retries=0, verify=verify))
+        # httpx closes a connection idle for 5 s. A host's calls come in waves a generation
+        # apart (polls near the end of one, the next submits): at 5 s every wave opened
+        # its connections anew, a TLS handshake each on both ends, in the busiest second.
+        # A connection the server closed meanwhile is noticed before reuse and replaced.
+        limits = httpx.Limits(keepalive_expiry=keepalive_s)
+        plain = httpx.HTTPTransport(retries=0, verify=verify, limits=limits)
+        inner = inner_transport or _BackupDomains(plain)
         transport = _FalTransport(inner, submit_s=submit_timeout_s, poll_s=poll_timeout_s)
         self._client = _SyncClient(key=key)
         object.__setattr__(self._client, "transport", transport)
-        self._files = _Client(timeout=poll_timeout_s, follow_redirects=True, verify=verify)
+        self._files = _Client(
+            timeout=poll_timeout_s, follow_redirects=True, verify=verify, limits=limits
+        )
 
     @classmethod
     def from_settings(
@@ -254,6 +263,7 @@ class FalGateway:
             submit_timeout_s=settings.submit_timeout_s,
             poll_timeout_s=settings.poll_timeout_s,
             ssl_context=ssl_context,
+            keepalive_s=settings.fal_keepalive_s,
         )
 
     def submit(

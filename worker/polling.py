@@ -26,23 +26,26 @@ from collections import deque
 
 
 class _Model:
-    __slots__ = ("q10", "q50", "q90", "samples", "scouts")
+    __slots__ = ("quantiles", "samples", "scouts")
 
     def __init__(self, window: int) -> None:
         self.samples: deque[float] = deque(maxlen=window)
-        self.q10 = self.q50 = self.q90 = 0.0
+        #: (10th, 50th, 90th percentile) of the window, None while it is empty; replaced
+        #: whole, so that the hundreds of threads timing their polls read it without a lock
+        self.quantiles: tuple[float, float, float] | None = None
         self.scouts = 0
 
     def add(self, seconds: float) -> None:
         self.samples.append(seconds)
         ordered = sorted(self.samples)
         last = len(ordered) - 1
-        self.q10, self.q50, self.q90 = (ordered[round(q * last)] for q in (0.1, 0.5, 0.9))
+        q10, q50, q90 = (ordered[round(q * last)] for q in (0.1, 0.5, 0.9))
+        self.quantiles = (q10, q50, q90)
 
 
-def _step(entry: _Model) -> float:
+def _step(q50: float) -> float:
     """The near-end poll interval: 5 % of the median, at least 0.25 s."""
-    return max(0.25, 0.05 * entry.q50)
+    return max(0.25, 0.05 * q50)
 
 
 class LatencyEstimate:
@@ -62,17 +65,22 @@ class LatencyEstimate:
     def observe(self, model: str, seconds: float, *, done_at_first_poll: bool = False) -> None:
         with self._news:
             entry = self._model(model)
-            first = not entry.samples
+            known = entry.quantiles
             if done_at_first_poll:
-                seconds = 0.9 * seconds if first else max(0.0, seconds - _step(entry))
+                seconds = 0.9 * seconds if known is None else max(0.0, seconds - _step(known[1]))
             entry.add(seconds)
-            if first:
+            if known is None:
                 self._news.notify_all()
 
+    # The readers below run in every polling thread, several times a poll: they read the
+    # model's quantiles (one tuple, replaced whole) without taking the lock.
+
+    def _quantiles(self, model: str) -> tuple[float, float, float] | None:
+        entry = self._models.get(model)
+        return None if entry is None else entry.quantiles
+
     def known(self, model: str) -> bool:
-        with self._news:
-            entry = self._models.get(model)
-            return entry is not None and bool(entry.samples)
+        return self._quantiles(model) is not None
 
     def first_wait_s(self, model: str, default_s: float) -> float:
         """How long to wait before the first poll: ``default_s`` until something is known.
@@ -80,24 +88,22 @@ class LatencyEstimate:
         Below ``default_s`` too: generations that take a fraction of a second (an emulator,
         a fast model) are polled that soon rather than holding their worker for a second.
         """
-        with self._news:
-            entry = self._models.get(model)
-            return default_s if entry is None or not entry.samples else entry.q10
+        known = self._quantiles(model)
+        return default_s if known is None else known[0]
 
     def near_end_step_s(self, model: str, elapsed_s: float) -> float | None:
         """Near the typical end (until 1.3x the 90th percentile), poll every 5 % of the
         median, at least 0.25 s. None outside that window, or while nothing is known."""
-        with self._news:
-            entry = self._models.get(model)
-            if entry is None or not entry.samples or elapsed_s > 1.3 * entry.q90:
-                return None
-            return _step(entry)
+        known = self._quantiles(model)
+        if known is None or elapsed_s > 1.3 * known[2]:
+            return None
+        return _step(known[1])
 
     def enlist_scout(self, model: str) -> bool:
         """Become one of the few requests polled while nothing is known (False: wait)."""
         with self._news:
             entry = self._model(model)
-            if entry.samples or entry.scouts >= self._scouts:
+            if entry.quantiles is not None or entry.scouts >= self._scouts:
                 return False
             entry.scouts += 1
             return True
@@ -111,5 +117,5 @@ class LatencyEstimate:
         """Sleep until something is known about ``model``, a scout's place frees, or timeout."""
         with self._news:
             entry = self._model(model)
-            if not entry.samples and entry.scouts >= self._scouts:
+            if entry.quantiles is None and entry.scouts >= self._scouts:
                 self._news.wait(timeout_s)

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     poll_factor: float = Field(default=1.5, ge=1.0, alias="IMAGEGEN_POLL_FACTOR")
     # HTTP clients towards fal per worker process, lent per call (threads queue for one).
     fal_http_clients: int = Field(default=128, ge=1, le=1000, alias="IMAGEGEN_FAL_HTTP_CLIENTS")
+    # How long an idle connection to fal (or its file host) is kept for the next call.
+    fal_keepalive_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_FAL_KEEPALIVE_S")
     generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
     resubmit_unknown: bool = Field(default=False, alias="IMAGEGEN_RESUBMIT_UNKNOWN")
     verify_images: bool = Field(default=True, alias="IMAGEGEN_VERIFY_IMAGES")
