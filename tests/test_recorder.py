@@ -17,8 +17,8 @@ from typing import Any
 from celery.worker import state as worker_state
 from conftest import Stack, unique
 
-from worker.pipeline import Done
-from worker.tasks import _Recorder
+from worker.pipeline import Done, Gauge
+from worker.tasks import _Recorder, _threads_held_by_generations
 
 
 def test_saturated_worker_records_every_outcome_on_its_recorder_threads(stack: Stack) -> None:
@@ -120,12 +120,12 @@ def test_a_worker_killed_after_the_hand_over_is_resumed_by_request_id(stack: Sta
     assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
 
 
-def test_a_run_is_never_queued_behind_busy_recorder_threads(monkeypatch: Any) -> None:
+def test_a_run_is_never_queued_behind_busy_recorder_threads() -> None:
     """Recording waits on fal's round trips (result, image check): with every recorder thread
-    busy, a run records itself instead of waiting in line for one (unit test, no Celery)."""
-    monkeypatch.setattr(worker_state, "reserved_requests", {"a", "b"})  # a message waits
-    monkeypatch.setattr(worker_state, "active_requests", {"a"})
-    recorder, release = _Recorder(1), threading.Event()
+    busy and no room to wait, a run records itself instead of waiting in line for one
+    (unit test, no Celery)."""
+    waiting = [True]  # a task message waits for a thread
+    recorder, release = _Recorder(1, busy=lambda: waiting[0]), threading.Event()
     recorded: list[uuid.UUID] = []
 
     def finish(job_id: uuid.UUID) -> Callable[[], Done]:
@@ -148,5 +148,67 @@ def test_a_run_is_never_queued_behind_busy_recorder_threads(monkeypatch: Any) ->
     recorder.take(second, finish(second), callback_url=None, task_retries=0)
     recorder.shutdown()
     assert recorded == [first, second]
-    monkeypatch.setattr(worker_state, "active_requests", {"a", "b"})  # nothing waits
-    assert not _Recorder(1).wanted()
+    waiting[0] = False  # nothing waits for a thread: nothing to hand over
+    assert not _Recorder(1, busy=lambda: waiting[0]).wanted()
+
+
+def test_recording_waits_while_task_messages_wait_at_most_defer_s() -> None:
+    """While messages wait for a thread their submits go first: a handed-over run is
+    recorded once none waits, or ``defer_s`` after it was handed over, whichever is first;
+    up to ``queue`` runs wait for the recorder's threads."""
+    waiting = [True]
+    recorder = _Recorder(2, queue=4, defer_s=30.0, busy=lambda: waiting[0])
+    recorded: dict[uuid.UUID, float] = {}
+
+    def finish(job_id: uuid.UUID) -> Callable[[], Done]:
+        def run() -> Done:
+            recorded[job_id] = time.monotonic()
+            return Done("succeeded")
+
+        return run
+
+    jobs = [uuid.uuid4() for _ in range(4)]
+    for job_id in jobs:
+        assert recorder.wanted()
+        recorder.take(job_id, finish(job_id), callback_url=None, task_retries=0)
+    assert not recorder.wanted(), "four runs wait already: the fifth records itself"
+    time.sleep(0.6)
+    assert recorded == {}, "deferred while messages wait"
+    opened = time.monotonic()
+    waiting[0] = False
+    deadline = opened + 10
+    while len(recorded) < 4:
+        assert time.monotonic() < deadline, recorded
+        time.sleep(0.01)
+    assert all(at >= opened for at in recorded.values())
+    recorder.shutdown()
+
+    waiting[0] = True  # messages wait for good: recorded defer_s after the hand-over
+    capped = _Recorder(1, queue=1, defer_s=0.5, busy=lambda: waiting[0])
+    late: dict[uuid.UUID, float] = {}
+    job_id = uuid.uuid4()
+    assert capped.wanted()
+    handed = time.monotonic()
+
+    def record_late() -> Done:
+        late[job_id] = time.monotonic()
+        return Done("succeeded")
+
+    capped.take(job_id, record_late, callback_url=None, task_retries=0)
+    capped.shutdown()  # a warm shutdown records at once, deferred or not
+    assert late and late[job_id] - handed < 0.5
+
+
+def test_a_run_hands_over_only_while_generations_hold_the_threads(monkeypatch: Any) -> None:
+    """With fal's generations as short as their bookkeeping (no latency), runs are busy with
+    that bookkeeping, not waiting on fal: handing it over would only add to it."""
+    generating = Gauge()
+    busy = _threads_held_by_generations(generating)
+    monkeypatch.setattr(worker_state, "reserved_requests", set(range(12)))  # 4 wait
+    monkeypatch.setattr(worker_state, "active_requests", set(range(8)))
+    assert not busy(), "no run waits on fal (but the one asking)"
+    with generating:
+        assert busy(), "a quarter of the runs waited on fal and messages wait for a thread"
+        monkeypatch.setattr(worker_state, "reserved_requests", set(range(8)))
+        assert not busy(), "no message waits for a thread"
+    assert generating.value == 0

@@ -32,7 +32,7 @@ from worker.errors import (
     RequestCancelled,
     TransientFalError,
 )
-from worker.fal_gateway import FalGateway, GatewayPool
+from worker.fal_gateway import FalGateway, FalStatus, GatewayPool
 from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
 from worker.moderation import Chain, ModerationUnavailable
@@ -85,6 +85,22 @@ class Recorder(Protocol):
         """Run ``finish`` (result, image check, row) on a recorder thread, then settle it."""
 
 
+class Gauge:
+    """A count the threads of a process share (``with gauge:`` counts this thread in)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.value += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self.value -= 1
+
+
 @dataclass
 class Runtime:
     """Everything a run talks to."""
@@ -103,6 +119,8 @@ class Runtime:
     monotonic: Callable[[], float] = field(default=time.monotonic)
     #: takes over a run once fal said COMPLETED, when the run's thread is wanted elsewhere
     recorder: Recorder | None = None
+    #: runs of this process waiting for fal to finish a generation (polling it)
+    generating: Gauge = field(default_factory=Gauge)
 
 
 class _Completed(Exception):
@@ -497,11 +515,16 @@ class _Run:
 
         In webhook mode fal's callback, when it came, answers without any polling.
         """
-        settings, gateway = self.rt.settings, self.rt.gateway
-        if settings.webhook_url is not None:
+        if self.rt.settings.webhook_url is not None:
             images = self.from_webhook(request_id)
             if images is not None:
                 return images
+        with self.rt.generating:
+            status = self._poll_until_done(request_id)
+        return self.completed(request_id, status.failure())
+
+    def _poll_until_done(self, request_id: str) -> FalStatus:
+        settings, gateway = self.rt.settings, self.rt.gateway
         latency, model = self.rt.latency, self.job.model
         started = self.rt.monotonic()
         deadline = started + settings.generation_timeout_s
@@ -528,7 +551,7 @@ class _Run:
                     if status.done:
                         if fresh:
                             self.learn(started, running_at)
-                        return self.completed(request_id, status.failure())
+                        return status
                     running_at = self.now() - started
                 if self.now() > deadline:
                     raise TransientFalError(

@@ -51,9 +51,13 @@ class Settings(BaseSettings):
 
     # A saturated worker process (task messages waiting for a thread): a run that hears
     # COMPLETED gives its thread to the next message and leaves the result, the image check
-    # and the row to these threads (0: every run records its own outcome). Task messages a
-    # process reserves: threads x IMAGEGEN_PREFETCH_MULTIPLIER (Celery's prefetch).
-    recorder_threads: int = Field(default=2, ge=0, le=64, alias="IMAGEGEN_RECORDER_THREADS")
+    # and the row to these threads (0: every run records its own outcome), up to
+    # IMAGEGEN_RECORDER_QUEUE runs waiting to be recorded; while messages still wait for a
+    # thread, their recording waits too, at most IMAGEGEN_RECORD_DEFER_S (the next submits
+    # go first). Task messages a process reserves: threads x IMAGEGEN_PREFETCH_MULTIPLIER.
+    recorder_threads: int = Field(default=64, ge=0, le=512, alias="IMAGEGEN_RECORDER_THREADS")
+    recorder_queue: int = Field(default=512, ge=1, le=10_000, alias="IMAGEGEN_RECORDER_QUEUE")
+    record_defer_s: float = Field(default=10.0, ge=0, le=60, alias="IMAGEGEN_RECORD_DEFER_S")
     prefetch_multiplier: int = Field(default=2, ge=1, le=16, alias="IMAGEGEN_PREFETCH_MULTIPLIER")
 
     # Pooled Postgres connections per process (5 more in a burst, closed after it).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +28,9 @@ from worker.fal_gateway import GatewayPool
 from worker.fleet import FalLimiter
 from worker.logs import get_logger
 from worker.moderation_setup import moderation_chain
-from worker.pipeline import Done, RetryLater, Runtime, run_job, settle
+from worker.pipeline import Done, Gauge, RetryLater, Runtime, run_job, settle
 from worker.retry import RetryPolicy
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 from worker.sweeper import sweep
 
 _runtime_lock = threading.Lock()
@@ -49,6 +50,8 @@ def runtime() -> Runtime:
 @lru_cache(maxsize=1)
 def _build_runtime() -> Runtime:
     settings = get_settings()
+    generating = Gauge()
+    recorder = _Recorder.for_settings(settings, generating) if settings.recorder_threads else None
     return Runtime(
         settings=settings,
         gateway=GatewayPool(settings),
@@ -58,7 +61,8 @@ def _build_runtime() -> Runtime:
             app.conf.broker_url or "", limit=settings.fal_concurrency, lease_s=settings.lease_s
         ),
         moderation=moderation_chain(settings),
-        recorder=_Recorder(settings.recorder_threads) if settings.recorder_threads else None,
+        recorder=recorder,
+        generating=generating,
     )
 
 
@@ -66,31 +70,63 @@ def _build_runtime() -> Runtime:
 RECORDER_DB_RETRY_S = 5.0
 
 
+def _threads_held_by_generations(generating: Gauge) -> Callable[[], bool]:
+    """Do task messages this process reserved (Celery's prefetch) wait for a thread while
+    at least a quarter of its runs wait on fal generations? Then a run that fal has
+    finished gives its thread to the next message. (With generations as short as their
+    bookkeeping, as at a local emulator with no latency, the threads are busy with that
+    bookkeeping, not held by fal: handing it over would only add to it.)"""
+
+    def busy() -> bool:  # (the run asking has just stopped waiting on fal: count it in)
+        active = len(worker_state.active_requests)
+        held = generating.value + 1
+        return len(worker_state.reserved_requests) > active and 4 * held >= active
+
+    return busy
+
+
 class _Recorder:
-    """``worker.pipeline.Recorder`` on a few threads of this worker process.
+    """``worker.pipeline.Recorder`` on threads of this worker process.
 
     A saturated process (prefetched task messages wait for a thread) would otherwise hear
     COMPLETED from a wave of requests and spend its threads reading results, checking images
     and writing rows while the next wave's messages wait: fal slots stay empty meanwhile.
     Here a run gives its thread back as soon as fal said COMPLETED and its fal slot is free,
-    and a few threads record the outcomes: they share the GIL with hundreds of runs, so the
-    next submits go first. The task's result (what Flower shows) is then ``recording``; the
-    job row has the outcome, as always.
+    and these threads record the outcomes; while messages still wait for a thread, a
+    recording waits too (at most ``defer_s``), so the CPU goes to the next wave's submits
+    and the rows are written after them. The task's result (what Flower shows) is then
+    ``recording``; the job row has the outcome, as always.
+
+    Recording waits on fal's round trips (the result, the image check), tens to hundreds of
+    milliseconds each over a network: enough threads to keep many in flight, and at most
+    ``queue`` runs waiting for one; past that a run records itself, in its own thread.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(
+        self,
+        threads: int,
+        *,
+        queue: int | None = None,
+        defer_s: float = 0.0,
+        busy: Callable[[], bool],
+    ) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imagegen-recorder")
-        #: recorder threads not holding a run: a run is never queued behind busy recorders
-        self._free = threading.BoundedSemaphore(threads)
+        #: runs handed over and not recorded yet, at most ``queue``
+        self._places = threading.BoundedSemaphore(max(queue or threads, threads))
+        self._defer_s, self._busy = defer_s, busy
+        self._closing = False
+
+    @classmethod
+    def for_settings(cls, settings: Settings, generating: Gauge) -> _Recorder:
+        return cls(
+            settings.recorder_threads,
+            queue=settings.recorder_queue,
+            defer_s=settings.record_defer_s,
+            busy=_threads_held_by_generations(generating),
+        )
 
     def wanted(self) -> bool:
-        # Messages this process reserved (Celery's prefetch) that no thread runs yet, and a
-        # recorder thread free. Recording waits on fal's network round trips (the result, the
-        # image check): runs queued behind a few busy recorders would wait for each other's,
-        # one at a time; when none is free, the run records itself, in its own thread.
-        if len(worker_state.reserved_requests) <= len(worker_state.active_requests):
-            return False
-        return self._free.acquire(blocking=False)
+        return self._busy() and self._places.acquire(blocking=False)
 
     def take(
         self,
@@ -102,20 +138,30 @@ class _Recorder:
     ) -> None:
         record = partial(_record, job_id, finish, callback_url, task_retries)
         try:
-            self._pool.submit(self._then_free, record)
-        except RuntimeError:  # shut down already: give the thread's place back
-            self._free.release()
+            self._pool.submit(self._in_turn, record, time.monotonic() + self._defer_s)
+        except RuntimeError:  # shut down already: give the place back
+            self._places.release()
             raise
 
-    def _then_free(self, record: Callable[[], None]) -> None:
+    def _in_turn(self, record: Callable[[], None], latest: float) -> None:
         try:
+            while not self._closing and self._busy():
+                left = latest - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(left, _DEFER_CHECK_S))
             record()
         finally:
-            self._free.release()
+            self._places.release()
 
     def shutdown(self) -> None:
-        """Record every outcome already handed over (a warm shutdown waits for them)."""
+        """Record every outcome already handed over, now (a warm shutdown waits for them)."""
+        self._closing = True
         self._pool.shutdown(wait=True)
+
+
+#: how often a deferred recording looks again whether task messages still wait
+_DEFER_CHECK_S = 0.25
 
 
 def _record(
