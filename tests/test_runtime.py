@@ -40,3 +40,14 @@ def test_tasks_that_start_at_once_share_one_runtime(
     finally:
         tasks._build_runtime.cache_clear()
         get_settings.cache_clear()
+
+
+def test_a_threads_pool_worker_sets_its_gil_switch_interval(stack: Stack) -> None:
+    """IMAGEGEN_GIL_SWITCH_INTERVAL_S reaches the worker process (its warm-up logs it)."""
+    stack.start_worker(extra_env={"IMAGEGEN_GIL_SWITCH_INTERVAL_S": "0.07"})
+    deadline = time.monotonic() + 20
+    while "worker.warmed" not in stack.logs():
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.05)
+    warmed = next(line for line in stack.logs().splitlines() if "worker.warmed" in line)
+    assert "gil_switch_interval_s=0.07" in warmed, warmed

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     recorder_queue: int = Field(default=512, ge=1, le=10_000, alias="IMAGEGEN_RECORDER_QUEUE")
     record_defer_s: float = Field(default=10.0, ge=0, le=60, alias="IMAGEGEN_RECORD_DEFER_S")
     prefetch_multiplier: int = Field(default=2, ge=1, le=16, alias="IMAGEGEN_PREFETCH_MULTIPLIER")
+    # A threads-pool worker's GIL switch interval (Python's default: 5 ms). Its threads wait
+    # on I/O and give the GIL up at each call; a thread waiting for the GIL wakes once per
+    # interval to ask for it, and with hundreds waiting at a wave's hand-over the 5 ms
+    # wake-ups were most of the process's work (sys.setswitchinterval).
+    gil_switch_interval_s: float = Field(
+        default=0.1, gt=0, le=1.0, alias="IMAGEGEN_GIL_SWITCH_INTERVAL_S"
+    )
 
     # Pooled Postgres connections per process (5 more in a burst, closed after it).
     db_pool_size: int = Field(default=20, ge=1, le=200, alias="IMAGEGEN_DB_POOL_SIZE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -203,10 +204,15 @@ def _warm_up(sender: object = None, **_: object) -> None:
     if not isinstance(getattr(sender, "pool", None), ThreadsPool):
         return
     rt = runtime()
+    sys.setswitchinterval(rt.settings.gil_switch_interval_s)
     if isinstance(rt.gateway, GatewayPool):
         rt.gateway.fill()
     opened = open_pool(rt.settings.database_url)
-    get_logger(__name__).info("worker.warmed", db_connections=opened)
+    get_logger(__name__).info(
+        "worker.warmed",
+        db_connections=opened,
+        gil_switch_interval_s=round(sys.getswitchinterval(), 6),
+    )
 
 
 @worker_shutdown.connect
