@@ -1,6 +1,7 @@
 """Unit tests for worker.fal_gateway.FalGateway over an httpx.MockTransport.
 
-No network: the mock answers every request. fal-client builds URLs from
+No network: the mock answers every request (but for connection reuse, measured against a
+local HTTP server). fal-client builds URLs from
 ``fal_client.client.QUEUE_URL_FORMAT`` (the emulator's host in the test session), which
 does not matter since the mock intercepts everything.
 """
@@ -8,7 +9,10 @@ does not matter since the mock intercepts everything.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -425,3 +429,52 @@ def test_hosts_without_a_backup_domain_are_tried_once() -> None:
         client.get(f"https://127.0.0.1:9/openai/gpt-image-2/requests/{RID}/status")
     assert len(mock.requests) == 1
     assert mock.requests[0].extensions["timeout"]["connect"] == 5.0  # httpx's default, kept
+
+
+class _CountingServer:
+    """A keep-alive HTTP/1.1 file host that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        counter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                counter.connections += 1
+                super().setup()
+
+            def do_GET(self) -> None:
+                self.send_response(206)
+                self.send_header("Content-Length", "1")
+                self.end_headers()
+                self.wfile.write(b"x")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.connections = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/_files/r/0.png"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("keepalive_s", "connections"), [(60.0, 1), (0.3, 2)])
+def test_an_idle_connection_is_kept_for_keepalive_s(keepalive_s: float, connections: int) -> None:
+    """IMAGEGEN_FAL_KEEPALIVE_S reaches httpx: a connection idle for less than it is reused
+    (httpx's own default, 5 s, reopened every connection between two waves)."""
+    host = _CountingServer()
+    gw = FalGateway(key="k", keepalive_s=keepalive_s)
+    try:
+        gw.check_images([{"url": host.url}])
+        time.sleep(0.8)
+        gw.check_images([{"url": host.url}])
+    finally:
+        gw.close()
+        host.close()
+    assert host.connections == connections
