@@ -39,8 +39,11 @@ class _Model:
         self.samples.append(seconds)
         ordered = sorted(self.samples)
         last = len(ordered) - 1
-        q10, q50, q90 = (ordered[round(q * last)] for q in (0.1, 0.5, 0.9))
-        self.quantiles = (q10, q50, q90)
+        self.quantiles = (
+            ordered[round(0.1 * last)],
+            ordered[round(0.5 * last)],
+            ordered[round(0.9 * last)],
+        )
 
 
 def _step(q50: float) -> float:
