@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, Stack, unique
+from worker.api import enqueue_many
 from worker.constants import JOB_QUEUE, RUN_JOB_TASK
 
 pytestmark = pytest.mark.timeout(120)
@@ -256,3 +257,17 @@ def test_flower_keeps_its_history_across_a_restart(stack: Stack) -> None:
         assert "succeeded" in info["result"]
     finally:
         second.stop()
+
+
+def test_flower_reads_the_batched_sent_events_of_enqueue_many(flower: Flower) -> None:
+    """enqueue_many publishes its task-sent events a batch to a message (task.multi)."""
+    stack = flower.stack
+    prompts = [unique(f"a lighthouse, batch item {i}") for i in range(3)]
+    ids = enqueue_many(prompts, settings=stack.settings(), app=stack.app())
+    for job_id in ids:
+        assert stack.wait_terminal(job_id)["status"] == "succeeded"
+        task = flower.wait_for(
+            "a batch's job as SUCCESS",
+            lambda job_id=job_id: _task_in_state(flower, str(job_id), "SUCCESS"),
+        )
+        assert task["sent"] and task["received"], f"task-sent/received events missing: {task}"

@@ -8,11 +8,13 @@ so a caller never holds an id for a job no worker will see.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
+from kombu import Producer
 from kombu.exceptions import BatchPublishError, OperationalError
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -159,15 +161,58 @@ def _publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | No
         # One Redis pipeline for the task messages (a round trip and a client per message
         # otherwise); if it fails, delivery is uncertain: the rows go, and a worker that gets
         # a message without its row skips it.
-        with app.producer_or_acquire() as producer, producer.batch():
+        with (
+            app.producer_or_acquire() as producer,
+            _sent_events(app, producer) as events,
+            producer.batch(),
+        ):
             for job_id in job_ids:
                 app.send_task(
-                    RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id), producer=producer
+                    RUN_JOB_TASK,
+                    args=[str(job_id)],
+                    task_id=str(job_id),
+                    producer=producer,
+                    event_dispatcher=events,
                 )
     except (OperationalError, BatchPublishError, OSError) as exc:
         with session_scope(settings.database_url) as session:
             session.execute(delete(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED))
         raise EnqueueError(f"the broker could not be reached, job(s) not queued: {exc}") from exc
+
+
+class _BatchedSentEvents:
+    """Celery's ``task-sent`` events for a batch of task messages, handed to Celery's own
+    event dispatcher with the ``task`` group buffered: it publishes them ``SENT_EVENTS_PER_MESSAGE``
+    to a message (routing key ``task.multi``, which Flower reads like a worker's batched task
+    events) where Celery publishes one message per event, ~a third of ``enqueue_many``'s CPU.
+    ``send_task`` calls ``publish`` for each message it sends."""
+
+    def __init__(self, app: Celery, producer: Producer) -> None:
+        self.dispatcher = app.events.Dispatcher(
+            channel=producer.channel, buffer_group=["task"], buffer_limit=SENT_EVENTS_PER_MESSAGE
+        )
+
+    def publish(self, kind: str, fields: dict[str, Any], producer: Producer, **_: Any) -> None:
+        self.dispatcher.send(kind, **fields)
+
+
+#: task-sent events in one message: ~400 bytes each
+SENT_EVENTS_PER_MESSAGE = 500
+
+
+@contextmanager
+def _sent_events(app: Celery, producer: Producer) -> Iterator[_BatchedSentEvents | None]:
+    """The batch's task-sent events (None when ``task_send_sent_event`` is off): published
+    when the batch's messages have been, on the same connection."""
+    if not app.conf.task_send_sent_event:
+        yield None
+        return
+    events = _BatchedSentEvents(app, producer)
+    try:
+        yield events
+        events.dispatcher.flush()
+    finally:
+        events.dispatcher.close()
 
 
 def _default_app() -> Celery:
