@@ -39,6 +39,9 @@ class Figures:
     startup_cpu_s: float
     peak_rss_mb: float  # the host: workers, plus the API in webhook mode
     status_requests_per_job: float | None
+    #: seconds from fal completing a request to the first status poll that heard it
+    heard_p50_s: float | None
+    heard_p95_s: float | None
     result_gets_per_job: float | None
     db_transactions_per_job: float | None
     db_statements_per_job: float | None
@@ -65,6 +68,19 @@ def polls_per_job(run: Run) -> float | None:
         return float(stats.get("status_polls_total", 0)) / run.jobs
     completed = [r["status_polls"] for r in stats["requests"].values() if r["state"] == "COMPLETED"]
     return sum(completed) / len(completed) if completed else None
+
+
+def heard_after(run: Run) -> tuple[float | None, float | None]:
+    """p50 and p95 of how late a status poll heard that fal had completed a request
+    (the emulator notes the first poll that answered COMPLETED; none in webhook mode)."""
+    late = sorted(
+        float(r["heard_after_s"])
+        for r in run.emulator.get("requests", {}).values()
+        if r.get("heard_after_s") is not None
+    )
+    if not late:
+        return None, None
+    return late[len(late) // 2], late[min(len(late) - 1, round(0.95 * (len(late) - 1)))]
 
 
 def result_gets_per_job(run: Run) -> float | None:
@@ -111,6 +127,7 @@ def figures(run: Run, args: argparse.Namespace) -> Figures:
     # the transactions ran until the workers stopped: divide by every job finished by then
     finished = sum(n for status, n in run.final.items() if status in TERMINAL)
     ideal = min(args.fal_concurrency, peak, run.jobs) / args.latency if args.latency > 0 else None
+    heard = heard_after(run)
     return Figures(
         mode=run.mode,
         jobs=run.jobs,
@@ -129,6 +146,8 @@ def figures(run: Run, args: argparse.Namespace) -> Figures:
         startup_cpu_s=run.startup_cpu_s,
         peak_rss_mb=max((s.rss_mb + s.api_rss_mb for s in run.samples), default=0.0),
         status_requests_per_job=polls_per_job(run),
+        heard_p50_s=heard[0],
+        heard_p95_s=heard[1],
         result_gets_per_job=result_gets_per_job(run),
         db_transactions_per_job=per_job(run.xacts, finished),
         db_statements_per_job=per_job(run.statements, finished),
@@ -204,6 +223,8 @@ def rows(ours: Figures, naive: Figures | None) -> list[tuple[str, str, str]]:
         row(f"peak RSS of the worker host, MB{both}", lambda f: f.peak_rss_mb, ".0f"),
         row("  of which the API, MB", lambda f: f.api_peak_rss_mb, ".0f"),
         row("status requests per job", lambda f: f.status_requests_per_job, ".1f"),
+        row("fal done -> a poll heard it, p50 s", lambda f: f.heard_p50_s, ".2f"),
+        row("fal done -> a poll heard it, p95 s", lambda f: f.heard_p95_s, ".2f"),
         row("result GETs per job", lambda f: f.result_gets_per_job, ".2f"),
         row("webhooks delivered (emulator)", lambda f: f.webhooks_sent, "d"),
         row("webhooks given up (emulator)", lambda f: f.webhooks_failed, "d"),
@@ -277,6 +298,8 @@ def summary(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> d
         "peak_rss_mb": round(ours.peak_rss_mb, 1),
         "worker_cpu_ms_per_job": rounded(ours.cpu_ms_per_job, 2),
         "status_requests_per_job": rounded(ours.status_requests_per_job, 2),
+        "heard_p50_s": rounded(ours.heard_p50_s, 3),
+        "heard_p95_s": rounded(ours.heard_p95_s, 3),
         "result_gets_per_job": rounded(ours.result_gets_per_job, 2),
         "p50_s": rounded(ours.p50_s, 3),
         "p95_s": rounded(ours.p95_s, 3),

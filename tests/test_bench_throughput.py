@@ -23,6 +23,7 @@ def test_a_tiny_run_prints_its_figures_and_a_timeline_that_adds_up(
     assert figures["finished"] == jobs and figures["statuses"] == {"succeeded": jobs}
     assert 0 < figures["peak_in_progress"] <= cap  # the fleet cap held at the emulator
     assert figures["jobs_per_s"] > 0 and figures["status_requests_per_job"] >= 1
+    assert 0 <= figures["heard_p50_s"] <= figures["heard_p95_s"] < latency_s + 5, figures
     assert "second by second" in out
 
     timeline = figures["timeline"]

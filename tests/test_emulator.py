@@ -356,3 +356,22 @@ def test_real_fal_client_end_to_end(emu: FalEmulator) -> None:
     assert len(output["images"]) == 1
     assert output["images"][0]["width"] == 512
     assert emu.stats()["submissions_by_prompt"]["[[fal:503,429,ok]] a cat"] == 3
+
+
+def test_stats_say_how_late_a_status_poll_heard_a_completion(
+    emu: FalEmulator, client: httpx.Client
+) -> None:
+    """The benchmark's "fal done -> a poll heard it": from the completion (latency 0.2 s) to
+    the first poll that answered COMPLETED; later polls do not move it."""
+    body = submit(emu, client, "heard").json()
+    time.sleep(0.2 + 0.3)
+    for _ in range(2):
+        assert client.get(body["status_url"]).status_code == 200
+        time.sleep(0.2)
+    request = client.get(f"{emu.base_url}/_emulator/stats").json()["requests"][body["request_id"]]
+    assert request["status_polls"] == 2
+    assert 0.25 <= request["heard_after_s"] < 0.45, request
+    pending = submit(emu, client, "not yet").json()
+    assert client.get(pending["status_url"]).status_code == 202
+    stats = client.get(f"{emu.base_url}/_emulator/stats").json()
+    assert stats["requests"][pending["request_id"]]["heard_after_s"] is None

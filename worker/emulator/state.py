@@ -38,6 +38,8 @@ class Request:
     started_at: float | None = None
     ends_at: float | None = None
     finished_at: float | None = None
+    #: when a status poll first found it COMPLETED (how late the client heard it)
+    heard_at: float | None = None
     status_polls: int = 0
     result_gets: int = 0
     cancels: int = 0
@@ -51,11 +53,19 @@ class Request:
             return 0.0
         return round(self.finished_at - self.started_at, 3)
 
+    @property
+    def heard_after_s(self) -> float | None:
+        """Seconds from completing to the first status poll that said so (None: not yet)."""
+        if self.heard_at is None or self.finished_at is None:
+            return None
+        return round(self.heard_at - self.finished_at, 3)
+
     def stats(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,
             "state": self.state,
             "status_polls": self.status_polls,
+            "heard_after_s": self.heard_after_s,
             "result_gets": self.result_gets,
             "cancels": self.cancels,
             "webhooks_sent": self.webhooks_sent,
@@ -160,13 +170,17 @@ class QueueState:
     def get(self, rid: str, counter: str | None = None) -> Request | None:
         """Look up a request (advancing time); bump `counter` ("status_polls" etc.) if given."""
         with self._lock:
-            self._advance(time.monotonic())
+            now = time.monotonic()
+            self._advance(now)
             req = self._requests.get(rid)
             if req is None:
                 return None
             if counter is not None:
                 setattr(req, counter, getattr(req, counter) + 1)
-                self._status_polls += counter == "status_polls"
+                polled = counter == "status_polls"
+                self._status_polls += polled
+                if polled and req.state == "COMPLETED" and req.heard_at is None:
+                    req.heard_at = now
             return self._snapshot(req)
 
     def take_due_webhooks(self) -> list[Request]:
