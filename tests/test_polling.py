@@ -63,6 +63,21 @@ def test_near_the_typical_end_polls_come_every_five_percent_of_the_median() -> N
     assert estimate.near_end_step_s("fast", 0.5) == pytest.approx(0.25)  # never below 0.25 s
 
 
+def test_a_poll_that_found_it_running_comes_again_when_requests_were_heard_done() -> None:
+    """A completion is never heard before it happens: where recent requests were heard done
+    at 30.1-30.55 s (10th percentile 30.15), a request still running at 29.2 s is polled
+    again at 30.15 s, not a whole step (5 % of the median) later; from then on, every step."""
+    estimate = LatencyEstimate(window=10)
+    for i in range(10):  # last "not done" at 29.0-29.45 s, heard done at 30.1-30.55 s
+        estimate.observe("steady", 29.0 + 0.05 * i, heard_s=30.1 + 0.05 * i)
+    step = 0.05 * 29.2  # 5 % of the median of the lower bounds
+    assert estimate.near_end_step_s("steady", 29.2) == pytest.approx(30.15 - 29.2)
+    assert estimate.near_end_step_s("steady", 30.0) == pytest.approx(0.25)  # at least 0.25 s
+    assert estimate.near_end_step_s("steady", 30.2) == pytest.approx(step)  # past it
+    estimate.observe("unheard", 29.0)  # no heard times: the step as before
+    assert estimate.near_end_step_s("unheard", 28.0) == pytest.approx(0.05 * 29.0)
+
+
 def test_only_a_few_scouts_poll_while_nothing_is_known() -> None:
     estimate = LatencyEstimate(scouts=2)
     assert estimate.enlist_scout("m") and estimate.enlist_scout("m")

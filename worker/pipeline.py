@@ -576,7 +576,9 @@ class _Run:
         """
         took = self.now() - started
         learned = took if running_at is None else running_at
-        self.rt.latency.observe(self.job.model, learned, done_at_first_poll=running_at is None)
+        self.rt.latency.observe(
+            self.job.model, learned, done_at_first_poll=running_at is None, heard_s=took
+        )
         metrics.FAL_LATENCY.observe(took)
 
     def completed(self, request_id: str, failure: FalError | None) -> list[dict[str, Any]]:

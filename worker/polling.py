@@ -8,7 +8,12 @@ gets faster; 0.9x it while nothing is known yet).
 
 * First poll of a fresh request: at the 10th percentile of the window.
 * Then every 5 % of the median (at least 0.25 s) until 1.3x the 90th percentile, so that a
-  completion is heard soon after it happens; past that, the growing schedule.
+  completion is heard soon after it happens; past that, the growing schedule. A poll that
+  comes before the 10th percentile of when recent requests were *heard* done waits only
+  until then (at least 0.25 s): a completion is never heard before it happens, so where
+  generations take a steady time the second poll comes just past their end, not a whole step
+  after the first (which heard a wave's completions ~0.6 s late at the median, ~1.1 s at the
+  95th percentile, each of them holding a fal slot that long).
 * While nothing is known about a model, a few scouts per process poll every
   IMAGEGEN_POLL_INITIAL_S and the other fresh requests wait for what the scouts learn
   (woken at once when it is known, or after ``news_wait_s``): a thousand first requests do
@@ -26,10 +31,13 @@ from collections import deque
 
 
 class _Model:
-    __slots__ = ("quantiles", "samples", "scouts")
+    __slots__ = ("heard", "heard_q10", "quantiles", "samples", "scouts")
 
     def __init__(self, window: int) -> None:
         self.samples: deque[float] = deque(maxlen=window)
+        #: when each recent request was heard done (an upper bound), and its 10th percentile
+        self.heard: deque[float] = deque(maxlen=window)
+        self.heard_q10: float | None = None
         #: (10th, 50th, 90th percentile) of the window, None while it is empty; replaced
         #: whole, so that the hundreds of threads timing their polls read it without a lock
         self.quantiles: tuple[float, float, float] | None = None
@@ -45,10 +53,18 @@ class _Model:
             ordered[round(0.9 * last)],
         )
 
+    def add_heard(self, seconds: float) -> None:
+        self.heard.append(seconds)
+        ordered = sorted(self.heard)
+        self.heard_q10 = ordered[round(0.1 * (len(ordered) - 1))]
+
+
+MIN_STEP_S = 0.25
+
 
 def _step(q50: float) -> float:
     """The near-end poll interval: 5 % of the median, at least 0.25 s."""
-    return max(0.25, 0.05 * q50)
+    return max(MIN_STEP_S, 0.05 * q50)
 
 
 class LatencyEstimate:
@@ -65,10 +81,22 @@ class LatencyEstimate:
             entry = self._models[model] = _Model(self._window)
         return entry
 
-    def observe(self, model: str, seconds: float, *, done_at_first_poll: bool = False) -> None:
+    def observe(
+        self,
+        model: str,
+        seconds: float,
+        *,
+        done_at_first_poll: bool = False,
+        heard_s: float | None = None,
+    ) -> None:
+        """A fresh request is done: ``seconds`` is when fal last said "not done" (or, with
+        ``done_at_first_poll``, when the first poll found it done); ``heard_s`` when a poll
+        heard it done."""
         with self._news:
             entry = self._model(model)
             known = entry.quantiles
+            if heard_s is not None:
+                entry.add_heard(heard_s)
             if done_at_first_poll:
                 seconds = 0.9 * seconds if known is None else max(0.0, seconds - _step(known[1]))
             entry.add(seconds)
@@ -96,11 +124,17 @@ class LatencyEstimate:
 
     def near_end_step_s(self, model: str, elapsed_s: float) -> float | None:
         """Near the typical end (until 1.3x the 90th percentile), poll every 5 % of the
-        median, at least 0.25 s. None outside that window, or while nothing is known."""
-        known = self._quantiles(model)
-        if known is None or elapsed_s > 1.3 * known[2]:
+        median, at least 0.25 s; before the 10th percentile of when requests were heard
+        done, no later than it. None outside that window, or while nothing is known."""
+        entry = self._models.get(model)
+        known = None if entry is None else entry.quantiles
+        if entry is None or known is None or elapsed_s > 1.3 * known[2]:
             return None
-        return _step(known[1])
+        step = _step(known[1])
+        heard = entry.heard_q10
+        if heard is not None and elapsed_s < heard:  # not done yet: again just as they were
+            return min(step, max(MIN_STEP_S, heard - elapsed_s))
+        return step
 
     def enlist_scout(self, model: str) -> bool:
         """Become one of the few requests polled while nothing is known (False: wait)."""
