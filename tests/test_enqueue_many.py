@@ -1,4 +1,4 @@
-"""enqueue_many: one transaction, one Redis pipeline for the task messages."""
+"""enqueue_many: one transaction, Redis pipelines of PUBLISH_BATCH task messages."""
 
 from __future__ import annotations
 
@@ -50,3 +50,36 @@ def test_the_enqueue_benchmark_prints_its_figures_as_json(
     assert figures["jobs"] == 30 and figures["singles"] == 5
     assert figures["enqueue_many_jobs_per_s"] > 0
     assert 0 < figures["single_enqueue_p50_ms"] <= figures["single_enqueue_p99_ms"]
+
+
+def test_a_big_batch_reaches_workers_while_it_is_still_being_published(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Task messages go to Redis PUBLISH_BATCH at a time: while the 150th is being built,
+    the first 100 are already on the queue for workers to take."""
+    import redis
+
+    from worker import api
+    from worker.constants import JOB_QUEUE
+
+    app = stack.app()
+    queue = redis.Redis.from_url(stack.settings().redis_url)
+    queue.delete(JOB_QUEUE)
+    seen: list[int] = []
+    send_task = app.send_task
+
+    def watching(*args: object, **kwargs: object) -> object:
+        seen.append(int(queue.llen(JOB_QUEUE)))
+        return send_task(*args, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", watching)
+    try:
+        enqueue_many(
+            [unique(f"big batch {i}") for i in range(150)], settings=stack.settings(), app=app
+        )
+        assert api.PUBLISH_BATCH == 100
+        assert seen[99] == 0 and seen[100] == 100 and seen[149] == 100, seen
+        assert queue.llen(JOB_QUEUE) == 150
+    finally:
+        queue.delete(JOB_QUEUE)
+        queue.close()
