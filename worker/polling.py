@@ -46,17 +46,16 @@ class _Model:
     def add(self, seconds: float) -> None:
         self.samples.append(seconds)
         ordered = sorted(self.samples)
-        last = len(ordered) - 1
-        self.quantiles = (
-            ordered[round(0.1 * last)],
-            ordered[round(0.5 * last)],
-            ordered[round(0.9 * last)],
-        )
+        self.quantiles = (_at(ordered, 0.1), _at(ordered, 0.5), _at(ordered, 0.9))
 
     def add_heard(self, seconds: float) -> None:
         self.heard.append(seconds)
-        ordered = sorted(self.heard)
-        self.heard_q10 = ordered[round(0.1 * (len(ordered) - 1))]
+        self.heard_q10 = _at(sorted(self.heard), 0.1)
+
+
+def _at(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of a sorted, non-empty list (the nearest rank)."""
+    return ordered[round(q * (len(ordered) - 1))]
 
 
 MIN_STEP_S = 0.25
