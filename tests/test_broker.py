@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import threading
 import time
 from typing import Any
@@ -44,17 +45,25 @@ def test_a_channel_reuses_one_client_and_a_new_pool_gets_a_new_one(redis_url: st
         assert channel._create_client() is not first
 
 
-def test_a_worker_publishes_its_task_events_together_not_one_message_each(running: Stack) -> None:
-    """Every task event reaches the event exchange (Flower's feed), a window to a message."""
-    done = threading.Event()
-    messages: list[list[dict[str, Any]]] = []
-    client = redis.Redis.from_url(running.redis_url)
-    pubsub = client.pubsub()
-    pubsub.psubscribe("*celeryev*")
+class EventFeed:
+    """The worker's task events as Flower receives them: (received, started, succeeded) lists,
+    one list per message on the event exchange."""
 
-    def listen() -> None:
-        while not done.is_set():
-            message = pubsub.get_message(timeout=0.1)
+    KINDS = ("task-received", "task-started", "task-succeeded")
+
+    def __init__(self, redis_url: str) -> None:
+        self.messages: list[list[dict[str, Any]]] = []
+        self._done = threading.Event()
+        self._client = redis.Redis.from_url(redis_url)
+        self._pubsub = self._client.pubsub()
+        self._pubsub.psubscribe("*celeryev*")
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+        time.sleep(0.3)  # subscribed before the first event
+
+    def _listen(self) -> None:
+        while not self._done.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
             if message is None or message["type"] != "pmessage":
                 continue
             envelope = json.loads(message["data"])
@@ -62,18 +71,32 @@ def test_a_worker_publishes_its_task_events_together_not_one_message_each(runnin
             if envelope["properties"].get("body_encoding") == "base64":
                 body = base64.b64decode(body)
             events = json.loads(body)
-            events = events if isinstance(events, list) else [events]
-            ours = [
-                e
-                for e in events
-                if e["type"] in ("task-received", "task-started", "task-succeeded")
-            ]
+            ours = [e for e in (events if isinstance(events, list) else [events])]
+            ours = [e for e in ours if e["type"] in self.KINDS]
             if ours:
-                messages.append(ours)
+                self.messages.append(ours)
 
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    time.sleep(0.3)  # subscribed before the first event
+    def events(self) -> list[dict[str, Any]]:
+        return [e for batch in self.messages for e in batch]
+
+    def tasks(self, kind: str) -> set[str]:
+        return {e["uuid"] for e in self.events() if e["type"] == kind}
+
+    def wait_for(self, count: int, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.events()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self._client.close()
+
+
+def test_a_worker_publishes_its_task_events_together_not_one_message_each(running: Stack) -> None:
+    """Every task event reaches the event exchange (Flower's feed), a window to a message."""
+    feed = EventFeed(running.redis_url)
     ids = enqueue_many(
         [unique(f"a kite, event batch {i}") for i in range(40)],
         settings=running.settings(),
@@ -81,17 +104,26 @@ def test_a_worker_publishes_its_task_events_together_not_one_message_each(runnin
     )
     for job_id in ids:
         assert running.wait_terminal(job_id)["status"] == "succeeded"
-    deadline = time.monotonic() + 10
-    while sum(map(len, messages)) < 3 * len(ids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    done.set()
-    listener.join(5)
-    pubsub.close()
-    client.close()
-    events = [e for batch in messages for e in batch]
-    for kind in ("task-received", "task-started", "task-succeeded"):
-        seen = {e["uuid"] for e in events if e["type"] == kind}
-        assert len(seen) == len(ids), f"{kind}: {len(seen)} of {len(ids)} tasks"
+    feed.wait_for(3 * len(ids))
+    feed.close()
+    for kind in EventFeed.KINDS:
+        assert len(feed.tasks(kind)) == len(ids), f"{kind}: {len(feed.tasks(kind))} of {len(ids)}"
     # One message per event (or ~2.6 a message, as Celery flushes after each event) would be
     # 46-120 messages; a flush every EVENT_FLUSH_S while 40 jobs run takes a handful.
-    assert len(messages) <= len(events) / 5, [len(batch) for batch in messages]
+    events = feed.events()
+    assert len(feed.messages) <= len(events) / 5, [len(batch) for batch in feed.messages]
+
+
+def test_a_worker_stopping_publishes_the_events_still_waiting_for_their_window(
+    running: Stack,
+) -> None:
+    """A warm shutdown right after a job ends still tells Flower the task succeeded."""
+    feed = EventFeed(running.redis_url)
+    job_id = running.enqueue(unique("a kite, the last one before a shutdown"))
+    assert running.wait_terminal(job_id)["status"] == "succeeded"
+    worker = running.workers[0]
+    worker.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+    assert worker.wait(30) == 0, running.logs()
+    feed.wait_for(3, timeout_s=5)
+    feed.close()
+    assert feed.tasks("task-succeeded") == {str(job_id)}, feed.messages
