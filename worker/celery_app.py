@@ -18,7 +18,6 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
-from worker.broker import CONSUMER
 from worker.broker import TRANSPORT as BROKER_TRANSPORT
 from worker.constants import CALLBACK_QUEUE, CALLBACK_TASK, JOB_QUEUE, RUN_JOB_TASK, SWEEP_TASK
 from worker.settings import Settings, get_settings
@@ -37,8 +36,8 @@ def create_app(settings: Settings) -> Celery:
         broker_transport=(
             BROKER_TRANSPORT if settings.redis_url.startswith(("redis://", "rediss://")) else None
         ),
-        # task events flushed every 0.1 s, not one Redis PUBLISH each (see worker.broker)
-        worker_consumer=CONSUMER,
+        # task events flushed every 0.1 s, not one Redis PUBLISH each (see worker.consumer)
+        worker_consumer="worker.consumer:Consumer",
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout_s if redis else None,
         task_ignore_result=True,

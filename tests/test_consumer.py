@@ -1,0 +1,100 @@
+"""worker.consumer: a worker's task events (Flower's feed) leave a window at a time, and none
+is left behind at shutdown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import threading
+import time
+from typing import Any
+
+import redis
+
+from tests.conftest import Stack, unique
+from worker.api import enqueue_many
+
+
+class EventFeed:
+    """The worker's task events as Flower receives them: (received, started, succeeded) lists,
+    one list per message on the event exchange."""
+
+    KINDS = ("task-received", "task-started", "task-succeeded")
+
+    def __init__(self, redis_url: str) -> None:
+        self.messages: list[list[dict[str, Any]]] = []
+        self._done = threading.Event()
+        self._client = redis.Redis.from_url(redis_url)
+        self._pubsub = self._client.pubsub()
+        self._pubsub.psubscribe("*celeryev*")
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+        time.sleep(0.3)  # subscribed before the first event
+
+    def _listen(self) -> None:
+        while not self._done.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is None or message["type"] != "pmessage":
+                continue
+            envelope = json.loads(message["data"])
+            body = envelope["body"]
+            if envelope["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            events = json.loads(body)
+            ours = [e for e in (events if isinstance(events, list) else [events])]
+            ours = [e for e in ours if e["type"] in self.KINDS]
+            if ours:
+                self.messages.append(ours)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [e for batch in self.messages for e in batch]
+
+    def tasks(self, kind: str) -> set[str]:
+        return {e["uuid"] for e in self.events() if e["type"] == kind}
+
+    def wait_for(self, count: int, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.events()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self._client.close()
+
+
+def test_a_worker_publishes_its_task_events_together_not_one_message_each(running: Stack) -> None:
+    """Every task event reaches the event exchange (Flower's feed), a window to a message."""
+    feed = EventFeed(running.redis_url)
+    ids = enqueue_many(
+        [unique(f"a kite, event batch {i}") for i in range(40)],
+        settings=running.settings(),
+        app=running.app(),
+    )
+    for job_id in ids:
+        assert running.wait_terminal(job_id)["status"] == "succeeded"
+    feed.wait_for(3 * len(ids))
+    feed.close()
+    for kind in EventFeed.KINDS:
+        assert len(feed.tasks(kind)) == len(ids), f"{kind}: {len(feed.tasks(kind))} of {len(ids)}"
+    # One message per event (or ~2.6 a message, as Celery flushes after each event) would be
+    # 46-120 messages; a flush every EVENT_FLUSH_S while 40 jobs run takes a handful.
+    events = feed.events()
+    assert len(feed.messages) <= len(events) / 5, [len(batch) for batch in feed.messages]
+
+
+def test_a_worker_stopping_publishes_the_events_still_waiting_for_their_window(
+    running: Stack,
+) -> None:
+    """A warm shutdown right after a job ends still tells Flower the task succeeded."""
+    feed = EventFeed(running.redis_url)
+    job_id = running.enqueue(unique("a kite, the last one before a shutdown"))
+    assert running.wait_terminal(job_id)["status"] == "succeeded"
+    worker = running.workers[0]
+    worker.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+    assert worker.wait(30) == 0, running.logs()
+    feed.wait_for(3, timeout_s=5)
+    feed.close()
+    assert feed.tasks("task-succeeded") == {str(job_id)}, feed.messages
