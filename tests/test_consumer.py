@@ -43,8 +43,8 @@ class EventFeed:
             if envelope["properties"].get("body_encoding") == "base64":
                 body = base64.b64decode(body)
             events = json.loads(body)
-            ours = [e for e in (events if isinstance(events, list) else [events])]
-            ours = [e for e in ours if e["type"] in self.KINDS]
+            events = events if isinstance(events, list) else [events]
+            ours = [e for e in events if e["type"] in self.KINDS]
             if ours:
                 self.messages.append(ours)
 

@@ -35,14 +35,16 @@ class Consumer(CeleryConsumer):
         self._flush_due = True
         self.hub.call_soon(self._schedule_flush)
 
-    def _schedule_flush(self) -> None:  # the loop's thread
+    def _schedule_flush(self) -> None:
+        # On the loop's thread: the hub's timer is not for other threads (call_soon is, and
+        # wakes the loop).
         self.hub.call_later(EVENT_FLUSH_S, self._flush_buffered)
-
-    def shutdown(self) -> None:
-        self._flush_events()
-        super().shutdown()
 
     def _flush_buffered(self) -> None:
         # Cleared before the flush: an event buffered while it publishes schedules the next.
         self._flush_due = False
         self._flush_events()
+
+    def shutdown(self) -> None:
+        self._flush_events()
+        super().shutdown()
