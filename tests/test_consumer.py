@@ -8,9 +8,11 @@ import json
 import signal
 import threading
 import time
+import uuid
 from typing import Any
 
 import redis
+from celery.worker.consumer.events import Events
 
 from tests.conftest import Stack, unique
 from worker.api import enqueue_many
@@ -106,3 +108,64 @@ def test_a_worker_stopping_publishes_the_events_still_waiting_for_their_window(
     feed.wait_for(3, timeout_s=5)
     feed.close()
     assert feed.tasks("task-succeeded") == {str(job_id)}, feed.messages
+
+
+class _ConsumerSide:
+    """What Celery's Events bootstep reads of a worker's consumer (an event loop, no flush
+    window of its own here: the buffered events stay buffered until the test moves on)."""
+
+    hostname = "reconnect@imagegen-test"
+    amqheartbeat = 0
+    hub = True
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.event_dispatcher: Any = None
+
+    def connection_for_write(self, **_: Any) -> Any:
+        return self.app.connection_for_write()
+
+    def on_send_event_buffered(self) -> None:
+        pass
+
+
+def test_task_events_buffered_when_the_broker_connection_drops_are_sent_after_it(
+    stack: Stack,
+) -> None:
+    """A broker reconnect restarts the worker's Events bootstep with a new dispatcher: the
+    task events the old one held for their window still reach Flower (Celery dropped them)."""
+    feed = EventFeed(stack.redis_url)
+    consumer = _ConsumerSide(stack.app())
+    step = Events(consumer)
+    step.start(consumer)
+    task_id = str(uuid.uuid4())
+    consumer.event_dispatcher.send("task-succeeded", uuid=task_id, result="'succeeded'")
+    time.sleep(0.3)
+    assert feed.messages == []  # still in its window
+    try:
+        step.start(consumer)  # what the consumer does once it has reconnected
+        feed.wait_for(1, timeout_s=5)
+    finally:
+        step.shutdown(consumer)
+        feed.close()
+    assert feed.tasks("task-succeeded") == {task_id}, feed.messages
+
+
+def test_a_worker_whose_broker_connections_drop_keeps_sending_task_events(
+    running: Stack,
+) -> None:
+    """After Redis dropped every connection of the worker, its next job's events still come."""
+    feed = EventFeed(running.redis_url)
+    first = running.enqueue(unique("a kite, before the drop"))
+    assert running.wait_terminal(first)["status"] == "succeeded"
+    feed.wait_for(3)
+    admin = redis.Redis.from_url(running.redis_url)
+    dropped = admin.client_kill_filter(_type="normal", skipme=True)
+    admin.close()
+    assert dropped > 0
+    second = running.enqueue(unique("a kite, after the drop"))
+    assert running.wait_terminal(second, timeout_s=60)["status"] == "succeeded"
+    feed.wait_for(6)
+    feed.close()
+    for kind in EventFeed.KINDS:
+        assert feed.tasks(kind) == {str(first), str(second)}, (kind, feed.messages)

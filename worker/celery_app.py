@@ -24,7 +24,13 @@ from worker.settings import Settings, get_settings
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("imagegen", broker=settings.redis_url, include=["worker.tasks"])
+    # worker.events: buffered task events survive a broker reconnect (Celery dropped them)
+    app = Celery(
+        "imagegen",
+        broker=settings.redis_url,
+        include=["worker.tasks"],
+        events="worker.events:Events",
+    )
     redis = settings.redis_url.startswith(("redis", "unix"))
     transport = {"visibility_timeout": settings.visibility_timeout_s} if redis else {}
     app.conf.update(

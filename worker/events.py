@@ -1,0 +1,37 @@
+"""Celery's event dispatcher, keeping a worker's buffered task events across a reconnect.
+
+Named by path in ``worker.celery_app`` (``Celery(events=...)``), like ``worker.consumer``.
+"""
+
+from __future__ import annotations
+
+from celery.app.events import Events as CeleryEvents
+from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
+
+
+class EventDispatcher(CeleryEventDispatcher):
+    """Celery's dispatcher; a new one takes over the old one's buffered *group* events too.
+
+    After a broker connection drops, the worker's Events bootstep closes its dispatcher,
+    makes a new one and calls ``extend_buffer(old)`` so the events sent meanwhile still go
+    out. Celery copies only the outbound buffer (events whose publish failed), not the
+    task events a threads-pool worker holds for their flush window (``worker.consumer``):
+    those were lost, and a task that ended just before the drop stayed STARTED in Flower.
+    Here they go first in the new dispatcher's buffers, which the bootstep flushes next.
+    """
+
+    def extend_buffer(self, other: CeleryEventDispatcher) -> None:
+        super().extend_buffer(other)
+        with other.mutex:  # the old dispatcher is closed: no flush of it is running
+            held = {group: list(events) for group, events in other._group_buffer.items()}
+            other._group_buffer.clear()
+        with self.mutex:
+            for group, events in held.items():
+                if events:
+                    self._group_buffer[group][:0] = events
+
+
+class Events(CeleryEvents):
+    """``app.events``, making ``worker.events.EventDispatcher``s."""
+
+    dispatcher_cls = "worker.events:EventDispatcher"
