@@ -1,5 +1,5 @@
-"""worker.consumer: a worker's task events (Flower's feed) leave a window at a time, and none
-is left behind at shutdown."""
+"""worker.consumer and worker.events: a worker's task events (Flower's feed) leave a window at
+a time, and none is left behind at shutdown or across a broker reconnect."""
 
 from __future__ import annotations
 

@@ -23,12 +23,11 @@ class EventDispatcher(CeleryEventDispatcher):
     def extend_buffer(self, other: CeleryEventDispatcher) -> None:
         super().extend_buffer(other)
         with other.mutex:  # the old dispatcher is closed: no flush of it is running
-            held = {group: list(events) for group, events in other._group_buffer.items()}
+            held = [(group, events[:]) for group, events in other._group_buffer.items() if events]
             other._group_buffer.clear()
         with self.mutex:
-            for group, events in held.items():
-                if events:
-                    self._group_buffer[group][:0] = events
+            for group, events in held:
+                self._group_buffer[group][:0] = events
 
 
 class Events(CeleryEvents):
