@@ -24,7 +24,8 @@ pipeline retries a job whose moderation was unavailable (fail closed) or lets fa
 without this checker should not pay for it.
 
 The key is a secret and prompts are user data: neither is logged nor put in an error.
-SDK errors are raised ``from None``, as their request holds the ``x-api-key`` header.
+SDK errors are raised ``from None``, as their request holds the key (the SDK sends it as
+``Authorization: Bearer``).
 """
 
 from __future__ import annotations
