@@ -289,17 +289,19 @@ def test_a_server_down_is_unavailable() -> None:
 
 
 def test_the_key_is_never_logged_even_at_debug(
-    moderator: AnthropicModerator,
+    base_url: str,
     behaviour: Behaviour,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)  # the SDK's and its HTTP client's debug lines too
+    checker = AnthropicModerator(base_url=base_url, api_key=API_KEY, timeout_s=2.0)
     behaviour.category = TRADEMARK_IP
-    moderator.check("a prompt")
+    checker.check("a prompt")
     behaviour.status = 500
     with pytest.raises(ModerationUnavailable):
-        moderator.check("a prompt")
+        checker.check("a prompt")
+    checker.close()
     logged = capsys.readouterr()
     assert "/v1/messages" in caplog.text  # the SDK did log its requests
     for text in (caplog.text, logged.out, logged.err):
@@ -410,6 +412,7 @@ def test_a_worker_refuses_on_claudes_word_before_fal(
             "IMAGEGEN_MODERATION": "rules,anthropic",
             "IMAGEGEN_ANTHROPIC_BASE_URL": base_url,
             "ANTHROPIC_API_KEY": API_KEY,
+            "IMAGEGEN_ANTHROPIC_MODERATION_MODEL": "claude-haiku-4-5",
         }
     )
     refused_prompt = unique("[[claude:celebrity_likeness]] a portrait")
@@ -427,3 +430,4 @@ def test_a_worker_refuses_on_claudes_word_before_fal(
     assert API_KEY not in logs
     asked = [body["messages"][0]["content"] for _, _, body in behaviour.requests]
     assert sorted(asked) == sorted([refused_prompt, fine_prompt])
+    assert {body["model"] for _, _, body in behaviour.requests} == {"claude-haiku-4-5"}
