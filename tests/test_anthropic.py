@@ -266,6 +266,15 @@ def test_a_malformed_answer_is_unavailable(
     assert_nothing_leaks(caught.value)
 
 
+def test_a_prompt_that_is_not_utf8_is_unavailable_and_not_sent(
+    moderator: AnthropicModerator, behaviour: Behaviour
+) -> None:
+    with pytest.raises(ModerationUnavailable, match="not valid UTF-8") as caught:
+        moderator.check("caf\udce9 " + SECRET_PROMPT)
+    assert behaviour.requests == []
+    assert_nothing_leaks(caught.value)
+
+
 def test_a_slow_answer_is_unavailable_within_the_timeout(
     base_url: str, behaviour: Behaviour
 ) -> None:

@@ -218,6 +218,8 @@ class AnthropicModerator:
             raise ModerationUnavailable(SOURCE, f"unreachable ({cause})") from None
         except anthropic.APIStatusError as exc:
             raise ModerationUnavailable(SOURCE, _status_reason(exc.status_code)) from None
+        except UnicodeEncodeError:  # a lone surrogate: nothing was sent
+            raise ModerationUnavailable(SOURCE, "the prompt is not valid UTF-8") from None
         except (anthropic.AnthropicError, ValueError) as exc:
             reason = f"unexpected answer ({type(exc).__name__})"
             raise ModerationUnavailable(SOURCE, reason) from None
