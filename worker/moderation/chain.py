@@ -140,17 +140,20 @@ def build_chain(
     of its own: environment, profile files).
     """
     names = parse_spec(spec)
-    if timeout_s <= 0 and set(names) & {"openai", "anthropic"}:
+    remote = set(names) & {"openai", "anthropic"}
+    if remote and timeout_s <= 0:
         raise ModerationConfigError(f"moderation timeout must be positive, got {timeout_s}")
+    if "openai" in remote and not openai_api_key and openai_base_url.rstrip("/") == OPENAI_BASE_URL:
+        raise ModerationConfigError(
+            "openai moderation needs an API key (OPENAI_API_KEY) to call api.openai.com"
+        )
+    if "anthropic" in remote and not anthropic_api_key:
+        raise ModerationConfigError("anthropic moderation needs an API key (ANTHROPIC_API_KEY)")
     checkers: list[Moderator] = []
     for name in names:
         if name == "rules":
             checkers.append(RulesModerator.from_file(rules_file))
         elif name == "openai":
-            if not openai_api_key and openai_base_url.rstrip("/") == OPENAI_BASE_URL:
-                raise ModerationConfigError(
-                    "openai moderation needs an API key (OPENAI_API_KEY) to call api.openai.com"
-                )
             checkers.append(
                 OpenAIModerator(
                     base_url=openai_base_url,
@@ -159,11 +162,7 @@ def build_chain(
                     timeout_s=timeout_s,
                 )
             )
-        else:
-            if not anthropic_api_key:
-                raise ModerationConfigError(
-                    "anthropic moderation needs an API key (ANTHROPIC_API_KEY)"
-                )
+        elif anthropic_api_key:  # always set here: checked above
             checkers.append(
                 AnthropicModerator(
                     base_url=anthropic_base_url,
