@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     openai_moderation_model: str = Field(
         default="omni-moderation-latest", alias="IMAGEGEN_OPENAI_MODERATION_MODEL"
     )
+    # The anthropic checker (worker/moderation/anthropic_api.py: why this model); it shares
+    # the timeout and fail-closed settings below with the openai checker.
+    anthropic_base_url: str = Field(
+        default="https://api.anthropic.com", alias="IMAGEGEN_ANTHROPIC_BASE_URL"
+    )
+    anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
+    anthropic_moderation_model: str = Field(
+        default="claude-haiku-5-5", alias="IMAGEGEN_ANTHROPIC_MODERATION_MODEL"
+    )
     moderation_timeout_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_MODERATION_TIMEOUT_S")
     moderation_fail_closed: bool = Field(default=False, alias="IMAGEGEN_MODERATION_FAIL_CLOSED")
 

@@ -61,7 +61,7 @@ def _build_runtime() -> Runtime:
         limiter=FalLimiter.for_url(
             app.conf.broker_url or "", limit=settings.fal_concurrency, lease_s=settings.lease_s
         ),
-        moderation=moderation_chain(settings),
+        moderation=moderation_chain(settings, announce=True),
         recorder=recorder,
         generating=generating,
     )

@@ -9,9 +9,12 @@ Build the chain once per process from settings, then ask it about each prompt::
 
 ``rules`` is the local classifier (``worker.moderation.rules``, file format in
 ``default_rules.toml``), ``openai`` the adapter for OpenAI's moderation endpoint
-(``worker.moderation.openai_api``), ``worker.moderation.chain`` runs them in order.
+(``worker.moderation.openai_api``), ``anthropic`` a Claude classifier
+(``worker.moderation.anthropic_api``, its system prompt in ``prompts/``);
+``worker.moderation.chain`` runs them in order.
 """
 
+from worker.moderation.anthropic_api import AnthropicModerator
 from worker.moderation.chain import OFF, Chain, build_chain, parse_spec
 from worker.moderation.openai_api import CATEGORY_MAP, OpenAIModerator
 from worker.moderation.rules import DEFAULT_RULES_FILE, RulesModerator
@@ -43,6 +46,7 @@ __all__ = [
     "SEXUAL_MINORS",
     "TRADEMARK_IP",
     "VIOLENCE_NAMED_INDIVIDUAL",
+    "AnthropicModerator",
     "Chain",
     "ModerationConfigError",
     "ModerationUnavailable",

@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worker.logs import get_logger
-from worker.moderation.openai_api import (
-    DEFAULT_BASE_URL,
-    DEFAULT_MODEL,
-    DEFAULT_TIMEOUT_S,
-    OpenAIModerator,
-)
+from worker.moderation.anthropic_api import DEFAULT_BASE_URL as ANTHROPIC_BASE_URL
+from worker.moderation.anthropic_api import DEFAULT_MODEL as ANTHROPIC_MODEL
+from worker.moderation.anthropic_api import AnthropicModerator
+from worker.moderation.openai_api import DEFAULT_BASE_URL as OPENAI_BASE_URL
+from worker.moderation.openai_api import DEFAULT_MODEL as OPENAI_MODEL
+from worker.moderation.openai_api import DEFAULT_TIMEOUT_S, OpenAIModerator
 from worker.moderation.rules import RulesModerator
 from worker.moderation.verdict import (
     ModerationConfigError,
@@ -29,7 +29,7 @@ from worker.moderation.verdict import (
 )
 
 OFF = "off"
-CHECKERS = ("rules", "openai")
+CHECKERS = ("rules", "openai", "anthropic")
 #: Source of a pass when every configured checker was unavailable and skipped.
 NONE_CONSULTED = "none"
 
@@ -83,7 +83,7 @@ class Chain:
         return Verdict.passed(",".join(consulted) or NONE_CONSULTED, skipped=tuple(skipped))
 
     def close(self) -> None:
-        """Release the checkers' connections (the openai checker keeps a pool)."""
+        """Release the checkers' connections (the openai and anthropic checkers keep pools)."""
         for checker in self.checkers:
             close = getattr(checker, "close", None)
             if callable(close):
@@ -122,9 +122,12 @@ def build_chain(
     spec: str,
     *,
     rules_file: Path | None = None,
-    openai_base_url: str = DEFAULT_BASE_URL,
+    openai_base_url: str = OPENAI_BASE_URL,
     openai_api_key: str | None = None,
-    openai_model: str = DEFAULT_MODEL,
+    openai_model: str = OPENAI_MODEL,
+    anthropic_base_url: str = ANTHROPIC_BASE_URL,
+    anthropic_api_key: str | None = None,
+    anthropic_model: str = ANTHROPIC_MODEL,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     fail_closed: bool = False,
     on_unavailable: Callable[[str], None] | None = None,
@@ -133,24 +136,39 @@ def build_chain(
 
     ``rules_file`` None means the shipped ``default_rules.toml``. The openai checker needs a
     key when it talks to OpenAI itself; a compatible server at another base URL may not.
+    The anthropic checker always needs one (without it the SDK would look for credentials
+    of its own: environment, profile files).
     """
+    names = parse_spec(spec)
+    remote = set(names) & {"openai", "anthropic"}
+    if remote and timeout_s <= 0:
+        raise ModerationConfigError(f"moderation timeout must be positive, got {timeout_s}")
+    if "openai" in remote and not openai_api_key and openai_base_url.rstrip("/") == OPENAI_BASE_URL:
+        raise ModerationConfigError(
+            "openai moderation needs an API key (OPENAI_API_KEY) to call api.openai.com"
+        )
+    if "anthropic" in remote and not anthropic_api_key:
+        raise ModerationConfigError("anthropic moderation needs an API key (ANTHROPIC_API_KEY)")
     checkers: list[Moderator] = []
-    for name in parse_spec(spec):
+    for name in names:
         if name == "rules":
             checkers.append(RulesModerator.from_file(rules_file))
-            continue
-        if timeout_s <= 0:
-            raise ModerationConfigError(f"moderation timeout must be positive, got {timeout_s}")
-        if not openai_api_key and openai_base_url.rstrip("/") == DEFAULT_BASE_URL:
-            raise ModerationConfigError(
-                "openai moderation needs an API key (OPENAI_API_KEY) to call api.openai.com"
+        elif name == "openai":
+            checkers.append(
+                OpenAIModerator(
+                    base_url=openai_base_url,
+                    api_key=openai_api_key,
+                    model=openai_model,
+                    timeout_s=timeout_s,
+                )
             )
-        checkers.append(
-            OpenAIModerator(
-                base_url=openai_base_url,
-                api_key=openai_api_key,
-                model=openai_model,
-                timeout_s=timeout_s,
+        elif anthropic_api_key:  # always set here: checked above
+            checkers.append(
+                AnthropicModerator(
+                    base_url=anthropic_base_url,
+                    api_key=anthropic_api_key,
+                    model=anthropic_model,
+                    timeout_s=timeout_s,
+                )
             )
-        )
     return Chain(checkers, fail_closed=fail_closed, on_unavailable=on_unavailable)
