@@ -134,13 +134,11 @@ class JobInput(BaseModel):
         "landscape_4_3"
     )
     quality: str = Field("high", json_schema_extra={"enum": list(QUALITIES)})
-    num_images: int = Field(1, ge=1, le=MAX_NUM_IMAGES)
+    num_images: int = Field(1, json_schema_extra={"minimum": 1, "maximum": MAX_NUM_IMAGES})
     output_format: str = Field("png", json_schema_extra={"enum": list(OUTPUT_FORMATS)})
     deadline_s: float | None = Field(
         None,
-        gt=0,
-        le=MAX_DEADLINE_S,
-        allow_inf_nan=False,
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": MAX_DEADLINE_S},
         description="Fail the job if not done this many seconds from now "
         "(default IMAGEGEN_JOB_DEADLINE_S).",
     )
@@ -173,6 +171,24 @@ class JobInput(BaseModel):
     def _format(cls, value: str) -> str:
         return _one_of("output format", value, OUTPUT_FORMATS)
 
+    @field_validator("num_images")
+    @classmethod
+    def _num_images(cls, value: int) -> int:
+        if not 1 <= value <= MAX_NUM_IMAGES:
+            raise ValueError(f"num_images must be between 1 and {MAX_NUM_IMAGES}")
+        return value
+
+    @field_validator("deadline_s")
+    @classmethod
+    def _deadline(cls, value: float | None) -> float | None:
+        # NaN fails every comparison, so it fails this one too
+        if value is not None and not 0 < value <= MAX_DEADLINE_S:
+            raise ValueError(
+                f"deadline_s must be a number of seconds above 0 and at most {MAX_DEADLINE_S} "
+                "(7 days)"
+            )
+        return value
+
     @field_validator("callback_url")
     @classmethod
     def _callback(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -180,7 +196,8 @@ class JobInput(BaseModel):
             return None
         settings: Settings = (info.context or {})["settings"]
         check_callback_url(value, allow_private=settings.callback_allow_private)
-        if settings.callback_secret is None:
+        secret = settings.callback_secret
+        if secret is None or not secret.get_secret_value().strip():
             raise ValueError(
                 "IMAGEGEN_CALLBACK_SECRET is not set, so callbacks could not be signed: "
                 "set it (for the API and the workers) or leave callback_url out"
