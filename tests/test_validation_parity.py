@@ -117,6 +117,8 @@ CASES = [
     case("callback-esc", "callback_url", callback_url="https://example.com/\x1b[0m"),
     case("callback-too-long", "callback_url", callback_url="https://example.com/" + "a" * 2000),
     case("unknown-field", "seed", seed=42),
+    case("field-name-esc", "x\\x1b[2J", **{"x\x1b[2J": 1}),
+    case("field-name-surrogate", "\\udce9", **{"\udce9": 1}),
     case("many-problems", "prompt quality num_images", prompt=" ", quality="x", num_images=9),
 ]
 
@@ -250,3 +252,10 @@ def test_the_running_api_refuses_the_whole_table_like_python(stack: Stack) -> No
     assert not mismatches
     with session_scope(stack.database_url) as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_the_key_in_the_body_is_refused(http: Http) -> None:
+    body = json.dumps({"prompt": "a fox", "idempotency_key": "k1"}).encode()
+    reply = http.post(body, {"content-type": "application/json"})
+    assert reply.status_code == 422
+    assert "Idempotency-Key header" in reply.json()["detail"][0]["message"]

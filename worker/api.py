@@ -48,7 +48,9 @@ def enqueue(
     """Queue one generation and return its job id.
 
     Raises ``JobRequestError`` (a ``ValueError``) with a clear message for invalid input,
-    before anything is written or published; ``IdempotencyConflict`` (a subclass) when
+    before anything is written or published: ``worker.params.validate_request`` checks it,
+    as it does the HTTP API's (strict types: ``num_images="2"`` is refused); a
+    ``callback_url`` needs IMAGEGEN_CALLBACK_SECRET. ``IdempotencyConflict`` (a subclass) when
     the key names a job with other parameters. With a known key and the same parameters,
     returns the existing job's id. ``deadline_s`` (default IMAGEGEN_JOB_DEADLINE_S) bounds
     how long the job may take from now; past it the job ends ``failed``. ``callback_url``

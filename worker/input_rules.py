@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from worker.constants import MAX_CALLBACK_URL_CHARS
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
 #: C0 controls but tab and newline, DEL, and the C1 controls (U+009B is a CSI on some terminals)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROL_NAMES = {0x00: "NUL", 0x07: "bell", 0x08: "backspace", 0x0D: "carriage return"}
@@ -25,7 +25,7 @@ _LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$"
 
 def check_text(name: str, value: str) -> None:
     """Raise ValueError naming ``name`` when ``value`` is not valid UTF-8 or has controls."""
-    surrogate = _SURROGATE.search(value)
+    surrogate = SURROGATE.search(value)
     if surrogate:
         raise ValueError(
             f"{name} is not valid UTF-8 (a lone surrogate at character {surrogate.start()})"

@@ -38,7 +38,7 @@ from worker.constants import (
     SIZE_MULTIPLE_PX,
 )
 from worker.errors import JobRequestError
-from worker.input_rules import check_callback_url, check_text, printable, shown
+from worker.input_rules import SURROGATE, check_callback_url, check_text, printable, shown
 from worker.settings import Settings, get_settings
 
 _SIZE_RE = re.compile(r"^\s*([0-9]{1,6})\s*[xX\u00d7]\s*([0-9]{1,6})\s*$")
@@ -241,18 +241,9 @@ def validate_request(
 ) -> JobRequest:
     """Build a JobRequest from ``JobInput``'s fields or raise JobRequestError naming every
     problem (``problems``: one ``{field, message}`` each, the HTTP API's 422 body)."""
-    data = {k: v for k, v in fields.items() if v is not None and k != "idempotency_key"}
+    data, problems = _fields(fields)
     if idempotency_key is not None:
         data["idempotency_key"] = idempotency_key
-    problems: list[dict[str, str]] = []
-    if "idempotency_key" in fields:
-        problems.append(
-            {
-                "field": "idempotency_key",
-                "message": "not a body field: send the key "
-                "as the Idempotency-Key header (idempotency_key= in Python)",
-            }
-        )
     try:
         request = JobRequest.model_validate(data, context={"settings": settings or get_settings()})
     except ValidationError as exc:
@@ -261,6 +252,25 @@ def validate_request(
         text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         raise JobRequestError(f"invalid job request: {text}", problems) from None
     return request
+
+
+def _fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The fields to validate (``None`` dropped: the default applies), and the problems
+    with names pydantic cannot report (a lone surrogate would hide every other problem)."""
+    data: dict[str, Any] = {}
+    problems: list[dict[str, str]] = []
+    for name, value in fields.items():
+        if not isinstance(name, str) or SURROGATE.search(name):
+            problem = "the field name is not valid UTF-8"
+            problems.append({"field": printable(str(name)), "message": problem})
+        elif name == "idempotency_key":
+            problem = (
+                "not a body field: send the Idempotency-Key header (idempotency_key= in Python)"
+            )
+            problems.append({"field": name, "message": problem})
+        elif value is not None:
+            data[name] = value
+    return data, problems
 
 
 def _problem(err: Any) -> dict[str, str]:
