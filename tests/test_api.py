@@ -177,7 +177,9 @@ def test_callbacks_are_signed_and_retried_until_the_web_app_takes_them(stack: St
     threading.Thread(target=server.serve_forever, daemon=True).start()
     secret = "callback-secret-for-tests"
     try:
-        stack.start_worker(extra_env={"IMAGEGEN_CALLBACK_SECRET": secret})
+        # the enqueue side needs the secret too, and leave to call back to this machine
+        stack.env |= {"IMAGEGEN_CALLBACK_SECRET": secret, "IMAGEGEN_CALLBACK_ALLOW_PRIVATE": "1"}
+        stack.start_worker()
         url = f"http://127.0.0.1:{server.server_port}/hooks/imagegen"
         job_id = stack.enqueue(unique("[[fal:refuse:celebrity_likeness]] x"), callback_url=url)
         stack.wait_terminal(job_id)

@@ -9,7 +9,16 @@ from pydantic import ValidationError
 
 from worker.constants import IMAGE_SIZE_PRESETS, MAX_PROMPT_CHARS
 from worker.errors import ImagegenError, JobRequestError
-from worker.params import validate_request
+from worker.params import JobRequest
+from worker.params import validate_request as _validate
+from worker.settings import Settings
+
+SETTINGS = Settings(IMAGEGEN_CALLBACK_SECRET="s3cret")
+
+
+def validate_request(**fields: Any) -> JobRequest:
+    key = fields.pop("idempotency_key", None)
+    return _validate(fields, idempotency_key=key, settings=SETTINGS)
 
 
 def test_default_request_params() -> None:
@@ -55,8 +64,8 @@ def test_custom_sizes_become_width_height(size: Any) -> None:
 
 @pytest.mark.parametrize(
     "size",
-    ["3840x2160", "3072x1024", "1024x3072", "16x16", "3840x1280"],
-    ids=["max-edge", "exactly-3:1", "exactly-1:3", "smallest", "max-edge-3:1"],
+    ["3840x2160", "3072x1024", "1024x3072", "1024x640", "1280x512", "3840x1280"],
+    ids=["most-pixels", "exactly-3:1", "exactly-1:3", "fewest-pixels", "fewest-2.5:1", "3:1-edge"],
 )
 def test_boundary_sizes_accepted(size: str) -> None:
     w, h = (int(v) for v in size.split("x"))
@@ -111,6 +120,23 @@ REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("aspect-too-wide", {"image_size": "3072x1008"}, "image_size"),
     ("aspect-too-tall", {"image_size": (1008, 3072)}, "image_size"),
     ("zero-size", {"image_size": "0x1024"}, "image_size"),
+    ("too-few-pixels", {"image_size": "16x16"}, "image_size"),
+    ("just-too-few-pixels", {"image_size": "1008x640"}, "image_size"),
+    ("too-many-pixels", {"image_size": "3840x3840"}, "image_size"),
+    ("just-too-many-pixels", {"image_size": "3840x2176"}, "image_size"),
+    ("unicode-digits", {"image_size": "\u0661\u0660\u0662\u0664x1024"}, "image_size"),
+    ("esc-prompt", {"prompt": "a \x1b[2J fox"}, "prompt"),
+    ("cr-prompt", {"prompt": "a\rfox"}, "prompt"),
+    ("c1-csi-prompt", {"prompt": "a\x9b31m fox"}, "prompt"),
+    ("del-prompt", {"prompt": "a\x7f fox"}, "prompt"),
+    ("surrogate-prompt", {"prompt": "caf\udce9"}, "prompt"),
+    ("bytes-prompt", {"prompt": b"a fox"}, "prompt"),
+    ("nan-deadline", {"deadline_s": float("nan")}, "deadline_s"),
+    ("inf-deadline", {"deadline_s": float("inf")}, "deadline_s"),
+    ("huge-deadline", {"deadline_s": 1e12}, "deadline_s"),
+    ("bool-deadline", {"deadline_s": True}, "deadline_s"),
+    ("str-deadline", {"deadline_s": "60"}, "deadline_s"),
+    ("zero-deadline", {"deadline_s": 0}, "deadline_s"),
     ("unknown-preset", {"image_size": "landscape_21_9"}, "image_size"),
     ("dict-extra-key", {"image_size": {"width": 16, "height": 16, "depth": 16}}, "image_size"),
     ("float-dims", {"image_size": (1024.0, 1024.0)}, "image_size"),
@@ -126,6 +152,19 @@ REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("float-images", {"num_images": 2.0}, "num_images"),
     ("blank-key", {"idempotency_key": "   "}, "idempotency_key"),
     ("long-key", {"idempotency_key": "k" * 201}, "idempotency_key"),
+    ("esc-key", {"idempotency_key": "k\x1b[0m"}, "idempotency_key"),
+    ("non-ascii-key", {"idempotency_key": "cl\u00e9"}, "idempotency_key"),
+    ("padded-key", {"idempotency_key": " k "}, "idempotency_key"),
+    ("int-key", {"idempotency_key": 42}, "idempotency_key"),
+    ("ftp-callback", {"callback_url": "ftp://example.com/x"}, "callback_url"),
+    ("loopback-callback", {"callback_url": "http://127.0.0.1:8000/x"}, "callback_url"),
+    ("localhost-callback", {"callback_url": "http://localhost/x"}, "callback_url"),
+    ("metadata-callback", {"callback_url": "http://169.254.169.254/latest"}, "callback_url"),
+    ("private-callback", {"callback_url": "https://10.1.2.3/x"}, "callback_url"),
+    ("decimal-ip-callback", {"callback_url": "http://2130706433/x"}, "callback_url"),
+    ("mapped-v6-callback", {"callback_url": "http://[::ffff:127.0.0.1]/x"}, "callback_url"),
+    ("userinfo-callback", {"callback_url": "https://u:p@example.com/x"}, "callback_url"),
+    ("space-callback", {"callback_url": "https://example.com/a b"}, "callback_url"),
     ("extra-field", {"seed": 42}, "seed"),
 ]
 
@@ -165,6 +204,12 @@ def test_rejection_messages_are_specific() -> None:
         ({"image_size": "1000x1000"}, "multiples of 16"),
         ({"image_size": "3856x2048"}, "3840"),
         ({"image_size": "3072x1008"}, "3:1"),
+        ({"image_size": "16x16"}, "total pixels must be 655,360"),
+        ({"image_size": "3840x3840"}, "8,294,400"),
+        ({"prompt": "caf\udce9"}, "prompt is not valid UTF-8"),
+        ({"prompt": "a\x1bb"}, "U+001B (ESC)"),
+        ({"deadline_s": float("inf")}, "at most 604800"),
+        ({"deadline_s": float("nan")}, "above 0"),
         ({"quality": "ultra"}, "'ultra'"),
         ({"num_images": 5}, "between 1 and 4"),
         ({"seed": 1}, "Extra inputs"),
@@ -180,3 +225,44 @@ def test_request_is_immutable() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         req.prompt = "other"  # type: ignore[misc]
     assert req.prompt == "p"
+
+
+def test_nul_is_named_in_the_message() -> None:
+    with pytest.raises(JobRequestError, match="U\\+0000 \\(NUL\\)"):
+        validate_request(prompt="a\x00b")
+
+
+def test_messages_never_echo_control_characters_or_surrogates() -> None:
+    hostile = "\x1b]0;pwned\x07\udce9" * 3
+    for field in ("quality", "output_format", "image_size"):
+        with pytest.raises(JobRequestError) as info:
+            validate_request(prompt="p", **{field: hostile})
+        text = str(info.value)
+        assert "\x1b" not in text and "\udce9" not in text and "\x07" not in text
+        text.encode("utf-8")  # the 422 body must encode
+
+
+def test_a_callback_needs_the_secret() -> None:
+    fields = {"prompt": "p", "callback_url": "https://example.com/hook"}
+    assert _validate(fields, settings=SETTINGS).callback_url == fields["callback_url"]
+    with pytest.raises(JobRequestError, match="IMAGEGEN_CALLBACK_SECRET is not set") as info:
+        _validate(fields, settings=Settings())
+    assert [p["field"] for p in info.value.problems] == ["callback_url"]
+
+
+def test_private_callbacks_when_allowed() -> None:
+    allowed = Settings(IMAGEGEN_CALLBACK_SECRET="s", IMAGEGEN_CALLBACK_ALLOW_PRIVATE="true")
+    url = "http://127.0.0.1:8000/hook"
+    assert _validate({"prompt": "p", "callback_url": url}, settings=allowed).callback_url == url
+    with pytest.raises(JobRequestError, match="IMAGEGEN_CALLBACK_ALLOW_PRIVATE"):
+        _validate({"prompt": "p", "callback_url": url}, settings=SETTINGS)
+
+
+@pytest.mark.parametrize("value", [1, 1.5, 604800])
+def test_deadline_accepts_ints_and_floats_up_to_a_week(value: float) -> None:
+    assert validate_request(prompt="p", deadline_s=value).deadline_s == value
+
+
+def test_the_key_is_not_a_body_field() -> None:
+    with pytest.raises(JobRequestError, match="Idempotency-Key header"):
+        _validate({"prompt": "p", "idempotency_key": "k"}, settings=SETTINGS)

@@ -48,25 +48,34 @@ def enqueue(
     """Queue one generation and return its job id.
 
     Raises ``JobRequestError`` (a ``ValueError``) with a clear message for invalid input,
-    before anything is written or published; ``IdempotencyConflict`` (a subclass) when
+    before anything is written or published: ``worker.params.validate_request`` checks it,
+    as it does the HTTP API's (strict types: ``num_images="2"`` is refused); a
+    ``callback_url`` needs IMAGEGEN_CALLBACK_SECRET. ``IdempotencyConflict`` (a subclass) when
     the key names a job with other parameters. With a known key and the same parameters,
     returns the existing job's id. ``deadline_s`` (default IMAGEGEN_JOB_DEADLINE_S) bounds
     how long the job may take from now; past it the job ends ``failed``. ``callback_url``
     gets the job's JSON, HMAC-signed, when it ends (see ``worker.callbacks``).
     """
-    request = validate_request(
-        prompt=prompt,
-        image_size=size,
-        quality=quality,
-        num_images=num_images,
-        output_format=output_format,
-        idempotency_key=idempotency_key,
-        callback_url=callback_url,
-    )
     settings = settings or get_settings()
-    if deadline_s is not None and deadline_s <= 0:
-        raise JobRequestError("invalid job request: deadline_s must be positive")
-    row = _row(request, deadline_s, settings, utcnow())
+    fields = {
+        "prompt": prompt,
+        "image_size": size,
+        "quality": quality,
+        "num_images": num_images,
+        "output_format": output_format,
+        "deadline_s": deadline_s,
+        "callback_url": callback_url,
+    }
+    request = validate_request(fields, idempotency_key=idempotency_key, settings=settings)
+    return enqueue_request(request, settings=settings, app=app)
+
+
+def enqueue_request(
+    request: JobRequest, *, settings: Settings, app: Celery | None = None
+) -> uuid.UUID:
+    """Queue a request ``validate_request`` accepted (``enqueue``'s second half, and the
+    HTTP API's); returns its job id, or the id of the job that already has its key."""
+    row = _row(request, settings, utcnow())
     try:
         with session_scope(settings.database_url) as session:
             existing = _existing(session, request)
@@ -99,20 +108,20 @@ def enqueue_many(
     item order (an existing job's id for a known idempotency key).
     """
     settings = settings or get_settings()
-    specs = [_spec(i, item) for i, item in enumerate(items)]
-    keys = [spec[0].idempotency_key for spec in specs if spec[0].idempotency_key]
+    specs = [_spec(i, item, settings) for i, item in enumerate(items)]
+    keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
     if keys and len(set(keys)) != len(keys):
         raise JobRequestError("invalid job request: an idempotency key repeats in the batch")
     now = utcnow()
     rows: list[dict[str, Any]] = []
     ids: list[uuid.UUID] = []
     with session_scope(settings.database_url) as session:
-        for request, deadline_s in specs:
+        for request in specs:
             existing = _existing(session, request)
             if existing is not None:
                 ids.append(existing)
                 continue
-            row = _row(request, deadline_s, settings, now)
+            row = _row(request, settings, now)
             rows.append(row)
             ids.append(row["id"])
         if rows:
@@ -121,22 +130,18 @@ def enqueue_many(
     return ids
 
 
-def _spec(index: int, item: str | Mapping[str, Any]) -> tuple[JobRequest, float | None]:
+def _spec(index: int, item: str | Mapping[str, Any], settings: Settings) -> JobRequest:
     fields: dict[str, Any] = {"prompt": item} if isinstance(item, str) else dict(item)
-    deadline_s: float | None = fields.pop("deadline_s", None)
+    key = fields.pop("idempotency_key", None)
     if "size" in fields:
         fields["image_size"] = fields.pop("size")
     try:
-        if deadline_s is not None and deadline_s <= 0:
-            raise JobRequestError("invalid job request: deadline_s must be positive")
-        return validate_request(**fields), deadline_s
-    except (JobRequestError, TypeError) as exc:
-        raise JobRequestError(f"item {index}: {exc}") from None
+        return validate_request(fields, idempotency_key=key, settings=settings)
+    except JobRequestError as exc:
+        raise JobRequestError(f"item {index}: {exc}", exc.problems) from None
 
 
-def _row(
-    request: JobRequest, deadline_s: float | None, settings: Settings, now: datetime
-) -> dict[str, Any]:
+def _row(request: JobRequest, settings: Settings, now: datetime) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
         "prompt": request.prompt,
@@ -149,7 +154,7 @@ def _row(
         "created_at": now,
         "updated_at": now,
         "lease_until": now + timedelta(seconds=settings.queued_grace_s),
-        "deadline_at": now + timedelta(seconds=deadline_s or settings.job_deadline_s),
+        "deadline_at": now + timedelta(seconds=request.deadline_s or settings.job_deadline_s),
     }
 
 

@@ -48,6 +48,12 @@ SIZE_MULTIPLE_PX = 16
 MAX_NUM_IMAGES = 4
 MAX_PROMPT_CHARS = 32_000
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: fal's bounds on a custom image_size's total pixels (1024x640 to 3840x2160).
+MIN_PIXELS = 655_360
+MAX_PIXELS = 8_294_400
+#: The longest a job may be given to finish (deadline_s), and a callback URL's length.
+MAX_DEADLINE_S = 7 * 24 * 3600
+MAX_CALLBACK_URL_CHARS = 2000
 
 #: fal's public keys for webhook signatures (IMAGEGEN_FAL_JWKS_URL overrides it).
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"

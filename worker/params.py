@@ -1,27 +1,48 @@
-"""What a job may ask GPT Image 2 for, validated before anything is written."""
+"""What a job may ask GPT Image 2 for, validated before anything is written.
+
+``validate_request`` is the one gate: ``worker.api.enqueue`` (and so the CLI) and the
+HTTP API's ``POST /jobs`` both call it, so a request passes or fails the same way
+whichever door it comes through. Types are strict (``"2"`` is not a number, ``true`` is
+not 1) and ``None`` (JSON ``null``) means "the default".
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from worker.constants import (
     IMAGE_SIZE_PRESETS,
     MAX_ASPECT_RATIO,
+    MAX_DEADLINE_S,
     MAX_EDGE_PX,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_NUM_IMAGES,
+    MAX_PIXELS,
     MAX_PROMPT_CHARS,
+    MIN_PIXELS,
     OUTPUT_FORMATS,
     QUALITIES,
     SIZE_MULTIPLE_PX,
 )
 from worker.errors import JobRequestError
+from worker.input_rules import SURROGATE, check_callback_url, check_text, printable, shown
+from worker.settings import Settings, get_settings
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]{1,6})\s*[xX\u00d7]\s*([0-9]{1,6})\s*$")
+_KEY_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
 ImageSize = str | dict[str, int]
 
 
@@ -33,7 +54,7 @@ def parse_size(value: Any) -> ImageSize:
         match = _SIZE_RE.match(value)
         if not match:
             raise ValueError(
-                f"unknown size {value!r}: use one of {', '.join(IMAGE_SIZE_PRESETS)} "
+                f"unknown size {shown(value)}: use one of {', '.join(IMAGE_SIZE_PRESETS)} "
                 "or WIDTHxHEIGHT such as 1024x1536"
             )
         width, height = int(match[1]), int(match[2])
@@ -48,6 +69,7 @@ def parse_size(value: Any) -> ImageSize:
 
 
 def _check_dimensions(width: Any, height: Any) -> None:
+    """fal's rules for GPT Image 2's custom sizes (presets are fal's own, always valid)."""
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
         raise ValueError("width and height must be whole numbers of pixels")
     if width <= 0 or height <= 0:
@@ -56,41 +78,88 @@ def _check_dimensions(width: Any, height: Any) -> None:
         raise ValueError(f"width and height must be multiples of {SIZE_MULTIPLE_PX}")
     if max(width, height) > MAX_EDGE_PX:
         raise ValueError(f"the longest edge must be at most {MAX_EDGE_PX} px")
+    if not MIN_PIXELS <= width * height <= MAX_PIXELS:
+        raise ValueError(
+            f"the total pixels must be {MIN_PIXELS:,} (1024x640) to {MAX_PIXELS:,} "
+            f"(3840x2160); {width}x{height} is {width * height:,}"
+        )
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise ValueError("the aspect ratio must be at most 3:1")
 
 
-class JobRequest(BaseModel):
-    """One generation request: the prompt and GPT Image 2's inputs (fal's defaults filled in)."""
+_SIZE_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "description": "A preset name or WIDTHxHEIGHT (1024x1536)."},
+        {
+            "type": "object",
+            "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}},
+            "required": ["width", "height"],
+            "additionalProperties": False,
+        },
+    ],
+    "description": f"A preset ({', '.join(IMAGE_SIZE_PRESETS)}), WIDTHxHEIGHT or "
+    "{width, height}: multiples of 16, longest edge 3840, ratio 3:1 at most, "
+    f"{MIN_PIXELS:,} to {MAX_PIXELS:,} pixels.",
+}
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: str
-    image_size: ImageSize = "landscape_4_3"
-    quality: str = "high"
-    num_images: int = Field(1, strict=True)
-    output_format: str = "png"
-    idempotency_key: str | None = None
+def _null_means_default(schema: dict[str, Any]) -> None:
+    """Publish that ``null`` is taken for every field with a default (validate_request
+    drops it, so the default applies)."""
+    for prop in schema["properties"].values():
+        if "default" in prop and {"type": "null"} not in prop.get("anyOf", ()):
+            core = {
+                k: prop.pop(k) for k in list(prop) if k not in ("default", "title", "description")
+            }
+            prop["anyOf"] = [core, {"type": "null"}]
+
+
+class JobInput(BaseModel):
+    """A generation request (the HTTP API's ``POST /jobs`` body); fal's defaults filled in."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        title="JobIn",
+        json_schema_extra=_null_means_default,
+    )
+
+    prompt: str = Field(
+        json_schema_extra={"minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+        description="What to draw: 1 to 32000 characters, no control characters but tab "
+        "and newline (user data: stored, never logged).",
+    )
+    image_size: Annotated[ImageSize, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)] = (
+        "landscape_4_3"
+    )
+    quality: str = Field("high", json_schema_extra={"enum": list(QUALITIES)})
+    num_images: int = Field(1, json_schema_extra={"minimum": 1, "maximum": MAX_NUM_IMAGES})
+    output_format: str = Field("png", json_schema_extra={"enum": list(OUTPUT_FORMATS)})
+    deadline_s: float | None = Field(
+        None,
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": MAX_DEADLINE_S},
+        description="Fail the job if not done this many seconds from now "
+        "(default IMAGEGEN_JOB_DEADLINE_S).",
+    )
     #: not a model input: where the job's JSON is POSTed when it ends (worker.callbacks)
-    callback_url: str | None = None
+    callback_url: str | None = Field(
+        None,
+        description="POSTed the job's JSON (signed) when it ends; needs "
+        "IMAGEGEN_CALLBACK_SECRET. Private addresses need IMAGEGEN_CALLBACK_ALLOW_PRIVATE.",
+    )
 
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the prompt is empty")
-        if "\x00" in value:
-            raise ValueError("the prompt contains a NUL byte")
         if len(value) > MAX_PROMPT_CHARS:
             raise ValueError(
                 f"the prompt has {len(value)} characters; the limit is {MAX_PROMPT_CHARS}"
             )
+        check_text("prompt", value)
+        if not value.strip():
+            raise ValueError("the prompt is empty")
         return value
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> ImageSize:
-        return parse_size(value)
 
     @field_validator("quality")
     @classmethod
@@ -109,46 +178,101 @@ class JobRequest(BaseModel):
             raise ValueError(f"num_images must be between 1 and {MAX_NUM_IMAGES}")
         return value
 
-    @field_validator("idempotency_key")
+    @field_validator("deadline_s")
     @classmethod
-    def _key(cls, value: str | None) -> str | None:
-        if value is not None and not (0 < len(value.strip()) <= MAX_IDEMPOTENCY_KEY_CHARS):
+    def _deadline(cls, value: float | None) -> float | None:
+        # NaN fails every comparison, so it fails this one too
+        if value is not None and not 0 < value <= MAX_DEADLINE_S:
             raise ValueError(
-                f"the idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars"
+                f"deadline_s must be a number of seconds above 0 and at most {MAX_DEADLINE_S} "
+                "(7 days)"
             )
         return value
 
     @field_validator("callback_url")
     @classmethod
-    def _callback(cls, value: str | None) -> str | None:
+    def _callback(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or len(value) > 2000:
-            raise ValueError("the callback URL must be an http(s) URL of at most 2000 chars")
+        settings: Settings = (info.context or {})["settings"]
+        check_callback_url(value, allow_private=settings.callback_allow_private)
+        secret = settings.callback_secret
+        if secret is None or not secret.get_secret_value().strip():
+            raise ValueError(
+                "IMAGEGEN_CALLBACK_SECRET is not set, so callbacks could not be signed: "
+                "set it (for the API and the workers) or leave callback_url out"
+            )
         return value
 
     def params(self) -> dict[str, Any]:
         """The model inputs besides the prompt, as stored in ``jobs.params`` and sent to fal."""
-        return self.model_dump(exclude={"prompt", "idempotency_key", "callback_url"})
+        return self.model_dump(include={"image_size", "quality", "num_images", "output_format"})
+
+
+class JobRequest(JobInput):
+    """A validated request and its idempotency key (an HTTP header, not a body field)."""
+
+    idempotency_key: str | None = None
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not (
+            len(value) <= MAX_IDEMPOTENCY_KEY_CHARS and _KEY_RE.match(value)
+        ):
+            raise ValueError(
+                f"the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable "
+                "ASCII characters, not starting or ending with a space"
+            )
+        return value
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(allowed)}")
+        raise ValueError(f"unknown {name} {shown(value)}: use one of {', '.join(allowed)}")
     return value
 
 
-def validate_request(**fields: Any) -> JobRequest:
-    """Build a JobRequest or raise JobRequestError with every problem spelled out."""
+def validate_request(
+    fields: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    settings: Settings | None = None,
+) -> JobRequest:
+    """Build a JobRequest from ``JobInput``'s fields or raise JobRequestError naming every
+    problem (``problems``: one ``{field, message}`` each, the HTTP API's 422 body)."""
+    data, problems = _fields(fields)
+    if idempotency_key is not None:
+        data["idempotency_key"] = idempotency_key
     try:
-        return JobRequest(**{k: v for k, v in fields.items() if v is not None})
+        request = JobRequest.model_validate(data, context={"settings": settings or get_settings()})
     except ValidationError as exc:
-        problems = [_problem(err) for err in exc.errors()]
+        problems = [_problem(err) for err in exc.errors()] + problems
+    if problems:
         text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         raise JobRequestError(f"invalid job request: {text}", problems) from None
+    return request
+
+
+def _fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The fields to validate (``None`` dropped: the default applies), and the problems
+    with names pydantic cannot report (a lone surrogate would hide every other problem)."""
+    data: dict[str, Any] = {}
+    problems: list[dict[str, str]] = []
+    for name, value in fields.items():
+        if not isinstance(name, str) or SURROGATE.search(name):
+            problem = "the field name is not valid UTF-8"
+            problems.append({"field": printable(str(name)), "message": problem})
+        elif name == "idempotency_key":
+            problem = (
+                "not a body field: send the Idempotency-Key header (idempotency_key= in Python)"
+            )
+            problems.append({"field": name, "message": problem})
+        elif value is not None:
+            data[name] = value
+    return data, problems
 
 
 def _problem(err: Any) -> dict[str, str]:
-    where = ".".join(str(p) for p in err["loc"]) or "request"
+    where = ".".join(printable(str(p)) for p in err["loc"]) or "request"
     return {"field": where, "message": str(err["msg"]).removeprefix("Value error, ")}

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # Job-event callbacks to web apps (per-job callback_url), HMAC-SHA256 signed.
     callback_secret: SecretStr | None = Field(default=None, alias="IMAGEGEN_CALLBACK_SECRET")
     callback_timeout_s: float = Field(default=10.0, gt=0, alias="IMAGEGEN_CALLBACK_TIMEOUT_S")
+    # Input validation: a callback_url naming a loopback, private or link-local address is
+    # refused at enqueue (server-side request forgery) unless this allows it.
+    callback_allow_private: bool = Field(default=False, alias="IMAGEGEN_CALLBACK_ALLOW_PRIVATE")
 
     # Moderation pre-filter (worker/moderation): refuse before the billable call to fal.
     moderation: str = Field(default="off", alias="IMAGEGEN_MODERATION")

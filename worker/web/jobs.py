@@ -8,15 +8,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
 
 from models import JobStatus
 from worker import api, queries
 from worker.db import session_scope
 from worker.errors import EnqueueError, JobRequestError
+from worker.params import validate_request
 from worker.settings import Settings
 
-from .schemas import ErrorBody, JobCreated, JobIn, JobPage, Size
+from .schemas import ErrorBody, JobCreated, JobIn, JobPage
 
 router = APIRouter(tags=["jobs"], responses={401: {"model": ErrorBody}})
 MAX_PAGE = 200
@@ -32,29 +33,26 @@ def _settings(request: Request) -> Settings:
     status_code=201,
     response_model=JobCreated,
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobIn.model_json_schema()}},
+        }
+    },
 )
 def create_job(
-    body: JobIn,
+    body: Annotated[dict[str, Any], Body()],
     request: Request,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobCreated:
     """Queue a generation. A repeated ``Idempotency-Key`` answers with the same job;
     the same key with another prompt or parameters is a 422."""
     settings = _settings(request)
-    size = body.image_size
+    # The body is checked by the same function as worker.enqueue, not by FastAPI, so both
+    # refuse the same requests with the same problems.
+    job_request = validate_request(body, idempotency_key=idempotency_key, settings=settings)
     try:
-        job_id = api.enqueue(
-            body.prompt,
-            size=size.model_dump() if isinstance(size, Size) else size,
-            quality=body.quality,
-            num_images=body.num_images,
-            output_format=body.output_format,
-            idempotency_key=idempotency_key,
-            deadline_s=body.deadline_s,
-            callback_url=body.callback_url,
-            settings=settings,
-            app=request.app.state.celery,
-        )
+        job_id = api.enqueue_request(job_request, settings=settings, app=request.app.state.celery)
     except EnqueueError as exc:
         raise HTTPException(503, str(exc)) from None
     with session_scope(settings.database_url) as session:

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from worker.params import JobInput
 
-class Size(BaseModel):
-    width: int
-    height: int
-
-
-class JobIn(BaseModel):
-    """A generation request; validated exactly like ``worker.enqueue``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(description="What to draw (user data: stored, never logged).")
-    image_size: str | Size | None = Field(
-        None, description="A preset (landscape_4_3, ...), WIDTHxHEIGHT or {width, height}."
-    )
-    quality: str | None = Field(None, description="auto, low, medium or high (default high).")
-    num_images: int | None = Field(None, description="1 to 4 (default 1).")
-    output_format: str | None = Field(None, description="jpeg, png or webp (default png).")
-    deadline_s: float | None = Field(None, gt=0, description="Fail the job if not done by then.")
-    callback_url: str | None = Field(
-        None, description="POSTed the job's JSON (HMAC-signed) when it ends."
-    )
+#: A generation request: ``worker.params.JobInput`` itself, so the HTTP API and
+#: ``worker.enqueue`` accept and refuse exactly the same requests.
+JobIn = JobInput
 
 
 class JobCreated(BaseModel):
