@@ -15,7 +15,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import API_KEY, Stack, unique
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # every test here runs real processes
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 

@@ -9,6 +9,7 @@ import pytest
 from bench import throughput
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("restore_structlog")  # bench.throughput.main configures structlog
 def test_a_tiny_run_prints_its_figures_and_a_timeline_that_adds_up(
     capsys: pytest.CaptureFixture[str],

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 import redis
 from celery.worker.consumer.events import Events
 
@@ -70,6 +71,7 @@ class EventFeed:
         self._client.close()
 
 
+@pytest.mark.slow
 def test_a_worker_publishes_its_task_events_together_not_one_message_each(running: Stack) -> None:
     """Every task event reaches the event exchange (Flower's feed), a window to a message."""
     feed = EventFeed(running.redis_url)
@@ -97,6 +99,7 @@ def test_a_worker_publishes_its_task_events_together_not_one_message_each(runnin
     assert len(feed.messages) <= allowed, f"{sizes} over {span_s:.2f} s"
 
 
+@pytest.mark.slow
 def test_a_worker_stopping_publishes_the_events_still_waiting_for_their_window(
     running: Stack,
 ) -> None:
@@ -166,6 +169,7 @@ def _drop_connections(redis_url: str) -> int:
         return sum(admin.client_kill_filter(_id=client) for client in ours)
 
 
+@pytest.mark.slow
 def test_a_worker_whose_broker_connections_drop_keeps_sending_task_events(
     running: Stack,
 ) -> None:

@@ -19,6 +19,7 @@ def _count(stack: Stack) -> int:
         return session.execute(select(func.count()).select_from(Job)).scalar_one()
 
 
+@pytest.mark.slow
 def test_a_batch_is_published_in_order_and_every_job_runs(running: Stack) -> None:
     prompts = [unique(f"batch {i}") for i in range(5)]
     ids = enqueue_many(prompts, settings=running.settings(), app=running.app())
@@ -39,6 +40,7 @@ def test_a_batch_with_the_broker_down_leaves_no_row_and_says_so(stack: Stack) ->
     assert _count(stack) == 0
 
 
+@pytest.mark.slow
 def test_the_enqueue_benchmark_prints_its_figures_as_json(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,7 @@ import redis
 
 from tests.conftest import Stack, unique
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 
 
 def _job(stack: Stack, job_id: uuid.UUID) -> dict[str, Any]:
