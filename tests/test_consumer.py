@@ -115,6 +115,27 @@ def test_a_worker_stopping_publishes_the_events_still_waiting_for_their_window(
     assert feed.tasks("task-succeeded") == {str(job_id)}, feed.messages
 
 
+def _publish_event(redis_url: str, db: int, task_id: str) -> None:
+    """A task-succeeded event as kombu publishes it on database ``db``'s event channel."""
+    body = json.dumps([{"type": "task-succeeded", "uuid": task_id, "timestamp": time.time()}])
+    envelope = {"body": body, "properties": {}, "content-type": "application/json"}
+    with redis.Redis.from_url(redis_url) as client:
+        client.publish(event_channel(db).replace("*", "task.multi"), json.dumps(envelope))
+
+
+def test_the_feed_hears_its_own_database_only(redis_url: str) -> None:
+    """Pub/sub spans the Redis server: another test run's events must not reach this one."""
+    db = int(redis_url.rsplit("/", 1)[1])
+    feed = EventFeed(redis_url)
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    _publish_event(redis_url, db % 15 + 1, theirs)  # another run's database
+    _publish_event(redis_url, db, ours)
+    feed.wait_for(1, timeout_s=5)
+    time.sleep(0.3)
+    feed.close()
+    assert feed.tasks("task-succeeded") == {ours}, feed.messages
+
+
 class _ConsumerSide:
     """What Celery's Events bootstep reads of a worker's consumer (an event loop, no flush
     window of its own here: the buffered events stay buffered until the test moves on)."""
