@@ -8,11 +8,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/imagegen
 ENV PATH=/opt/imagegen/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY worker ./worker
 COPY models ./models
 COPY migrations ./migrations
-RUN pip install .
+# The tested versions (constraints.txt), not whatever is newest on the day of the build.
+RUN pip install --constraint=constraints.txt .
 
 FROM python:3.11-slim
 ENV PATH=/opt/imagegen/bin:$PATH \

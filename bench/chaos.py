@@ -47,7 +47,6 @@ from worker.sweeper import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/14"
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 SWEEP_EVERY_S = 2.0
 FAST_ENV = {
@@ -179,8 +178,8 @@ def admin_sql(statement: str) -> None:
         admin.dispose()
 
 
-def flush_redis() -> None:
-    with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as client:
+def flush_redis(redis_url: str) -> None:
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
         client.flushdb()
 
 
@@ -370,7 +369,7 @@ def render(invariants: list[Invariant], facts: list[Facts], fleet: Fleet, run: D
 
 
 def run(args: argparse.Namespace, url: str, emulator: FalEmulator, log_dir: Path) -> int:
-    env = {"DATABASE_URL": url, "REDIS_URL": REDIS_URL, "FAL_KEY": "chaos-key", **FAST_ENV}
+    env = {"DATABASE_URL": url, "REDIS_URL": args.redis_url, "FAL_KEY": "chaos-key", **FAST_ENV}
     env.update(emulator.env())
     values: dict[str, Any] = dict(env)  # Settings takes the environment names as keywords
     settings = Settings(**values)
@@ -393,7 +392,7 @@ def run(args: argparse.Namespace, url: str, emulator: FalEmulator, log_dir: Path
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure(level=logging.ERROR)  # the sweeper's warnings would drown the output
-    with one_run_at_a_time(ADMIN_URL, REDIS_URL, "bench.chaos"):
+    with one_run_at_a_time(None, "bench.chaos") as args.redis_url:
         return chaos(args)
 
 
@@ -406,14 +405,14 @@ def chaos(args: argparse.Namespace) -> int:
     try:
         admin_sql(f"CREATE DATABASE {name}")
         upgrade(db_url(name))
-        flush_redis()
+        flush_redis(args.redis_url)
         code = run(args, db_url(name), emulator, log_dir)
         return code
     finally:
         emulator.stop()
         dispose_engines()
         admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        flush_redis()
+        flush_redis(args.redis_url)
         if code == 0 and not args.keep_logs:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:

@@ -33,7 +33,6 @@ from worker.db import dispose_engines, upgrade
 from worker.settings import Settings
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs through enqueue_many")
     parser.add_argument("--batch", type=int, default=1_000, help="items per enqueue_many call")
     parser.add_argument("--singles", type=int, default=1_000, help="single enqueue calls")
-    parser.add_argument("--redis-url", default=REDIS_URL, help="a Redis database to flush and use")
+    parser.add_argument(
+        "--redis-url", help="a Redis database to flush and use (default: any free one of 1-15)"
+    )
     args = parser.parse_args(argv)
     if min(args.jobs, args.batch, args.singles) < 1:
         parser.error("--jobs, --batch and --singles must be at least 1")
@@ -113,7 +114,7 @@ def render(result: dict[str, float | int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with one_run_at_a_time(ADMIN_URL, args.redis_url, "bench.enqueue"):
+    with one_run_at_a_time(args.redis_url, "bench.enqueue") as args.redis_url:
         return run(args)
 
 

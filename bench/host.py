@@ -8,7 +8,6 @@ The API (``imagegen api``, fal's webhook receiver in webhook mode) is sampled th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shlex
 import signal
@@ -21,38 +20,49 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import redis
 from celery import Celery
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
+
+from tests.redis_lease import DATABASES, HOST, PORT, lease_free_db, try_lease
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
-def one_run_at_a_time(admin_url: str, redis_url: str, bench: str) -> Iterator[None]:
-    """Refuse to start while another benchmark uses the same Redis database: each flushes
-    it before and after its run, so two at once would delete each other's queued tasks
-    (jobs left queued for good). A Postgres advisory lock, held for the whole run."""
-    key = int.from_bytes(hashlib.sha256(f"imagegen-bench {redis_url}".encode()).digest()[:8])
-    key -= 1 << 63 if key >= 1 << 63 else 0  # a signed bigint
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            taken = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            if not taken:
+def one_run_at_a_time(redis_url: str | None, bench: str) -> Iterator[str]:
+    """The Redis database this benchmark may flush, leased like the tests' (tests.redis_lease)
+    for the whole run: ``redis_url``'s, refused while another run (a benchmark or a test)
+    holds it, or any free one of 1-15. Two runs on one database would delete each other's
+    queued tasks (jobs left queued for good)."""
+    with redis.Redis(host=HOST, port=PORT, db=0) as locks:
+        if redis_url is None:
+            lease = lease_free_db(locks, wait_s=0)
+            if lease is None:
+                raise SystemExit(f"{bench}: every Redis database 1-15 is in use by another run")
+        else:
+            lease = try_lease(_database(redis_url), locks)
+            if lease is None:
                 raise SystemExit(
-                    f"{bench}: another benchmark is running on {redis_url} (it flushes that "
-                    "Redis database); wait for it to finish"
+                    f"{bench}: another run is using {redis_url} (a benchmark flushes its "
+                    "Redis database); wait for it to finish, or leave out --redis-url"
                 )
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    finally:
-        engine.dispose()
+        try:
+            yield lease.url
+        finally:
+            lease.release()
+
+
+def _database(redis_url: str) -> int:
+    parsed = urlsplit(redis_url)
+    path = parsed.path.strip("/")
+    db = int(path) if path.isdigit() else 0
+    if (parsed.hostname, parsed.port or 6379) != (HOST, PORT) or db not in DATABASES:
+        raise SystemExit(f"--redis-url must be a database 1-15 of redis://{HOST}:{PORT}")
+    return db
 
 
 def free_port() -> int:

@@ -60,7 +60,6 @@ from worker.logs import configure
 from worker.settings import Settings
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/12"
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 SAMPLE_EVERY_S = 0.5
 WEBHOOK_FALLBACK_S = "600"  # longer than any run here: a lost callback shows as a stuck job
@@ -124,7 +123,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also print, second by second, jobs claimed, sent to fal, done at fal, finished",
     )
-    parser.add_argument("--redis-url", default=REDIS_URL, help="a Redis database to flush and use")
+    parser.add_argument(
+        "--redis-url", help="a Redis database to flush and use (default: any free one of 1-15)"
+    )
     return parser.parse_args(argv)
 
 
@@ -494,7 +495,7 @@ def log_events(logs: str) -> Counter[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure(level=logging.ERROR)
-    with one_run_at_a_time(ADMIN_URL, args.redis_url, "bench.throughput"):
+    with one_run_at_a_time(args.redis_url, "bench.throughput") as args.redis_url:
         return measure(args)
 
 

@@ -132,40 +132,27 @@ def database_url(pg_template: str) -> Iterator[str]:
     admin.dispose()
 
 
-def _lock_free_db(locks: Any, token: str) -> int | None:
-    for db in range(1, 16):
-        if locks.set(f"imagegen-test-db:{db}", token, nx=True, ex=900):
-            return db
-    return None
-
-
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A flushed Redis database for this test, held by a lock key in db 0.
+    """A flushed Redis database for this test, held by a lease in db 0 (tests.redis_lease).
 
-    The lock lets several pytest runs share one Redis server (16 databases) safely.
+    The lease lets several pytest runs and benchmarks share one Redis server (16 databases):
+    a database is flushed, before and after the test, only while this test holds it.
     """
     if not _port_open(REDIS_HOST, REDIS_PORT):
         pytest.exit(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT} (see README)", 2)
     import redis
 
-    locks = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + 60
-    db = _lock_free_db(locks, token)
-    while db is None:
-        if time.monotonic() > deadline:
+    from tests.redis_lease import lease_free_db
+
+    with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0) as locks:
+        lease = lease_free_db(locks)
+        if lease is None:
             pytest.fail("no free Redis database for this test (15 in use by other test runs)")
-        time.sleep(0.2)
-        db = _lock_free_db(locks, token)
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    yield url
-    if locks.get(f"imagegen-test-db:{db}") == token.encode():
-        locks.delete(f"imagegen-test-db:{db}")
-    locks.close()
+        try:
+            yield lease.url
+        finally:
+            lease.release()
 
 
 @dataclass

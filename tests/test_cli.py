@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Stack, unique
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # every test here runs real processes
 
 
 def imagegen(

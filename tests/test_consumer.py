@@ -11,10 +11,12 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 import redis
 from celery.worker.consumer.events import Events
 
 from tests.conftest import Stack, unique
+from tests.redis_lease import event_channel
 from worker.api import enqueue_many
 from worker.consumer import EVENT_FLUSH_S
 
@@ -30,7 +32,8 @@ class EventFeed:
         self._done = threading.Event()
         self._client = redis.Redis.from_url(redis_url)
         self._pubsub = self._client.pubsub()
-        self._pubsub.psubscribe("*celeryev*")
+        # this test's database only: pub/sub spans the server, other runs publish there too
+        self._pubsub.psubscribe(event_channel(self._client.connection_pool.connection_kwargs["db"]))
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
         time.sleep(0.3)  # subscribed before the first event
@@ -68,6 +71,7 @@ class EventFeed:
         self._client.close()
 
 
+@pytest.mark.slow
 def test_a_worker_publishes_its_task_events_together_not_one_message_each(running: Stack) -> None:
     """Every task event reaches the event exchange (Flower's feed), a window to a message."""
     feed = EventFeed(running.redis_url)
@@ -95,6 +99,7 @@ def test_a_worker_publishes_its_task_events_together_not_one_message_each(runnin
     assert len(feed.messages) <= allowed, f"{sizes} over {span_s:.2f} s"
 
 
+@pytest.mark.slow
 def test_a_worker_stopping_publishes_the_events_still_waiting_for_their_window(
     running: Stack,
 ) -> None:
@@ -108,6 +113,27 @@ def test_a_worker_stopping_publishes_the_events_still_waiting_for_their_window(
     feed.wait_for(3, timeout_s=5)
     feed.close()
     assert feed.tasks("task-succeeded") == {str(job_id)}, feed.messages
+
+
+def _publish_event(redis_url: str, db: int, task_id: str) -> None:
+    """A task-succeeded event as kombu publishes it on database ``db``'s event channel."""
+    body = json.dumps([{"type": "task-succeeded", "uuid": task_id, "timestamp": time.time()}])
+    envelope = {"body": body, "properties": {}, "content-type": "application/json"}
+    with redis.Redis.from_url(redis_url) as client:
+        client.publish(event_channel(db).replace("*", "task.multi"), json.dumps(envelope))
+
+
+def test_the_feed_hears_its_own_database_only(redis_url: str) -> None:
+    """Pub/sub spans the Redis server: another test run's events must not reach this one."""
+    db = int(redis_url.rsplit("/", 1)[1])
+    feed = EventFeed(redis_url)
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    _publish_event(redis_url, 99, theirs)  # another database's (99: no run's, so none hears it)
+    _publish_event(redis_url, db, ours)
+    feed.wait_for(1, timeout_s=5)
+    time.sleep(0.3)
+    feed.close()
+    assert feed.tasks("task-succeeded") == {ours}, feed.messages
 
 
 class _ConsumerSide:
@@ -151,6 +177,20 @@ def test_task_events_buffered_when_the_broker_connection_drops_are_sent_after_it
     assert feed.tasks("task-succeeded") == {task_id}, feed.messages
 
 
+def _drop_connections(redis_url: str) -> int:
+    """What a Redis restart does to the worker: the (non-pub/sub) connections to this test's
+    database are closed; not the whole server's, which other test runs use."""
+    with redis.Redis.from_url(redis_url) as admin:
+        db, me = admin.connection_pool.connection_kwargs["db"], admin.client_id()
+        ours = [
+            c["id"]
+            for c in admin.client_list(_type="normal")
+            if int(c["db"]) == db and int(c["id"]) != me
+        ]
+        return sum(admin.client_kill_filter(_id=client) for client in ours)
+
+
+@pytest.mark.slow
 def test_a_worker_whose_broker_connections_drop_keeps_sending_task_events(
     running: Stack,
 ) -> None:
@@ -159,9 +199,7 @@ def test_a_worker_whose_broker_connections_drop_keeps_sending_task_events(
     first = running.enqueue(unique("a kite, before the drop"))
     assert running.wait_terminal(first)["status"] == "succeeded"
     feed.wait_for(3)
-    admin = redis.Redis.from_url(running.redis_url)
-    dropped = admin.client_kill_filter(_type="normal", skipme=True)
-    admin.close()
+    dropped = _drop_connections(running.redis_url)
     assert dropped > 0
     second = running.enqueue(unique("a kite, after the drop"))
     assert running.wait_terminal(second, timeout_s=60)["status"] == "succeeded"

@@ -339,6 +339,7 @@ def test_stop_releases_hanging_handler() -> None:
     assert len(errors) == 1
 
 
+@pytest.mark.slow
 def test_real_fal_client_end_to_end(emu: FalEmulator) -> None:
     code = (
         "import json, fal_client\n"

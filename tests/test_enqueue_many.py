@@ -19,6 +19,7 @@ def _count(stack: Stack) -> int:
         return session.execute(select(func.count()).select_from(Job)).scalar_one()
 
 
+@pytest.mark.slow
 def test_a_batch_is_published_in_order_and_every_job_runs(running: Stack) -> None:
     prompts = [unique(f"batch {i}") for i in range(5)]
     ids = enqueue_many(prompts, settings=running.settings(), app=running.app())
@@ -39,12 +40,13 @@ def test_a_batch_with_the_broker_down_leaves_no_row_and_says_so(stack: Stack) ->
     assert _count(stack) == 0
 
 
+@pytest.mark.slow
 def test_the_enqueue_benchmark_prints_its_figures_as_json(
-    redis_url: str, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from bench import enqueue as bench_enqueue
 
-    argv = ["--jobs", "30", "--batch", "10", "--singles", "5", "--redis-url", redis_url]
+    argv = ["--jobs", "30", "--batch", "10", "--singles", "5"]  # on a Redis db it leases itself
     assert bench_enqueue.main(argv) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["jobs"] == 30 and figures["singles"] == 5

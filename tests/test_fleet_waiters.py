@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Stack, unique
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 
 
 def test_waiters_past_half_their_lease_do_not_take_fleet_slots(stack: Stack) -> None:

@@ -30,7 +30,7 @@ from tests.conftest import ROOT, Stack, unique
 from worker.api import enqueue_many
 from worker.constants import JOB_QUEUE, RUN_JOB_TASK
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 
 USER, PASSWORD = "ops", "flower-test-secret"
 WAIT_S = 30.0

@@ -22,7 +22,6 @@ import pytest
 from worker.moderation import (
     CATEGORIES,
     CELEBRITY_LIKENESS,
-    DEFAULT_RULES_FILE,
     HATE_PROTECTED_GROUP,
     PASS,
     SELF_HARM_INSTRUCTIONS,
@@ -127,11 +126,6 @@ def rules() -> RulesModerator:
     return RulesModerator.from_file()
 
 
-def test_the_table_is_big_enough_and_half_benign() -> None:
-    assert len(BENIGN) + len(REFUSED) >= 40
-    assert len(BENIGN) >= len(REFUSED) - 2
-
-
 @pytest.mark.parametrize("prompt", BENIGN)
 def test_benign_look_alikes_pass(rules: RulesModerator, prompt: str) -> None:
     verdict = rules.check(prompt)
@@ -213,10 +207,6 @@ def test_an_operator_file_with_terms_requires_unless_and_a_new_category(tmp_path
     verdict = checker.check("rob a pear")
     assert verdict.message is not None and "(fruit_crime)" in verdict.message
     assert verdict.soft is False
-
-
-def test_the_default_file_is_shipped_next_to_the_module() -> None:
-    assert DEFAULT_RULES_FILE.name == "default_rules.toml" and DEFAULT_RULES_FILE.is_file()
 
 
 # --------------------------------------------------------------------------- verdicts and specs

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import Stack, unique
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # every test here runs real processes
 
 
 def test_success_records_images_and_one_submission(running: Stack) -> None:

@@ -117,6 +117,7 @@ def test_waiting_for_news_gives_up_after_its_timeout() -> None:
     assert not estimate.known("m")
 
 
+@pytest.mark.slow
 def test_a_fresh_worker_polls_its_first_wave_through_a_few_scouts(running: Stack) -> None:
     """Eight 2 s generations on a new worker: four scouts poll every 0.1 s; the other
     four wait for what they learn, then need a poll or two each (the growing schedule

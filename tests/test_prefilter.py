@@ -69,6 +69,7 @@ def _submissions(stack: Stack, prompt: str) -> int:
     return int(stack.emulator.stats()["submissions_by_prompt"].get(prompt, 0))
 
 
+@pytest.mark.slow
 def test_rules_refuse_before_fal_and_stats_tell_the_sources_apart(stack: Stack) -> None:
     stack.start_worker(extra_env={"IMAGEGEN_MODERATION": "rules"})
     celebrity = unique("a photo of T a y l o r  S w i f t on stage")
@@ -96,6 +97,7 @@ def test_rules_refuse_before_fal_and_stats_tell_the_sources_apart(stack: Stack) 
     assert stats["by_refusal_source"]["fal"] == {"hate_protected_group": 1}
 
 
+@pytest.mark.slow
 def test_openai_moderation_refuses_and_maps_the_category(stack: Stack, openai_url: str) -> None:
     stack.start_worker(
         extra_env={"IMAGEGEN_MODERATION": "openai", "IMAGEGEN_OPENAI_BASE_URL": openai_url}
@@ -108,6 +110,7 @@ def test_openai_moderation_refuses_and_maps_the_category(stack: Stack, openai_ur
     assert ok["status"] == "succeeded" and _submissions(stack, fine) == 1
 
 
+@pytest.mark.slow
 def test_moderation_down_fails_open_by_default_and_closed_when_asked(stack: Stack) -> None:
     down = f"http://127.0.0.1:{_closed_port()}/v1"
     env = {"IMAGEGEN_MODERATION": "openai", "IMAGEGEN_OPENAI_BASE_URL": down}
@@ -126,8 +129,12 @@ def test_moderation_down_fails_open_by_default_and_closed_when_asked(stack: Stac
     assert job["attempts"] == 0 and _submissions(stack, closed_prompt) == 0
 
 
-def test_imagegen_moderate_prints_the_verdict_without_enqueueing(stack: Stack) -> None:
-    env = {**os.environ, **stack.env, "IMAGEGEN_MODERATION": "rules"}
+@pytest.mark.slow
+def test_imagegen_moderate_prints_the_verdict_without_enqueueing() -> None:
+    # Postgres and Redis unreachable: a command that wrote or published anything would fail
+    nowhere = {"DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/x"}
+    nowhere["REDIS_URL"] = f"redis://127.0.0.1:{_closed_port()}/0"
+    env = {**os.environ, **nowhere, "IMAGEGEN_MODERATION": "rules"}
 
     def moderate(prompt: str) -> dict[str, Any]:
         done = subprocess.run(
@@ -145,8 +152,3 @@ def test_imagegen_moderate_prints_the_verdict_without_enqueueing(stack: Stack) -
     assert refused["source"] == "rules"
     assert moderate("an original mouse character, not Mickey Mouse")["verdict"] == "pass"
     assert moderate("a cartoon mouse")["verdict"] == "pass"
-    from worker.db import session_scope
-    from worker.queries import stats
-
-    with session_scope(stack.database_url) as session:
-        assert stats(session=session)["total"] == 0

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from celery.worker import state as worker_state
 from conftest import Stack, unique
 
@@ -21,6 +22,7 @@ from worker.pipeline import Done, Gauge
 from worker.tasks import _Recorder, _threads_held_by_generations
 
 
+@pytest.mark.slow
 def test_saturated_worker_records_every_outcome_on_its_recorder_threads(stack: Stack) -> None:
     stack.start_worker("--concurrency", "1")
     prompts = {
@@ -52,6 +54,7 @@ def test_saturated_worker_records_every_outcome_on_its_recorder_threads(stack: S
     assert handed >= 3, f"runs were not handed to the recorder ({handed})\n{stack.logs()}"
 
 
+@pytest.mark.slow
 def test_a_worker_with_threads_to_spare_records_its_own_outcomes(running: Stack) -> None:
     """Not saturated (8 threads, one job): the run records, and Flower sees the outcome."""
     job = running.wait_terminal(running.enqueue(unique("a single fox")))
@@ -72,6 +75,7 @@ class _KilledAfterTheHandOver:
         self.dropped.append(job_id)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_after_the_hand_over_is_resumed_by_request_id(stack: Stack) -> None:
     """The message was acked with the hand-over; the lease and the sweeper carry the job."""
     from worker.account import AccountGuard

@@ -12,7 +12,7 @@ import redis
 
 from tests.conftest import Stack, unique
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 
 
 def _job(stack: Stack, job_id: uuid.UUID) -> dict[str, Any]:
@@ -148,11 +148,15 @@ def test_cancel_a_running_job_cancels_it_at_fal(running: Stack) -> None:
     assert job["status"] == "cancelled" and job["images"] is None
 
 
-def test_deadline_fails_the_job_with_a_timeout_error(running: Stack) -> None:
-    job_id = running.enqueue(unique("[[fal:ok+latency:30]] too slow"), deadline_s=2)
-    job = running.wait_terminal(job_id, timeout_s=30)
+def test_deadline_fails_the_job_with_a_timeout_error_when_it_passes(running: Stack) -> None:
+    """Ended at its deadline, not when a later check (the generation timeout, 20 s here, or
+    a lease renewal) happens to look at it."""
+    job_id = running.enqueue(unique("[[fal:ok+latency:60]] too slow"), deadline_s=2)
+    job = running.wait_terminal(job_id, timeout_s=60)
     assert job["status"] == "failed"
     assert "deadline" in job["error"]
+    late_s = _ts(job["finished_at"]) - _ts(job["created_at"]) - 2
+    assert late_s < 8, f"ended {late_s:.1f} s after its deadline"
 
 
 def test_image_url_that_404s_fails_clearly(running: Stack) -> None:

@@ -42,6 +42,7 @@ def test_tasks_that_start_at_once_share_one_runtime(
         get_settings.cache_clear()
 
 
+@pytest.mark.slow
 def test_a_threads_pool_worker_sets_its_gil_switch_interval(stack: Stack) -> None:
     """IMAGEGEN_GIL_SWITCH_INTERVAL_S reaches the worker process (its warm-up logs it)."""
     stack.start_worker(extra_env={"IMAGEGEN_GIL_SWITCH_INTERVAL_S": "0.07"})

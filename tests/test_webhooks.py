@@ -86,6 +86,7 @@ def _polls(stack: Stack, request_id: str) -> dict[str, Any]:
     return stats
 
 
+@pytest.mark.slow
 def test_webhook_mode_finishes_jobs_without_polling_fal(stack: Stack) -> None:
     stack.emulator.configure(latency_s=1.0)
     _webhook_stack(stack)
@@ -104,6 +105,7 @@ def test_webhook_mode_finishes_jobs_without_polling_fal(stack: Stack) -> None:
     assert "job.awaiting_webhook" in stack.logs()
 
 
+@pytest.mark.slow
 def test_a_lost_callback_falls_back_to_polling(stack: Stack) -> None:
     stack.emulator.configure(latency_s=0.5)
     _webhook_stack(stack, fallback_s=2)
@@ -124,6 +126,7 @@ def test_a_lost_callback_falls_back_to_polling(stack: Stack) -> None:
     assert _polls(stack, job["fal_request_id"])["webhooks_sent"] == 0
 
 
+@pytest.mark.slow
 def test_forged_or_unsigned_callbacks_are_refused(stack: Stack) -> None:
     api = stack.start_api()
     body = json.dumps({"request_id": "r1", "status": "OK", "payload": {"images": []}}).encode()
@@ -135,6 +138,7 @@ def test_forged_or_unsigned_callbacks_are_refused(stack: Stack) -> None:
         assert "signature" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_cancelling_a_parked_job_frees_its_fleet_slot_at_once(stack: Stack) -> None:
     from worker.api import cancel
     from worker.fleet import FalLimiter

@@ -625,6 +625,7 @@ class _Run:
 
     def keep_lease(self) -> None:
         """Renew the lease when half of it is used; notice cancellation and deadlines."""
+        self.check_deadline()  # each call, not each renewal: a deadline is kept to the poll
         if self.rt.monotonic() < self.lease_renew_at:
             return
         lease_s = self.rt.settings.lease_s
@@ -638,7 +639,6 @@ class _Run:
         if self.holds_slot:
             self.rt.limiter.renew(self.slot)
         self.lease_renew_at = self.rt.monotonic() + lease_s / 2
-        self.check_deadline()
 
     def fetch(self, request_id: str, failure: FalError | None) -> list[dict[str, Any]]:
         """The images of a COMPLETED request, or the error it completed with.
