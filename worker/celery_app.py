@@ -135,10 +135,16 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
 
 
 @celeryd_init.connect
-def _no_banner_in_json(instance: Any = None, **_: Any) -> None:
-    """The startup banner is many lines of plain text on stdout: not in JSON mode."""
-    if instance is not None and get_settings().log_format == "json":
+def _worker_starting(instance: Any = None, **_: Any) -> None:
+    """Before Celery's first words: our logging (its warnings too); in JSON mode no banner
+    (lines of plain text) and its signal handlers' lines ("Warm shutdown") as JSON."""
+    from worker.logs import celery_says_json, configure
+
+    settings = get_settings()
+    configure(settings.log_format, _log_level)
+    if instance is not None and settings.log_format == "json":
         instance.quiet = True
+        celery_says_json()
 
 
 @worker_process_shutdown.connect

@@ -7,9 +7,13 @@ logger, so ``IMAGEGEN_LOG_FORMAT=json`` gives one JSON object per line throughou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import os
 import sys
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -82,6 +86,26 @@ def uvicorn_log_config(log_format: str, level: int = logging.INFO) -> dict[str, 
             for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
         },
     }
+
+
+def celery_says_json() -> None:
+    """Celery's worker writes a few lines from its signal handlers ("worker: Warm shutdown")
+    straight to a file descriptor, past logging (no locks in a signal handler): these too
+    become one JSON line each, still written the same lock-free way."""
+    import celery.apps.worker
+
+    celery.apps.worker.safe_say = _say_json
+
+
+def _say_json(msg: str, f: Any = sys.__stderr__) -> None:
+    line = {
+        "event": msg,
+        "level": "info",
+        "logger": "celery.apps.worker",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        os.write(f.fileno(), (json.dumps(line) + "\n").encode())
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
