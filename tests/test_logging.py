@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Stack, unique
+from tests.conftest import API_KEY, ROOT, Stack, unique
 from worker import celery_app
 from worker.logs import configure, get_logger
 
@@ -128,3 +132,26 @@ def test_a_json_api_writes_only_json_with_an_access_log(stack: Stack) -> None:
     text = log.read_text()
     for secret in (prompt, API_KEY, "query-secret", "Bearer"):
         assert secret not in text, f"{secret!r} is in the API's log"
+
+
+@pytest.mark.slow
+def test_beat_as_compose_runs_it_writes_only_json(stack: Stack, tmp_path: Path) -> None:
+    from tests.test_compose import argv
+
+    command = argv("beat")
+    command[command.index("--schedule") + 1] = str(tmp_path / "beat-schedule")
+    log = tmp_path / "beat.log"
+    env = {**os.environ, **stack.env, **JSON_ENV}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *command], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b"beat: Starting" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert any(line["logger"] == "celery.beat" for line in json_lines(log))
