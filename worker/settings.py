@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -107,9 +107,13 @@ class Settings(BaseSettings):
     moderation_fail_closed: bool = Field(default=False, alias="IMAGEGEN_MODERATION_FAIL_CLOSED")
 
     # Prometheus (logs/metrics): a worker serves its own metrics on this port when set; the
-    # API's /metrics has only the API's.
+    # API's /metrics has only the API's. IMAGEGEN_METRICS_PORT is the name it had before.
     worker_metrics_port: int | None = Field(
-        default=None, ge=1, le=65535, alias="IMAGEGEN_WORKER_METRICS_PORT"
+        default=None,
+        ge=1,
+        le=65535,
+        alias="IMAGEGEN_WORKER_METRICS_PORT",
+        validation_alias=AliasChoices("IMAGEGEN_WORKER_METRICS_PORT", "IMAGEGEN_METRICS_PORT"),
     )
 
     # Celery / Redis.
