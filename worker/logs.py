@@ -27,9 +27,9 @@ _SHARED: list[structlog.typing.Processor] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
-#: Libraries that log every HTTP request at INFO (fal-client's polls through httpx): a job's
-#: lines are ours, theirs only when something is wrong.
-_CHATTY = ("httpx", "httpcore")
+#: Libraries that log routine steps at INFO (httpx every request, fal-client's polls too;
+#: alembic each plugin it loads): theirs only when something is wrong.
+_CHATTY = ("httpx", "httpcore", "alembic.runtime.plugins")
 
 
 def prompt_hash(prompt: str) -> str:
