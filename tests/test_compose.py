@@ -127,6 +127,17 @@ def test_worker_scales() -> None:
         assert key not in worker, f"worker has {key}: `--scale worker=N` would clash"
 
 
+def test_each_worker_serves_its_metrics_inside_the_network() -> None:
+    from worker.settings import Settings
+
+    port = environment("worker")["IMAGEGEN_WORKER_METRICS_PORT"]
+    settings = Settings(**{"IMAGEGEN_WORKER_METRICS_PORT": port})
+    assert settings.worker_metrics_port == int(port)
+    assert [str(p) for p in SERVICES["worker"]["expose"]] == [port]
+    for service in ("api", "beat", "flower", "migrate"):
+        assert "IMAGEGEN_WORKER_METRICS_PORT" not in environment(service), service
+
+
 def test_worker_command_is_worker_argv() -> None:
     from worker.celery_app import worker_argv
 
@@ -145,7 +156,7 @@ def test_worker_command_is_worker_argv() -> None:
 
 
 def test_beat_runs_the_sweeper_schedule() -> None:
-    assert argv("beat")[:4] == ["celery", "-A", "worker", "beat"]
+    assert argv("beat")[:5] == ["celery", "-A", "worker", "--quiet", "beat"], "JSON lines only"
     assert "replicas" not in (SERVICES["beat"].get("deploy") or {}), "one beat per fleet"
 
 
@@ -253,7 +264,10 @@ def test_celery_commands_exist(service: str) -> None:
 
     args = argv(service)
     assert args[1:3] == ["-A", "worker"], f"{service} must load the app with -A worker"
-    command, rest = _walk(celery, args[3:])
+    tail = args[3:]
+    global_options = list(itertools.takewhile(lambda a: a.startswith("-"), tail))
+    _assert_options_exist(celery, global_options, f"{service} (celery's own options)")
+    command, rest = _walk(celery, tail[len(global_options) :])
     if command.name == "flower":  # Tornado options, --name=value, - and _ alike
         from flower.options import options
 

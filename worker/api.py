@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import Job, JobStatus, utcnow
-from worker import store
+from worker import metrics, store
 from worker.constants import CALLBACK_TASK, RUN_JOB_TASK
 from worker.db import session_scope
 from worker.errors import EnqueueError, FalError, IdempotencyConflict, JobNotFound, JobRequestError
@@ -183,6 +183,7 @@ def _publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | No
         with session_scope(settings.database_url) as session:
             session.execute(delete(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED))
         raise EnqueueError(f"the broker could not be reached, job(s) not queued: {exc}") from exc
+    metrics.ENQUEUED.inc(len(job_ids))
 
 
 class _BatchedSentEvents:

@@ -16,7 +16,13 @@ import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from worker.broker import TRANSPORT as BROKER_TRANSPORT
 from worker.constants import CALLBACK_QUEUE, CALLBACK_TASK, JOB_QUEUE, RUN_JOB_TASK, SWEEP_TASK
@@ -99,10 +105,10 @@ def _check_configuration(sender: Any = None, **_: Any) -> None:
     _log_level = level if isinstance(level, int) else logging.INFO
     settings = get_settings()
     configure(settings.log_format, _log_level)
-    if settings.metrics_port is not None:
+    if settings.worker_metrics_port is not None:
         from worker.metrics import serve_worker_metrics
 
-        serve_worker_metrics(settings.metrics_port)
+        serve_worker_metrics(settings.worker_metrics_port)
     try:
         resolve_key(settings)
     except ConfigurationError as exc:
@@ -115,3 +121,34 @@ def _per_process(**_: Any) -> None:
     from worker.logs import configure
 
     configure(get_settings().log_format, _log_level)
+
+
+@setup_logging.connect
+def _logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery's own lines (worker and beat) through our renderer: with a receiver connected
+    here Celery installs no handler of its own and does not redirect stdout."""
+    from worker.logs import configure
+
+    global _log_level
+    _log_level = loglevel if isinstance(loglevel, int) else _log_level
+    configure(get_settings().log_format, _log_level)
+
+
+@celeryd_init.connect
+def _worker_starting(instance: Any = None, **_: Any) -> None:
+    """Before Celery's first words: our logging (its warnings too); in JSON mode no banner
+    (lines of plain text) and its signal handlers' lines ("Warm shutdown") as JSON."""
+    from worker.logs import celery_says_json, configure
+
+    settings = get_settings()
+    configure(settings.log_format, _log_level)
+    if instance is not None and settings.log_format == "json":
+        instance.quiet = True
+        celery_says_json()
+
+
+@worker_process_shutdown.connect
+def _metrics_process_gone(**_: Any) -> None:
+    from worker.metrics import process_gone
+
+    process_gone()

@@ -259,7 +259,7 @@ def api(
     """Serve the HTTP API (needs IMAGEGEN_API_KEY; OpenAPI at /docs)."""
     import uvicorn
 
-    from worker.logs import configure
+    from worker.logs import configure, uvicorn_log_config
     from worker.web import create_app
 
     with _errors():
@@ -271,8 +271,8 @@ def api(
             host=host,
             port=port,
             workers=workers,
-            log_level="info",
-            access_log=False,
+            log_config=uvicorn_log_config(_settings().log_format),
+            access_log=False,  # worker.web.access logs each request instead
         )
 
 

@@ -5,6 +5,9 @@ Named by path in ``worker.celery_app`` (``Celery(events=...)``), like ``worker.c
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 from celery.app.events import Events as CeleryEvents
 from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
 
@@ -20,6 +23,14 @@ class EventDispatcher(CeleryEventDispatcher):
     Here they go first in the new dispatcher's buffers, which the bootstep flushes next.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A worker names itself; any other sender (a web app enqueueing, the Python API)
+        # would be Celery's ``gen<pid>@host``, a new ``worker`` label in Flower's metrics
+        # for every process that ever enqueued. One name per host instead.
+        if len(args) < 2 and not kwargs.get("hostname"):
+            kwargs["hostname"] = client_nodename()
+        super().__init__(*args, **kwargs)
+
     def extend_buffer(self, other: CeleryEventDispatcher) -> None:
         super().extend_buffer(other)
         with other.mutex:  # the old dispatcher is closed: no flush of it is running
@@ -34,3 +45,8 @@ class Events(CeleryEvents):
     """``app.events``, making ``worker.events.EventDispatcher``s."""
 
     dispatcher_cls = "worker.events:EventDispatcher"
+
+
+def client_nodename() -> str:
+    """The sender name of events from a process that is not a worker: ``enqueue@<host>``."""
+    return f"enqueue@{socket.gethostname()}"

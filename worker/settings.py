@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -118,8 +118,15 @@ class Settings(BaseSettings):
     moderation_timeout_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_MODERATION_TIMEOUT_S")
     moderation_fail_closed: bool = Field(default=False, alias="IMAGEGEN_MODERATION_FAIL_CLOSED")
 
-    # Prometheus: a worker serves its metrics on this port when set.
-    metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="IMAGEGEN_METRICS_PORT")
+    # Prometheus (logs/metrics): a worker serves its own metrics on this port when set; the
+    # API's /metrics has only the API's. IMAGEGEN_METRICS_PORT is the name it had before.
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        alias="IMAGEGEN_WORKER_METRICS_PORT",
+        validation_alias=AliasChoices("IMAGEGEN_WORKER_METRICS_PORT", "IMAGEGEN_METRICS_PORT"),
+    )
 
     # Celery / Redis.
     visibility_timeout_s: int = Field(default=3600, gt=0, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")

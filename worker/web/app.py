@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from worker.errors import ConfigurationError, JobNotFound, JobRequestError
 from worker.settings import Settings, get_settings
 
-from . import fal_webhook, health, jobs
+from . import access, fal_webhook, health, jobs
 
 _bearer = HTTPBearer(auto_error=False, description="IMAGEGEN_API_KEY")
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.include_router(health.metrics_router, dependencies=guarded)
     app.include_router(fal_webhook.router)
     _errors(app)
+    app.add_middleware(access.AccessLog)
     return app
 
 

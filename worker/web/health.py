@@ -28,9 +28,10 @@ def healthz(request: Request) -> JSONResponse:
 
 @metrics_router.get("/metrics", response_class=Response)
 def scrape(request: Request) -> Response:
-    """Prometheus exposition: job counts from the table, queue depth, worker metrics."""
+    """Prometheus exposition: the API's requests and enqueues, job counts from the table,
+    queue depth. Workers serve their own (IMAGEGEN_WORKER_METRICS_PORT)."""
     settings: Settings = request.app.state.settings
-    payload, content_type = metrics.exposition(settings)
+    payload, content_type = metrics.api_exposition(settings)
     return Response(payload, media_type=content_type)
 
 
