@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,6 +13,7 @@ cli = typer.Typer(
     help="Enqueue, inspect and operate imagegen jobs. Rich for people, --json for programs.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # usage errors as click's plain lines, not a box
     pretty_exceptions_show_locals=False,  # locals can hold keys and prompts
 )
 db_cli = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -21,6 +24,25 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 
+@dataclass
+class State:
+    """Global options, set by the root callback before any command runs."""
+
+    debug: bool = False
+
+
+state = State()
+
+
+@cli.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error, not one line")
+    ] = False,
+) -> None:
+    state.debug = debug
+
+
 def app_settings() -> Any:
     from worker.settings import get_settings
 
@@ -28,6 +50,15 @@ def app_settings() -> Any:
 
 
 def db_session() -> Any:
-    from worker.db import session_scope
+    """A session on DATABASE_URL, after checking the database answers and is migrated
+    (``ServiceUnavailable`` otherwise; a missing SQLite file is never created)."""
+    from worker.db import check_database, session_scope
 
-    return session_scope(app_settings().database_url)
+    url = app_settings().database_url
+    check_database(url)
+    return session_scope(url)
+
+
+def plain() -> bool:
+    """Tab-separated lines instead of Rich tables: stdout is a pipe or a file."""
+    return not sys.stdout.isatty()

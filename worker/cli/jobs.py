@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from models import JobStatus
-from worker.cli.app import cli, db_session, out
+from models import TERMINAL_STATUSES, JobStatus
+from worker.cli.app import app_settings, cli, db_session, out, plain
 from worker.cli.errors import errors
-from worker.errors import JobNotFound, JobRequestError
+from worker.cli.inputs import job_uuid, parse_since, read_prompt, strict_utf8
+from worker.errors import JobConflict
 
 
 @cli.command()
 def enqueue(
-    prompt: str,
+    prompt: Annotated[
+        str | None, typer.Argument(help="The prompt; - reads it from stdin", show_default=False)
+    ] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option(help="Read the prompt from this file (UTF-8)")
+    ] = None,
     size: Annotated[str | None, typer.Option(help="Preset name or WIDTHxHEIGHT")] = None,
     quality: Annotated[str | None, typer.Option(help="auto, low, medium or high")] = None,
     num_images: Annotated[int | None, typer.Option(help="1 to 4")] = None,
@@ -27,15 +31,34 @@ def enqueue(
 ) -> None:
     """Queue a generation; prints the job id alone."""
     from worker.api import enqueue as enqueue_job
+    from worker.db import check_database
+    from worker.params import validate_request
 
     with errors():
+        text = read_prompt(prompt, prompt_file)
+        for value, what in ((size, "--size"), (idempotency_key, "--idempotency-key")):
+            if value is not None:
+                strict_utf8(value, what)
+        # Bad input first, then whether the database can take it (a missing SQLite file
+        # is reported, not created by the insert).
+        validate_request(
+            prompt=text,
+            image_size=size,
+            quality=quality,
+            num_images=num_images,
+            output_format=output_format,
+            idempotency_key=idempotency_key,
+        )
+        settings = app_settings()
+        check_database(settings.database_url)
         job_id = enqueue_job(
-            prompt,
+            text,
             size=size,
             quality=quality,
             num_images=num_images,
             output_format=output_format,
             idempotency_key=idempotency_key,
+            settings=settings,
         )
     typer.echo(str(job_id))
 
@@ -44,17 +67,16 @@ def enqueue(
 def job(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """One job, with every submission to fal."""
     from worker.queries import get_job, job_to_dict
+    from worker.views import show_job
 
     with errors():
-        uid = _job_uuid(job_id)
+        uid = job_uuid(job_id)
         with db_session() as session:
             data = job_to_dict(get_job(session=session, job_id=uid), with_attempts=True)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    from worker.views import job_view
-
-    out.print(job_view(data))
+    show_job(out, data, plain=plain())
 
 
 @cli.command()
@@ -67,67 +89,53 @@ def jobs(
 ) -> None:
     """Recent jobs, newest first, filtered by status, refusal category and age."""
     from worker.queries import job_to_dict, list_jobs
+    from worker.views import show_jobs
 
     with errors():
-        since_at = _parse_since(since) if since else None
+        since_at = parse_since(since) if since else None
+        if category is not None:
+            strict_utf8(category, "--category")
         with db_session() as session:
-            rows = [
-                job_to_dict(j)
-                for j in list_jobs(
-                    session=session, status=status, category=category, since=since_at, limit=limit
-                )
-            ]
+            found = list_jobs(
+                session=session, status=status, category=category, since=since_at, limit=limit
+            )
+            rows = [job_to_dict(j) for j in found]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from worker.views import jobs_table
-
-    out.print(jobs_table(rows))
+    show_jobs(out, rows, plain=plain())
 
 
 @cli.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts by status and by refusal category."""
     from worker.queries import stats as job_stats
+    from worker.views import show_stats
 
     with errors(), db_session() as session:
         data = job_stats(session=session)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    from worker.views import stats_tables
-
-    for table in stats_tables(data):
-        out.print(table)
+    show_stats(out, data, plain=plain())
 
 
 @cli.command()
 def cancel(job_id: str) -> None:
-    """Cancel a job (a queued one never reaches fal; a running one is cancelled at fal)."""
+    """Cancel a job (a queued one never reaches fal; a running one is cancelled at fal).
+
+    Exits 4 when the job had already ended (nothing was cancelled), 3 when there is no such job.
+    """
     from worker.api import cancel as cancel_job
+    from worker.queries import get_job
 
     with errors():
-        status = cancel_job(_job_uuid(job_id))
-    typer.echo(status)
-
-
-def _job_uuid(job_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(job_id)
-    except ValueError:
-        raise JobNotFound(f"{job_id!r} is not a job id (expected a UUID)") from None
-
-
-def _parse_since(value: str) -> datetime:
-    units: dict[str, Callable[[int], timedelta]] = {
-        "m": lambda n: timedelta(minutes=n),
-        "h": lambda n: timedelta(hours=n),
-        "d": lambda n: timedelta(days=n),
-    }
-    if value[-1:] in units and value[:-1].isdigit():
-        return datetime.now(UTC) - units[value[-1]](int(value[:-1]))
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise JobRequestError(f"--since {value!r}: use an ISO time or 30m, 2h, 7d") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        uid = job_uuid(job_id)
+        with db_session() as session:
+            before = get_job(session=session, job_id=uid).status
+        if before in TERMINAL_STATUSES:
+            raise JobConflict(f"job {uid} already {before.value}, not cancelled")
+        after = cancel_job(uid, settings=app_settings())
+        if after != JobStatus.CANCELLED.value:
+            raise JobConflict(f"job {uid} {after} meanwhile, not cancelled")
+    typer.echo(after)

@@ -6,19 +6,25 @@ import json
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from worker.cli.app import account_cli, app_settings, cli, db_cli, err, out
 from worker.cli.errors import errors
+from worker.cli.inputs import read_prompt
+from worker.views import printable
 
 
 @cli.command()
 def sweep() -> None:
     """Re-publish jobs whose broker message was lost; fail jobs past their deadline."""
     from worker.celery_app import app
+    from worker.db import check_database
     from worker.sweeper import sweep as sweep_jobs
 
     with errors():
-        report = sweep_jobs(app_settings(), app)
+        settings = app_settings()
+        check_database(settings.database_url)
+        report = sweep_jobs(settings, app)
     err.print(f"republished {len(report.republished)}, failed past deadline {len(report.expired)}")
 
 
@@ -53,28 +59,30 @@ def account_unlock() -> None:
 
 
 @cli.command()
-def moderate(prompt: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def moderate(
+    prompt: Annotated[str, typer.Argument(help="The prompt; - reads it from stdin")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """The verdict IMAGEGEN_MODERATION's chain gives PROMPT (nothing is enqueued)."""
     from worker.moderation import PASS
     from worker.moderation_setup import moderation_chain
 
     with errors():
+        text = read_prompt(prompt, None)
         chain = moderation_chain(app_settings())
-        verdict = chain.check(prompt) if chain is not None else PASS
+        verdict = chain.check(text) if chain is not None else PASS
         if chain is not None:
             chain.close()
     data = verdict.as_dict()
     if as_json:
-        out.print_json(json.dumps(data))
+        typer.echo(json.dumps(data))
     elif verdict.refused:
         soft = " (soft block)" if verdict.soft else ""
-        out.print(
-            f"[yellow]refuse[/yellow] {verdict.category}{soft} by {verdict.source}: "
-            f"{verdict.message}",
-            highlight=False,
-        )
+        line = f" {verdict.category}{soft} by {verdict.source}: {verdict.message}"
+        out.print(Text.assemble(("refuse", "yellow"), printable(line)), highlight=False)
     else:
         skipped = (
             f" (skipped, unavailable: {', '.join(verdict.skipped)})" if verdict.skipped else ""
         )
-        out.print(f"[green]pass[/green] ({verdict.source}){skipped}", highlight=False)
+        line = f" ({verdict.source}){skipped}"
+        out.print(Text.assemble(("pass", "green"), printable(line)), highlight=False)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from worker.cli.app import app_settings, cli, out
+from worker.cli.app import app_settings, cli, err, out, plain
 from worker.cli.errors import errors
+from worker.demo import IMAGES_DIR
 
 
 @cli.command("fal-emulator")
@@ -71,12 +73,22 @@ def demo(
         ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before spending")] = False,
+    images_dir: Annotated[
+        Path, typer.Option(help="Where to save the generated images")
+    ] = IMAGES_DIR,
 ) -> None:
-    """Run a batch of ~20 prompts end to end and print the outcome table."""
+    """Run a batch of ~20 prompts end to end, print the outcome table and save the images."""
     import os
 
     from worker.demo import run_demo
 
     real_fal = bool(os.environ.get("FAL_KEY")) if emulator is None else not emulator
     with errors():
-        run_demo(real_fal=real_fal, assume_yes=yes, console=out)
+        run_demo(
+            real_fal=real_fal,
+            assume_yes=yes,
+            out=out,
+            err=err,
+            plain=plain(),
+            images_dir=images_dir,
+        )
