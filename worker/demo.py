@@ -234,9 +234,8 @@ def _show_outcomes(output: _Output, jobs: list[Job]) -> None:
         write_tsv(output.out, _HEADER, rows)
         return
     table = Table(title="demo outcomes", box=box.SIMPLE_HEAD)
-    for name in _HEADER:
-        no_wrap = name in ("status", "attempts")
-        table.add_column(name, overflow="fold", no_wrap=no_wrap, ratio=None if no_wrap else 1)
+    for name, ratio in zip(_HEADER, (2, 1, None, 1, None, 3), strict=True):
+        table.add_column(name, overflow="fold", no_wrap=ratio is None, ratio=ratio)
     for row in rows:
         status = Text(row[2], style=STATUS_STYLE.get(row[2], ""))
         table.add_row(*(printable(v) for v in row[:2]), status, *(printable(v) for v in row[3:]))
