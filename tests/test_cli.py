@@ -299,3 +299,10 @@ def test_cancel_of_an_ended_job_exits_4_and_changes_nothing(stack: Stack) -> Non
     first = imagegen(stack, "cancel", str(queued))
     assert (first.returncode, first.stdout) == (0, "cancelled\n"), first.stderr
     one_line_error(imagegen(stack, "cancel", str(queued)), 4, "already cancelled")
+
+
+def test_a_command_without_its_own_handler_still_gets_one_line(stack: Stack) -> None:
+    """`main` reports what escapes a command: here Redis, down, for the account switch."""
+    done = imagegen(stack, "account", "unlock", env={"REDIS_URL": "redis://:pw@127.0.0.1:1/0"})
+    one_line_error(done, 69, "Redis redis://:***@127.0.0.1:1/0 is unreachable", "REDIS_URL")
+    assert ":pw@" not in done.stderr
