@@ -11,6 +11,8 @@ from rich.console import Console
 
 cli = typer.Typer(
     help="Enqueue, inspect and operate imagegen jobs. Rich for people, --json for programs.",
+    epilog="Exit codes: 0 done, 1 other error, 2 usage or invalid input, 3 not found, "
+    "4 conflict (e.g. cancelling an ended job), 69 Postgres or Redis unavailable or not migrated.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,  # usage errors as click's plain lines, not a box
