@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import Stack
 from tests.test_cli import _count_jobs, imagegen, one_line_error
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # every test here runs real processes
 
 
 def test_in_an_empty_folder_read_commands_say_migrate_and_create_nothing(

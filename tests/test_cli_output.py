@@ -57,6 +57,7 @@ def tsv(text: str) -> list[list[str]]:
     return [line.split("\t") for line in text.splitlines()]
 
 
+@pytest.mark.slow
 def test_pipes_get_tab_separated_lines_and_terminals_whole_ids(running: Stack) -> None:
     job_id = running.enqueue(unique("a lighthouse at dawn"), num_images=2)
     shown = running.wait_terminal(job_id)
@@ -84,6 +85,7 @@ def test_pipes_get_tab_separated_lines_and_terminals_whole_ids(running: Stack) -
     assert all(any(url in line for line in view.splitlines()) for url in urls)
 
 
+@pytest.mark.slow
 def test_control_characters_in_a_prompt_never_reach_the_terminal(stack: Stack) -> None:
     (job_id,) = add_jobs(stack.database_url, 1, JobStatus.QUEUED, prompt=HOSTILE)
     for text in (

@@ -32,25 +32,14 @@ def enqueue(
     """Queue a generation; prints the job id alone."""
     from worker.api import enqueue as enqueue_job
     from worker.db import check_database
-    from worker.params import validate_request
 
     with errors():
         text = read_prompt(prompt, prompt_file)
         for value, what in ((size, "--size"), (idempotency_key, "--idempotency-key")):
             if value is not None:
                 strict_utf8(value, what)
-        # Bad input first, then whether the database can take it (a missing SQLite file
-        # is reported, not created by the insert).
-        validate_request(
-            prompt=text,
-            image_size=size,
-            quality=quality,
-            num_images=num_images,
-            output_format=output_format,
-            idempotency_key=idempotency_key,
-        )
         settings = app_settings()
-        check_database(settings.database_url)
+        check_database(settings.database_url)  # a missing SQLite file is named, not created
         job_id = enqueue_job(
             text,
             size=size,
