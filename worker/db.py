@@ -12,12 +12,16 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import InterfaceError, OperationalError
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
+from worker.errors import ServiceUnavailable
 from worker.logs import get_logger
 from worker.settings import get_settings
 
@@ -173,3 +177,83 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def redacted(database_url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<DATABASE_URL is not a URL>"
+
+
+def check_database(database_url: str) -> None:
+    """Raise ``ServiceUnavailable`` unless the database answers and is migrated to this
+    code's schema. A SQLite file that does not exist is reported, never created."""
+    dsn = redacted(database_url)
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(str(url.database)).resolve()
+        if not path.exists():
+            raise ServiceUnavailable(
+                f"database {dsn} does not exist (no file {path}): run `imagegen db upgrade` "
+                "to create it, or set DATABASE_URL",
+                service="database",
+                dsn=dsn,
+            )
+    try:
+        with get_engine(database_url).connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except (OperationalError, InterfaceError, PoolTimeout) as exc:
+        raise database_unavailable(database_url, exc) from exc
+    scripts = ScriptDirectory.from_config(alembic_config(database_url))
+    heads = set(scripts.get_heads())
+    if current == heads:
+        return
+    if not current:
+        problem = "is not migrated (no imagegen tables): run `imagegen db upgrade`"
+    elif all(_known(scripts, revision) for revision in current):
+        problem = f"is at revision {', '.join(sorted(current))}, behind: run `imagegen db upgrade`"
+    else:
+        problem = (
+            f"is at revision {', '.join(sorted(current))}, which this imagegen does not know "
+            "(migrated by a newer version): upgrade imagegen"
+        )
+    raise ServiceUnavailable(f"database {dsn} {problem}", service="database", dsn=dsn)
+
+
+def _known(scripts: ScriptDirectory, revision: str) -> bool:
+    try:
+        return scripts.get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+#: (words in the driver's message, what it means and the fix), first match wins.
+_REASONS = (
+    ("too many", "refuses connections (too many clients): close some, or raise max_connections"),
+    ("remaining connection slots", "refuses connections (too many clients): close some"),
+    ("connection refused", "is unreachable (connection refused): start Postgres or fix the URL"),
+    ("timeout expired", "is unreachable (timed out): check the host and port in DATABASE_URL"),
+    ("could not translate host", "is unreachable (unknown host): fix the host in DATABASE_URL"),
+    ("password authentication", "rejected the login: fix the user or password in DATABASE_URL"),
+    ('role "', "has no such user: fix the user in DATABASE_URL"),
+    ("does not exist", "does not exist: create it (createdb), then run `imagegen db upgrade`"),
+    ("starting up", "is starting up: try again in a moment"),
+    ("shutting down", "is shutting down: try again when it is back"),
+    ("unable to open database file", "cannot be opened: check the path in DATABASE_URL"),
+)
+
+
+def database_unavailable(database_url: str, exc: BaseException) -> ServiceUnavailable:
+    """The one-line ``ServiceUnavailable`` for a driver error (``exc``) on this database."""
+    dsn = redacted(database_url)
+    text = str(getattr(exc, "orig", None) or exc)
+    lowered = text.lower()
+    for words, meaning in _REASONS:
+        if words in lowered:
+            return ServiceUnavailable(f"database {dsn} {meaning}", service="database", dsn=dsn)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return ServiceUnavailable(
+        f"database {dsn} cannot be used: {first}", service="database", dsn=dsn
+    )

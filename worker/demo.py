@@ -4,6 +4,8 @@ With no services and no FAL_KEY (or with ``--emulator``): the job table in a SQL
 (migrated), the fal emulator on a free port, and a real Celery worker (a subprocess) on an
 embedded broker, a SQLite file. With REDIS_URL / DATABASE_URL set it uses those instead;
 with FAL_KEY set (or ``--real-fal``) it calls fal.ai after asking (or with ``--yes``).
+The outcome table goes to stdout (tab-separated lines through a pipe), the images to a
+local folder, and what is happening to stderr.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
 
 from models import TERMINAL_STATUSES, Job
 from worker.errors import ConfigurationError, ImagegenError
+from worker.views import STATUS_STYLE, printable, write_tsv
 
 #: (prompt, what the emulator is steered to do). The directive is stripped for display.
 DEMO_BATCH: list[tuple[str, dict[str, Any]]] = [
@@ -64,15 +69,27 @@ DEMO_ENV = {
 #: With no REDIS_URL the demo's broker is a SQLite file (kombu's SQLAlchemy transport).
 EMBEDDED_BROKER = "sqla+sqlite:///imagegen-broker.db"
 _DIRECTIVE = re.compile(r"\[\[fal:([^\]]*)\]\]\s*")
+#: Where the demo saves the images it generated (relative to the current directory).
+IMAGES_DIR = Path("imagegen-demo-images")
 
 
-def run_demo(*, real_fal: bool, assume_yes: bool, console: Console) -> None:
+def run_demo(
+    *,
+    real_fal: bool,
+    assume_yes: bool,
+    out: Console,
+    err: Console,
+    plain: bool,
+    images_dir: Path = IMAGES_DIR,
+) -> None:
+    """The batch, end to end: the outcome table on ``out`` (``plain``: tab-separated
+    lines), the images in ``images_dir``, progress and where things are on ``err``."""
     emulator = None
     if real_fal:
         _confirm_spending(assume_yes)
         batch = REAL_BATCH
     else:
-        emulator = _start_emulator(console)
+        emulator = _start_emulator(err)
         batch = DEMO_BATCH
     for name, value in DEMO_ENV.items():
         os.environ.setdefault(name, value)
@@ -82,7 +99,7 @@ def run_demo(*, real_fal: bool, assume_yes: bool, console: Console) -> None:
     get_settings.cache_clear()
     settings = get_settings()
     try:
-        _run(settings, batch, console)
+        _run(settings, batch, _Output(out, err, plain, images_dir))
     finally:
         if emulator is not None:
             emulator.stop()
@@ -106,12 +123,20 @@ def _start_emulator(console: Console) -> Any:
     emulator = FalEmulator(latency_s=1.0).start()
     os.environ.update(emulator.env())
     console.print(
-        f"fal emulator on https://{emulator.host_port} (self-signed CA {emulator.ca_file})"
+        f"fal emulator on https://{emulator.host_port} (self-signed CA {emulator.ca_file})",
+        soft_wrap=True,
     )
     return emulator
 
 
-def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], console: Console) -> None:
+class _Output:
+    """Where the demo writes: the table, the messages, and the images."""
+
+    def __init__(self, out: Console, err: Console, plain: bool, images_dir: Path) -> None:
+        self.out, self.err, self.plain, self.images_dir = out, err, plain, images_dir
+
+
+def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], output: _Output) -> None:
     from worker.api import enqueue
     from worker.celery_app import app
     from worker.db import upgrade
@@ -122,13 +147,17 @@ def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], console: Consol
     worker = _start_worker(settings)
     try:
         ids = [enqueue(prompt, settings=settings, app=app, **opts) for prompt, opts in batch]
-        finished = _wait(settings, ids, console)
+        finished = _wait(settings, ids, output.err)
     finally:
         worker.terminate()
         worker.wait(15)
-    Console(width=max(console.width, 160)).print(_outcome_table(settings, ids))
+    jobs = _jobs(settings, ids)
+    _show_outcomes(output, jobs)
     where = _absolute_sqlite(settings.database_url)
-    console.print(f"job table: [bold]{where}[/bold]  (try `imagegen stats`, `imagegen jobs`)")
+    output.err.print(f"job table: {where}  (try `imagegen stats`, `imagegen jobs`)", soft_wrap=True)
+    from worker.demo_images import save_images
+
+    save_images(jobs, output.images_dir, output.err)
     if not finished:
         raise ImagegenError("the demo timed out; see /tmp/imagegen-demo-worker.log")
 
@@ -176,23 +205,38 @@ def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: floa
     return False
 
 
-def _outcome_table(settings: Any, ids: list[uuid.UUID]) -> Table:
+def _jobs(settings: Any, ids: list[uuid.UUID]) -> list[Job]:
     from worker.db import session_scope
 
     with session_scope(settings.database_url) as session:
         jobs = {j.id: j for j in session.execute(select(Job).where(Job.id.in_(ids))).scalars()}
-    table = Table(title="demo outcomes")
-    for name in ("prompt", "emulated fal", "status", "category", "attempts", "message / error"):
-        table.add_column(name, overflow="ellipsis", no_wrap=True, max_width=44)
-    for job_id in ids:
-        job = jobs[job_id]
+    return [jobs[job_id] for job_id in ids]
+
+
+_HEADER = ("prompt", "emulated fal", "status", "category", "attempts", "message / error")
+
+
+def _show_outcomes(output: _Output, jobs: list[Job]) -> None:
+    rows = []
+    for job in jobs:
         match = _DIRECTIVE.search(job.prompt)
-        table.add_row(
-            _DIRECTIVE.sub("", job.prompt)[:48],
-            match[1] if match else "ok",
-            job.status.value,
-            job.refusal_category or "",
-            str(job.attempts),
-            (job.refusal_message or job.error or f"{len(job.images or [])} image(s)")[:80],
+        rows.append(
+            (
+                _DIRECTIVE.sub("", job.prompt),
+                match[1] if match else "ok",
+                job.status.value,
+                job.refusal_category or "",
+                str(job.attempts),
+                job.refusal_message or job.error or f"{len(job.images or [])} image(s)",
+            )
         )
-    return table
+    if output.plain:
+        write_tsv(output.out, _HEADER, rows)
+        return
+    table = Table(title="demo outcomes", box=box.SIMPLE_HEAD)
+    for name, ratio in zip(_HEADER, (2, 1, None, 1, None, 3), strict=True):
+        table.add_column(name, overflow="fold", no_wrap=ratio is None, ratio=ratio)
+    for row in rows:
+        status = Text(row[2], style=STATUS_STYLE.get(row[2], ""))
+        table.add_row(*(printable(v) for v in row[:2]), status, *(printable(v) for v in row[3:]))
+    output.out.print(table)

@@ -41,6 +41,23 @@ class EnqueueError(ImagegenError):
     """The job could not be handed to the broker; no job row was left behind."""
 
 
+# Service and state errors, for the CLI's exit codes and the API's 503 / 409 (issue 21, cli).
+class ServiceUnavailable(ImagegenError):
+    """A service imagegen needs cannot be used now (unreachable, refusing, not migrated).
+
+    The message names the service by its DSN without the password, and says what to do.
+    """
+
+    def __init__(self, message: str, *, service: str, dsn: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.dsn = dsn
+
+
+class JobConflict(ImagegenError):
+    """The job's state does not allow the operation (cancelling a finished job)."""
+
+
 class FalError(ImagegenError):
     """An answer from fal (or the lack of one), classified; carries what fal said."""
 

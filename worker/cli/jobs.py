@@ -1,0 +1,130 @@
+"""Commands about jobs: enqueue, job, jobs, stats, cancel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from models import TERMINAL_STATUSES, JobStatus
+from worker.cli.app import app_settings, cli, db_session, out, plain
+from worker.cli.errors import errors
+from worker.cli.inputs import job_uuid, parse_since, read_prompt, strict_utf8
+from worker.errors import JobConflict
+
+
+@cli.command()
+def enqueue(
+    prompt: Annotated[
+        str | None, typer.Argument(help="The prompt; - reads it from stdin", show_default=False)
+    ] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option(help="Read the prompt from this file (UTF-8)")
+    ] = None,
+    size: Annotated[str | None, typer.Option(help="Preset name or WIDTHxHEIGHT")] = None,
+    quality: Annotated[str | None, typer.Option(help="auto, low, medium or high")] = None,
+    num_images: Annotated[int | None, typer.Option(help="1 to 4")] = None,
+    output_format: Annotated[str | None, typer.Option(help="jpeg, png or webp")] = None,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Queue a generation; prints the job id alone."""
+    from worker.api import enqueue as enqueue_job
+    from worker.db import check_database
+
+    with errors():
+        text = read_prompt(prompt, prompt_file)
+        for value, what in ((size, "--size"), (idempotency_key, "--idempotency-key")):
+            if value is not None:
+                strict_utf8(value, what)
+        settings = app_settings()
+        check_database(settings.database_url)  # a missing SQLite file is named, not created
+        job_id = enqueue_job(
+            text,
+            size=size,
+            quality=quality,
+            num_images=num_images,
+            output_format=output_format,
+            idempotency_key=idempotency_key,
+            settings=settings,
+        )
+    typer.echo(str(job_id))
+
+
+@cli.command()
+def job(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One job, with every submission to fal."""
+    from worker.queries import get_job, job_to_dict
+    from worker.views import show_job
+
+    with errors():
+        uid = job_uuid(job_id)
+        with db_session() as session:
+            data = job_to_dict(get_job(session=session, job_id=uid), with_attempts=True)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    show_job(out, data, plain=plain())
+
+
+@cli.command()
+def jobs(
+    status: Annotated[JobStatus | None, typer.Option(case_sensitive=False)] = None,
+    category: Annotated[str | None, typer.Option(help="Refusal category")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, or 30m / 2h / 7d ago")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent jobs, newest first, filtered by status, refusal category and age."""
+    from worker.queries import job_to_dict, list_jobs
+    from worker.views import show_jobs
+
+    with errors():
+        since_at = parse_since(since) if since else None
+        if category is not None:
+            strict_utf8(category, "--category")
+        with db_session() as session:
+            found = list_jobs(
+                session=session, status=status, category=category, since=since_at, limit=limit
+            )
+            rows = [job_to_dict(j) for j in found]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    show_jobs(out, rows, plain=plain())
+
+
+@cli.command()
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts by status and by refusal category."""
+    from worker.queries import stats as job_stats
+    from worker.views import show_stats
+
+    with errors(), db_session() as session:
+        data = job_stats(session=session)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    show_stats(out, data, plain=plain())
+
+
+@cli.command()
+def cancel(job_id: str) -> None:
+    """Cancel a job (a queued one never reaches fal; a running one is cancelled at fal).
+
+    Exits 4 when the job had already ended (nothing was cancelled), 3 when there is no such job.
+    """
+    from worker.api import cancel as cancel_job
+    from worker.queries import get_job
+
+    with errors():
+        uid = job_uuid(job_id)
+        with db_session() as session:
+            before = get_job(session=session, job_id=uid).status
+        if before in TERMINAL_STATUSES:
+            raise JobConflict(f"job {uid} already {before.value}, not cancelled")
+        after = cancel_job(uid, settings=app_settings())
+        if after != JobStatus.CANCELLED.value:
+            raise JobConflict(f"job {uid} {after} meanwhile, not cancelled")
+    typer.echo(after)
