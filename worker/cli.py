@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from models import JobStatus
+from worker.commands import register
 from worker.errors import ImagegenError, JobNotFound, JobRequestError
 
 cli = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -62,8 +63,10 @@ def enqueue(
     num_images: Annotated[int | None, typer.Option(help="1 to 4")] = None,
     output_format: Annotated[str | None, typer.Option(help="jpeg, png or webp")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome (exit code: see docs)")] = False,
+    wait_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds to wait")] = None,
 ) -> None:
-    """Queue a generation; prints the job id alone."""
+    """Queue a generation; prints the job id alone (--wait: then follows it on stderr)."""
     from worker.api import enqueue as enqueue_job
 
     with _errors():
@@ -76,6 +79,10 @@ def enqueue(
             idempotency_key=idempotency_key,
         )
     typer.echo(str(job_id))
+    if wait:
+        from worker.commands.verbs import wait_and_report
+
+        raise typer.Exit(wait_and_report(job_id, wait_timeout))
 
 
 @cli.command()
@@ -310,6 +317,9 @@ def _parse_since(value: str) -> datetime:
     except ValueError:
         raise JobRequestError(f"--since {value!r}: use an ISO time or 30m, 2h, 7d") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+register(cli)
 
 
 def main() -> None:
