@@ -170,7 +170,7 @@ def _keys(settings: Settings) -> Check:
     missing: list[str] = []
     present: list[str] = []
     if settings.fal_key is not None and settings.fal_key.get_secret_value():
-        present.append("FAL_KEY")
+        present.append("FAL_KEY set")
     elif targets_production():
         missing.append("FAL_KEY (fal.ai needs it)")
     for checker in settings.moderation.split(","):
@@ -179,10 +179,11 @@ def _keys(settings: Settings) -> Check:
             continue
         key = getattr(settings, attribute, None)  # absent: this build lacks the checker
         if key is not None and key.get_secret_value():
-            present.append(env_name)
+            present.append(f"{env_name} set")
         else:
             missing.append(f"{env_name} (IMAGEGEN_MODERATION uses {checker})")
     if missing:
         return Check("keys", False, f"not set: {', '.join(missing)}", "set them in the env or .env")
-    emulator = "" if targets_production() else f"; no FAL_KEY needed for {queue_host()}"
-    return Check("keys", True, f"set: {', '.join(present) or 'none needed'}{emulator}")
+    if not present or present[0] != "FAL_KEY set":
+        present.insert(0, f"FAL_KEY not needed ({queue_host()} is an emulator)")
+    return Check("keys", True, ", ".join(present))

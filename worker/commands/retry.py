@@ -53,7 +53,7 @@ _RETRY = insert(JOBS).from_select(
         bindparam("deadline_at", type_=UTCDateTime()),
         JOBS.c.id,
     ).where(JOBS.c.id == bindparam("old_id"), JOBS.c.status == JobStatus.FAILED),
-)  # fmt: skip
+).returning(JOBS.c.id)  # fmt: skip
 
 
 def retry(job_id: uuid.UUID, *, settings: Settings, app: Celery | None = None) -> uuid.UUID:
@@ -73,10 +73,10 @@ def retry(job_id: uuid.UUID, *, settings: Settings, app: Celery | None = None) -
     }
     try:
         with session_scope(settings.database_url) as session:
-            inserted = store._changed(session.execute(_RETRY, params))
+            inserted = session.execute(_RETRY, params).scalar_one_or_none()
     except IntegrityError:
-        inserted = False  # retried already, by us or a concurrent retry
-    if not inserted:
+        inserted = None  # retried already, by us or a concurrent retry
+    if inserted is None:
         raise _why_not(job_id, settings)
     api._publish_many([new_id], settings, app)  # removes the row again if it cannot
     return new_id
