@@ -130,7 +130,7 @@ def test_enqueue_wait_exits_12_when_the_job_is_cancelled(running: Stack) -> None
     assert waiting.stdout is not None
     job_id = waiting.stdout.readline().strip()
     assert imagegen(running, "cancel", job_id).returncode == 0
-    out, err = waiting.communicate(timeout=60)
+    _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 12, err
     assert err.strip().splitlines()[-1] == "cancelled"
 
