@@ -24,8 +24,10 @@ TIMEOUT_S = 3.0
 PING_TIMEOUT_S = 1.5
 
 #: moderation checkers that call a service, and the key each needs
-MODERATION_KEYS = {"openai": ("openai_api_key", "OPENAI_API_KEY")}
-MODERATION_KEYS["anthropic"] = ("anthropic_api_key", "ANTHROPIC_API_KEY")
+MODERATION_KEYS = {
+    "openai": ("openai_api_key", "OPENAI_API_KEY"),
+    "anthropic": ("anthropic_api_key", "ANTHROPIC_API_KEY"),
+}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from worker.errors import ImagegenError, JobNotFound, JobRequestError
 from worker.settings import Settings
@@ -34,6 +35,10 @@ def _one_line() -> Iterator[None]:
         raise typer.Exit(2) from None
     except ImagegenError as exc:
         err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:  # the database went away (imagegen doctor says more)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        err.print(f"error: database unavailable: {reason}", markup=False)
         raise typer.Exit(1) from None
 
 
