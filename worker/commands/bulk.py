@@ -27,12 +27,6 @@ from worker.web.schemas import JobIn
 CHUNK = 500
 
 
-class BulkLine(JobIn):
-    """A line of the file: POST /jobs's body, with the Idempotency-Key header as a field."""
-
-    idempotency_key: str | None = None
-
-
 @dataclass(frozen=True)
 class BadLine:
     number: int
@@ -70,26 +64,22 @@ def _item(line: str) -> dict[str, Any]:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(raw, dict):
         raise ValueError('not a JSON object (expected {"prompt": ...})')
+    key = raw.pop("idempotency_key", None)
+    if key is not None and not isinstance(key, str):
+        raise ValueError("idempotency_key: must be a string")
+    item = _validated(raw, key)
+    return {**item, "idempotency_key": key} if key is not None else item
+
+
+def _validated(fields: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """The line as an ``enqueue_many`` item, checked as enqueue checks it (so that no
+    valid line fails later): POST /jobs's body shape, then ``validate_request``'s rules."""
     try:
-        body = BulkLine.model_validate(raw)
+        body = JobIn.model_validate(fields).model_dump(exclude_none=True)
     except ValidationError as exc:
         raise ValueError("; ".join(_problem(e) for e in exc.errors())) from None
-    size = body.image_size
-    item = {
-        "prompt": body.prompt,
-        "size": size.model_dump() if not isinstance(size, str | None) else size,
-        "quality": body.quality,
-        "num_images": body.num_images,
-        "output_format": body.output_format,
-        "idempotency_key": body.idempotency_key,
-        "deadline_s": body.deadline_s,
-        "callback_url": body.callback_url,
-    }
-    item = {k: v for k, v in item.items() if v is not None}
-    fields = {k: v for k, v in item.items() if k != "deadline_s"}
-    fields["image_size"] = fields.pop("size", None)
-    validate_request(**fields)  # the rules enqueue applies, so that none fails later
-    return item
+    validate_request(**{k: v for k, v in body.items() if k != "deadline_s"}, idempotency_key=key)
+    return body
 
 
 def _problem(error: Any) -> str:
