@@ -133,6 +133,10 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     #: the web app's URL that gets the job's JSON (HMAC-signed) when it ends
     callback_url: Mapped[str | None] = mapped_column(String(2000))
+    #: the failed job this one is a new attempt of (``imagegen retry``); one retry per job
+    retry_of: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
     #: running: until when the run holding ``lease_owner`` may work on it undisturbed;
     #: queued: after when the sweeper considers the job's broker message lost.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -162,6 +166,7 @@ class Job(Base):
             unique=True,
             **_not_null("idempotency_key"),
         ),
+        Index("uq_jobs_retry_of", "retry_of", unique=True, **_not_null("retry_of")),
     )
 
 

@@ -89,7 +89,7 @@ def enqueue_request(
         if existing is None:
             raise
         return existing
-    _publish_many([row["id"]], settings, app)
+    publish_many([row["id"]], settings, app)
     return row["id"]
 
 
@@ -126,7 +126,7 @@ def enqueue_many(
             ids.append(row["id"])
         if rows:
             session.execute(insert(Job), rows)
-    _publish_many([row["id"] for row in rows], settings, app)
+    publish_many([row["id"] for row in rows], settings, app)
     return ids
 
 
@@ -158,7 +158,7 @@ def _row(request: JobRequest, settings: Settings, now: datetime) -> dict[str, An
     }
 
 
-def _publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | None) -> None:
+def publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | None) -> None:
     if not job_ids:
         return
     app = app or _default_app()

@@ -136,3 +136,9 @@ class RequestCancelled(PermanentFalError):
 
 class DeadlineExceeded(PermanentFalError):
     """The job's deadline passed before fal finished it."""
+
+
+# imagegen retry (worker/commands/retry.py)
+class NotRetryable(ImagegenError):
+    """The job cannot be retried: it did not fail (a refusal, a success, a cancel) or it
+    was retried already."""

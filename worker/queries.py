@@ -132,6 +132,7 @@ def job_to_dict(job: Job, *, with_attempts: bool = False) -> dict[str, Any]:
         "fal_request_id": job.fal_request_id,
         "images": job.images,
         "idempotency_key": job.idempotency_key,
+        "retry_of": str(job.retry_of) if job.retry_of else None,
         **{k: _iso(getattr(job, k)) for k in _TIMES},
     }
     if with_attempts:

@@ -21,7 +21,11 @@ from worker.constants import (
 class Settings(BaseSettings):
     """Every knob of imagegen. Environment names are given in the field docs."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    # A ./.env file (KEY=value lines) fills in what the environment leaves unset:
+    # environment variables win over it, and it wins over the defaults.
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", frozen=True, env_file=".env", env_file_encoding="utf-8"
+    )
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     redis_url: str = Field(default=DEFAULT_REDIS_URL, alias="REDIS_URL")

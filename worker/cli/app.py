@@ -36,10 +36,22 @@ class State:
 state = State()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from worker.cli.config_view import imagegen_version
+
+        typer.echo(f"imagegen {imagegen_version()}")
+        raise typer.Exit()
+
+
 @cli.callback()
 def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the traceback of an error, not one line")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     state.debug = debug

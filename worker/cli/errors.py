@@ -27,6 +27,7 @@ from worker.errors import (
     JobConflict,
     JobNotFound,
     JobRequestError,
+    NotRetryable,
     ServiceUnavailable,
 )
 from worker.views import printable
@@ -41,6 +42,7 @@ EXIT_UNAVAILABLE = 69
 _CODES: tuple[tuple[type[BaseException], int], ...] = (
     (IdempotencyConflict, EXIT_CONFLICT),
     (JobConflict, EXIT_CONFLICT),
+    (NotRetryable, EXIT_CONFLICT),
     (JobNotFound, EXIT_NOT_FOUND),
     (JobRequestError, EXIT_USAGE),
     (ConfigurationError, EXIT_USAGE),

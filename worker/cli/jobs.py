@@ -28,8 +28,10 @@ def enqueue(
     num_images: Annotated[int | None, typer.Option(help="1 to 4")] = None,
     output_format: Annotated[str | None, typer.Option(help="jpeg, png or webp")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome (exit code: see docs)")] = False,
+    wait_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds to wait")] = None,
 ) -> None:
-    """Queue a generation; prints the job id alone."""
+    """Queue a generation; prints the job id alone (--wait: then follows it on stderr)."""
     from worker.api import enqueue as enqueue_job
     from worker.db import check_database
 
@@ -50,6 +52,10 @@ def enqueue(
             settings=settings,
         )
     typer.echo(str(job_id))
+    if wait:
+        from worker.cli.comforts import wait_and_report
+
+        raise typer.Exit(wait_and_report(job_id, wait_timeout))
 
 
 @cli.command()

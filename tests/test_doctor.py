@@ -1,0 +1,90 @@
+"""``imagegen doctor`` against the real services: all green with a running stack, and one
+clear ✗ line (with the fix) and a non-zero exit for each service that is missing."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.conftest import Stack
+from tests.test_cli_comforts import SMALL_POOL, imagegen
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again when the socket goes
+
+
+def _lines(output: str) -> dict[str, str]:
+    """check name -> its line"""
+    return {line.split()[1]: line for line in output.splitlines()}
+
+
+def test_all_green_with_the_running_stack(stack: Stack) -> None:
+    stack.start_worker(extra_env=SMALL_POOL)
+    done = imagegen(stack, "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = _lines(done.stdout)
+    assert list(lines) == ["database", "migrations", "redis", "worker", "fal", "keys"]
+    assert all(line.startswith("✓ ") for line in lines.values()), done.stdout
+    assert "1 consuming 'imagegen'" in lines["worker"]
+    assert stack.emulator.host_port in lines["fal"]
+    assert "test-key-not-secret" not in done.stdout
+
+
+def test_no_worker_and_an_old_schema_fail_with_the_fix(stack: Stack) -> None:
+    from worker.db import downgrade
+
+    downgrade(stack.database_url, "0007")
+    done = imagegen(stack, "doctor")
+    assert done.returncode == 1
+    lines = _lines(done.stdout)
+    assert lines["database"].startswith("✓ ")
+    assert lines["migrations"].startswith("✗ migrations at 0007, head is 0008")
+    assert "imagegen db upgrade" in lines["migrations"]
+    assert lines["worker"].startswith("✗ worker     no worker consumes the queue 'imagegen'")
+    assert "celery -A worker worker" in lines["worker"]
+
+
+def test_redis_at_a_closed_port(stack: Stack) -> None:
+    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    done = imagegen(stack, "doctor", env={"REDIS_URL": url})
+    assert done.returncode == 1
+    lines = _lines(done.stdout)
+    assert lines["redis"].startswith(f"✗ redis      {url}: ")
+    assert "fix REDIS_URL" in lines["redis"]
+    assert lines["worker"].startswith("- worker")  # nothing to ask
+    assert lines["database"].startswith("✓ ")
+
+
+def test_postgres_at_a_closed_port_hides_the_password(stack: Stack) -> None:
+    port = _closed_port()
+    url = f"postgresql://postgres:hunter2-secret@127.0.0.1:{port}/x"
+    done = imagegen(stack, "doctor", "--json", env={"DATABASE_URL": url})
+    assert done.returncode == 1
+    assert "hunter2-secret" not in done.stdout
+    human = imagegen(stack, "doctor", env={"DATABASE_URL": url})
+    lines = _lines(human.stdout)
+    assert lines["database"].startswith(
+        f"✗ database   postgresql+psycopg://postgres:***@127.0.0.1:{port}/x"
+    )
+    assert "fix DATABASE_URL" in lines["database"]
+    assert lines["migrations"].startswith("- migrations skipped")
+    assert "Traceback" not in human.stderr
+
+
+def test_fal_unreachable_and_a_missing_moderation_key(stack: Stack) -> None:
+    host = f"127.0.0.1:{_closed_port()}"
+    env = {"FAL_QUEUE_RUN_HOST": host, "IMAGEGEN_MODERATION": "rules,openai"}
+    done = imagegen(stack, "doctor", env=env)
+    assert done.returncode == 1
+    lines = _lines(done.stdout)
+    assert lines["fal"].startswith(f"✗ fal        https://{host}: ")
+    assert lines["keys"].startswith("✗ keys       not set: OPENAI_API_KEY")
+    ok = imagegen(stack, "doctor", env={**env, "OPENAI_API_KEY": "sk-do-not-print"})
+    assert _lines(ok.stdout)["keys"].startswith("✓ keys       FAL_KEY set, OPENAI_API_KEY set")
+    assert "sk-do-not-print" not in ok.stdout
