@@ -41,6 +41,27 @@ class EnqueueError(ImagegenError):
     """The job could not be handed to the broker; no job row was left behind."""
 
 
+# The HTTP API's answers (worker.web, worker.client).
+class JobAlreadyFinished(ImagegenError):
+    """A finished job cannot be cancelled (the API's 409); ``status`` is what it ended as."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServiceUnavailable(ImagegenError):
+    """A service imagegen needs (Postgres, Redis, the HTTP API) does not answer (503)."""
+
+
+class ApiError(ImagegenError):
+    """The HTTP API answered an error the client has no better class for."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class FalError(ImagegenError):
     """An answer from fal (or the lack of one), classified; carries what fal said."""
 

@@ -1,10 +1,26 @@
-"""Request and response bodies of the HTTP API (they are also its OpenAPI schema)."""
+"""Request and response bodies of the HTTP API (they are also its OpenAPI schema).
+
+The response bodies live in ``worker.contract`` (shared with ``worker.client``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from worker.contract import ErrorBody, JobCreated, JobPage, Problem, ValidationErrorBody
+
+__all__ = [
+    "ErrorBody",
+    "JobCreated",
+    "JobIn",
+    "JobPage",
+    "Problem",
+    "Size",
+    "ValidationErrorBody",
+]
 
 
 class Size(BaseModel):
@@ -24,28 +40,20 @@ class JobIn(BaseModel):
     quality: str | None = Field(None, description="auto, low, medium or high (default high).")
     num_images: int | None = Field(None, description="1 to 4 (default 1).")
     output_format: str | None = Field(None, description="jpeg, png or webp (default png).")
-    deadline_s: float | None = Field(None, gt=0, description="Fail the job if not done by then.")
+    deadline_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Fail the job if not done by then."
+    )
     callback_url: str | None = Field(
         None, description="POSTed the job's JSON (HMAC-signed) when it ends."
     )
 
-
-class JobCreated(BaseModel):
-    id: str
-    status: str
-
-
-class JobPage(BaseModel):
-    jobs: list[dict[str, Any]]
-    next_cursor: str | None = Field(
-        description="Pass as ?cursor= for the next (older) page; null on the last page."
-    )
-
-
-class Problem(BaseModel):
-    field: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    detail: str | list[Problem]
+    @field_validator("*", mode="before")
+    @classmethod
+    def _utf8(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON's \\ud800-style escapes can spell lone surrogates, which no database stores."""
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise PydanticCustomError("utf8", f"{info.field_name} is not valid UTF-8") from None
+        return value
