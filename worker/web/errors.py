@@ -22,7 +22,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.errors import EnqueueError, JobAlreadyFinished, JobNotFound, JobRequestError
+from worker.errors import (
+    EnqueueError,
+    IdempotencyConflict,
+    JobAlreadyFinished,
+    JobNotFound,
+    JobRequestError,
+)
 from worker.logs import get_logger
 from worker.settings import Settings
 
@@ -38,6 +44,7 @@ def install(app: FastAPI) -> None:
     handlers: dict[Any, _Handler] = {
         Unauthorized: _unauthorized,
         JobRequestError: lambda _, exc: _json(422, exc.problems),
+        IdempotencyConflict: lambda _, exc: _json(422, [_key_problem(exc)]),
         RequestValidationError: lambda _, exc: _json(422, [problem(e) for e in exc.errors()]),
         JobNotFound: lambda _, exc: _json(404, str(exc)),
         JobAlreadyFinished: lambda _, exc: _json(409, str(exc)),
@@ -62,6 +69,10 @@ def _json(status: int, detail: Any, headers: dict[str, str] | None = None) -> JS
 def _unauthorized(_: Request, __: Exception) -> JSONResponse:
     detail = "missing or wrong API key: send Authorization: Bearer <key>"
     return _json(401, detail, {"WWW-Authenticate": "Bearer"})
+
+
+def _key_problem(exc: IdempotencyConflict) -> dict[str, str]:
+    return {"field": "Idempotency-Key", "message": str(exc)}
 
 
 def problem(error: Any) -> dict[str, str]:
