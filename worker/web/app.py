@@ -40,7 +40,6 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         title="imagegen",
         summary="Queue image generations on fal.ai and read their outcomes.",
         version="1.0",
-        max_body_size=settings.api_max_body_bytes,
     )
     app.add_middleware(errors.BodyCap, settings=settings)
     app.state.settings = settings

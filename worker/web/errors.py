@@ -20,8 +20,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker.contract import ErrorBody, ValidationErrorBody
 from worker.errors import (
     EnqueueError,
     IdempotencyConflict,
@@ -34,6 +35,17 @@ from worker.settings import Settings
 
 log = get_logger(__name__)
 _Handler = Callable[[Request, Any], Awaitable[JSONResponse] | JSONResponse]
+
+#: the errors any route may answer, for OpenAPI (FastAPI's own 422 schema is not what we send)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
+    422: {"model": ValidationErrorBody, "description": "Invalid request; nothing was written"},
+    500: {"model": ErrorBody, "description": "A bug: the API's log has the details"},
+    503: {"model": ErrorBody, "description": "The database or the broker does not answer"},
+}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "The body is over IMAGEGEN_API_MAX_BODY_BYTES"}
+}
 
 
 class Unauthorized(Exception):
@@ -145,18 +157,32 @@ def _internal(_: Request, exc: Exception) -> JSONResponse:
 
 
 class BodyCap:
-    """413 before reading a body whose Content-Length is over the cap; bodies sent without
-    one are cut off by FastAPI's ``max_body_size`` as they stream in."""
+    """A 413 for a body over IMAGEGEN_API_MAX_BODY_BYTES: before reading it when its
+    Content-Length says so, else as soon as the bytes streamed in pass the cap (raised
+    from ``receive``, FastAPI hands it to the exception handlers)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
+        self.limit = settings.api_max_body_bytes
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length", "")
-            if length.isdigit() and int(length) > self.settings.api_max_body_bytes:
-                response = _json(413, _too_large(self.settings), {"Connection": "close"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            response = _json(413, _too_large(self.settings), {"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413)
+            return message
+
+        await self.app(scope, capped, send)

@@ -12,6 +12,8 @@ from worker.contract import Health
 from worker.db import get_engine
 from worker.settings import Settings
 
+from .errors import RESPONSES
+
 router = APIRouter(tags=["operations"])
 metrics_router = APIRouter(tags=["operations"])
 
@@ -34,7 +36,14 @@ def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if up else 503)
 
 
-@metrics_router.get("/metrics", response_class=Response)
+@metrics_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        401: RESPONSES[401],
+    },
+)
 def scrape(request: Request) -> Response:
     """Prometheus exposition: job counts from the table, queue depth, worker metrics."""
     settings: Settings = request.app.state.settings

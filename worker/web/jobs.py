@@ -17,17 +17,11 @@ from worker.db import session_scope
 from worker.errors import EnqueueError, JobAlreadyFinished, JobRequestError
 from worker.settings import Settings
 
-from .schemas import ErrorBody, JobCreated, JobIn, JobPage, Size, ValidationErrorBody
+from .errors import RESPONSES, TOO_LARGE
+from .schemas import ErrorBody, JobCreated, JobIn, JobPage, Size
 
-#: what any route may answer besides its own; a 413 only where a body is read
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong API key"},
-    422: {"model": ValidationErrorBody, "description": "Invalid request; nothing was written"},
-    500: {"model": ErrorBody, "description": "A bug: the API's log has the details"},
-    503: {"model": ErrorBody, "description": "The database or the broker does not answer"},
-}
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
-router = APIRouter(tags=["jobs"], responses=_ERRORS)
+router = APIRouter(tags=["jobs"], responses=RESPONSES)
 MAX_PAGE = 200
 
 
@@ -40,7 +34,7 @@ def _settings(request: Request) -> Settings:
     "/jobs",
     status_code=201,
     response_model=JobCreated,
-    responses={413: {"model": ErrorBody, "description": "Over IMAGEGEN_API_MAX_BODY_BYTES"}},
+    responses=TOO_LARGE,
 )
 def create_job(
     body: JobIn,
