@@ -115,7 +115,10 @@ class Health(BaseModel):
 
 
 class Problem(BaseModel):
-    field: str = Field(description="The input at fault: a body field, a query parameter, body.")
+    field: str = Field(
+        description="The input at fault: a body field or query parameter, `body` (the body "
+        "as a whole: not JSON, not an object) or `Idempotency-Key` (used with other input)."
+    )
     message: str
 
 

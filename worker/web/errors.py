@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -124,7 +124,7 @@ def _database(request: Request, exc: Exception) -> JSONResponse:
 def database_problem(exc: Exception, database_url: str) -> str | None:
     """One line saying why the database cannot serve, naming its DSN without the password;
     None when ``exc`` is not about the database being unusable."""
-    dsn = make_url(database_url).render_as_string(hide_password=True)
+    dsn = _without_password(database_url)
     cause = str(getattr(exc, "orig", None) or exc)
     lowered = cause.lower()
     if "does not exist" in lowered or "no such table" in lowered:
@@ -142,11 +142,18 @@ def database_problem(exc: Exception, database_url: str) -> str | None:
     return f"the database {dsn} does not answer ({first[:200]}): is Postgres running there?"
 
 
+def _without_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy can parse: name only its scheme
+        return url.split("://", 1)[0] + "://..."
+
+
 def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, EnqueueError):
         message = str(exc).splitlines()[0]
     else:
-        broker = make_url(_settings(request).redis_url).render_as_string(hide_password=True)
+        broker = _without_password(_settings(request).redis_url)
         message = f"the broker {broker} does not answer ({type(exc).__name__}): is Redis running?"
     log.warning("api.broker_unavailable", error=message)
     return _json(503, message)
