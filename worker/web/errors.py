@@ -97,6 +97,11 @@ def problem(error: Any) -> dict[str, str]:
 
 
 def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body
+        reason = (
+            "not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else "unreadable"
+        )
+        return _json(422, [{"field": "body", "message": f"the body is {reason}"}])
     detail = str(exc.detail)
     if exc.status_code == 413:
         detail = _too_large(_settings(request))
