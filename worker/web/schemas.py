@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 
+#: beyond this a deadline means nothing (and past ~1e13 s no datetime can hold it)
+MAX_DEADLINE_S = 30 * 86400
+
+
 class Size(BaseModel):
     width: int
     height: int
@@ -41,7 +45,11 @@ class JobIn(BaseModel):
     num_images: int | None = Field(None, description="1 to 4 (default 1).")
     output_format: str | None = Field(None, description="jpeg, png or webp (default png).")
     deadline_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Fail the job if not done by then."
+        None,
+        gt=0,
+        le=MAX_DEADLINE_S,
+        allow_inf_nan=False,
+        description="Fail the job if not done this many seconds from now (at most 30 days).",
     )
     callback_url: str | None = Field(
         None, description="POSTed the job's JSON (HMAC-signed) when it ends."
