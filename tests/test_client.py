@@ -18,7 +18,7 @@ from worker.client import Client
 from worker.errors import (
     ConfigurationError,
     IdempotencyConflict,
-    JobAlreadyFinished,
+    JobConflict,
     JobNotFound,
     JobRequestError,
     ServiceUnavailable,
@@ -54,7 +54,7 @@ def test_enqueue_wait_and_read_typed_jobs(client: Client, stack: Stack) -> None:
     assert job.images[0].width == 1024 and job.attempt_log[0].outcome == "succeeded"
     assert job.deadline_at is not None and job.finished_at is not None
     assert client.health().status == "ok"
-    with pytest.raises(JobAlreadyFinished, match="already succeeded, not cancelled"):
+    with pytest.raises(JobConflict, match="already succeeded, not cancelled"):
         client.cancel(created.id)
 
 

@@ -11,7 +11,7 @@ It imports httpx, pydantic and ``worker.errors`` only: no database, broker or Ce
 no settings are read. Answers are parsed into ``worker.contract``'s models (the API's
 OpenAPI schemas). Errors are the project's: ``JobRequestError`` (422, 413; ``problems``
 lists ``{field, message}``), ``IdempotencyConflict`` (a 422 naming ``Idempotency-Key``),
-``JobNotFound`` (404), ``JobAlreadyFinished`` (409), ``ConfigurationError`` (401: the
+``JobNotFound`` (404), ``JobConflict`` (409), ``ConfigurationError`` (401: the
 key), ``ServiceUnavailable`` (503, or no answer), ``ApiError`` for anything else.
 """
 
@@ -31,7 +31,7 @@ from worker.errors import (
     ApiError,
     ConfigurationError,
     IdempotencyConflict,
-    JobAlreadyFinished,
+    JobConflict,
     JobNotFound,
     JobRequestError,
     ServiceUnavailable,
@@ -127,7 +127,7 @@ class Client:
             cursor = page.next_cursor
 
     def cancel(self, job_id: str) -> Cancelled:
-        """Cancel a queued or running job; ``JobAlreadyFinished`` if it had ended otherwise."""
+        """Cancel a queued or running job; ``JobConflict`` if it had ended otherwise."""
         return self._call(Cancelled, "POST", f"/jobs/{job_id}/cancel")
 
     def stats(self) -> Stats:
@@ -175,8 +175,11 @@ class Client:
         try:
             return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            where = str(self._http.base_url)
             raise ServiceUnavailable(
-                f"the imagegen API at {self._http.base_url} does not answer ({type(exc).__name__})"
+                f"the imagegen API at {where} does not answer ({type(exc).__name__})",
+                service="api",
+                dsn=where,
             ) from exc
 
 
@@ -210,9 +213,11 @@ def _raise(response: httpx.Response) -> None:
     if status == 404:
         raise JobNotFound(text)
     if status == 409:
-        raise JobAlreadyFinished(text)
+        raise JobConflict(text)
     if status == 401:
         raise ConfigurationError(f"the imagegen API refused the key: {text}")
     if status == 503:
-        raise ServiceUnavailable(text)
+        raise ServiceUnavailable(
+            text, service="api", dsn=str(response.request.url.copy_with(path="/"))
+        )
     raise ApiError(f"the imagegen API answered {status}: {text}", status)

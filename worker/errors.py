@@ -37,29 +37,33 @@ class JobNotFound(ImagegenError, LookupError):
     """No job has this id."""
 
 
-class EnqueueError(ImagegenError):
-    """The job could not be handed to the broker; no job row was left behind."""
-
-
-# The HTTP API's answers (worker.web, worker.client).
-class JobAlreadyFinished(ImagegenError):
-    """A finished job cannot be cancelled (the API's 409); ``status`` is what it ended as."""
-
-    def __init__(self, message: str, status: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ServiceUnavailable(ImagegenError):
-    """A service imagegen needs (Postgres, Redis, the HTTP API) does not answer (503)."""
-
-
 class ApiError(ImagegenError):
-    """The HTTP API answered an error the client has no better class for."""
+    """The HTTP API answered an error ``worker.client`` has no better class for."""
 
     def __init__(self, message: str, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class EnqueueError(ImagegenError):
+    """The job could not be handed to the broker; no job row was left behind."""
+
+
+# Service and state errors, for the CLI's exit codes and the API's 503 / 409 (issue 21, cli).
+class ServiceUnavailable(ImagegenError):
+    """A service imagegen needs cannot be used now (unreachable, refusing, not migrated).
+
+    The message names the service by its DSN without the password, and says what to do.
+    """
+
+    def __init__(self, message: str, *, service: str, dsn: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.dsn = dsn
+
+
+class JobConflict(ImagegenError):
+    """The job's state does not allow the operation (cancelling a finished job)."""
 
 
 class FalError(ImagegenError):

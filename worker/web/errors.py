@@ -26,7 +26,7 @@ from worker.contract import ErrorBody, ValidationErrorBody
 from worker.errors import (
     EnqueueError,
     IdempotencyConflict,
-    JobAlreadyFinished,
+    JobConflict,
     JobNotFound,
     JobRequestError,
 )
@@ -59,7 +59,7 @@ def install(app: FastAPI) -> None:
         IdempotencyConflict: lambda _, exc: _json(422, [_key_problem(exc)]),
         RequestValidationError: lambda _, exc: _json(422, [problem(e) for e in exc.errors()]),
         JobNotFound: lambda _, exc: _json(404, str(exc)),
-        JobAlreadyFinished: lambda _, exc: _json(409, str(exc)),
+        JobConflict: lambda _, exc: _json(409, str(exc)),
         EnqueueError: _unavailable,
         HTTPException: _http,
         OperationalError: _database,

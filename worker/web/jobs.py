@@ -14,7 +14,7 @@ from models import JobStatus
 from worker import api, queries
 from worker.contract import Cancelled, JobDetail, Stats
 from worker.db import session_scope
-from worker.errors import EnqueueError, JobAlreadyFinished, JobRequestError
+from worker.errors import EnqueueError, JobConflict, JobRequestError
 from worker.settings import Settings
 
 from .errors import RESPONSES, TOO_LARGE
@@ -116,7 +116,7 @@ def cancel_job(job_id: uuid.UUID, request: Request) -> Cancelled:
     a cancelled job again is a 200; one that ended otherwise is a 409 naming its status."""
     status = api.cancel(job_id, settings=_settings(request), app=request.app.state.celery)
     if status != "cancelled":
-        raise JobAlreadyFinished(f"job {job_id} already {status}, not cancelled", status)
+        raise JobConflict(f"job {job_id} already {status}, not cancelled")
     return Cancelled(id=str(job_id), status="cancelled")
 
 
