@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import socketserver
+import struct
 import threading
 import time
 import uuid
@@ -13,7 +17,9 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.conftest import API_KEY, Stack, unique
+from models import JobStatus
+from tests.conftest import API_KEY, Stack, add_jobs, unique
+from worker import contract
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # every test here runs real processes
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -50,11 +56,31 @@ def test_every_route_but_health_needs_the_key(stack: Stack) -> None:
             assert anonymous.request(method, path).status_code == 401, path
             wrong = {"Authorization": "Bearer not-the-key"}
             assert anonymous.request(method, path, headers=wrong).status_code == 401, path
-        health = anonymous.get("/healthz")
-        assert health.status_code == 200, health.text
-        assert health.json() == {"status": "ok", "database": "ok", "broker": "ok"}
         assert anonymous.get("/docs").status_code == 200
         assert "/jobs/{job_id}/cancel" in anonymous.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.slow
+def test_healthz_says_whether_a_worker_consumes_the_queue(stack: Stack) -> None:
+    base = stack.start_api()
+    with httpx.Client(base_url=base) as anonymous:
+        health = anonymous.get("/healthz")
+        assert health.status_code == 200, health.text
+        assert health.json() == {
+            "status": "degraded",
+            "database": "ok",
+            "broker": "ok",
+            "workers": "none: no worker consumes the queue 'imagegen'",
+        }
+        stack.start_worker()
+        health = anonymous.get("/healthz")
+        assert health.status_code == 200, health.text
+        assert health.json() == {
+            "status": "ok",
+            "database": "ok",
+            "broker": "ok",
+            "workers": "ok (1)",
+        }
 
 
 def test_create_read_and_idempotency(api: httpx.Client, stack: Stack) -> None:
@@ -88,6 +114,152 @@ def test_invalid_requests_get_422_with_field_errors_and_write_nothing(api: httpx
     assert api.post(f"/jobs/{uuid.uuid4()}/cancel").status_code == 404
     assert api.get("/jobs", params={"cursor": "garbage!"}).status_code == 422
     assert api.get("/jobs", params={"status": "nope"}).status_code == 422
+
+
+@pytest.fixture
+def bare(stack: Stack) -> Iterator[httpx.Client]:
+    """The API without a worker: for answers that never need one."""
+    with httpx.Client(base_url=stack.start_api(), headers=AUTH, timeout=10) as client:
+        yield client
+
+
+def test_hostile_bodies_get_a_422_naming_the_field_and_write_nothing(bare: httpx.Client) -> None:
+    cases = {
+        b'{"prompt": "caf\\udce9"}': ("prompt", "prompt is not valid UTF-8"),
+        b'{"prompt": "a fox", "deadline_s": Infinity}': ("deadline_s", ""),
+        b'{"prompt": "a fox", "deadline_s": -Infinity}': ("deadline_s", ""),
+        b'{"prompt": "a fox", "deadline_s": NaN}': ("deadline_s", ""),
+        b'{"prompt": "a fox", "deadline_s": 1e309}': ("deadline_s", ""),
+        b'{"prompt": "a fox", "deadline_s": 8e307}': ("deadline_s", ""),
+        b"{not json": ("body", "the body is not valid JSON"),
+        b'{"prompt": "caf\xe9"}': ("body", "the body is not valid UTF-8"),
+        b"": ("body", ""),
+        b"[1, 2]": ("body", ""),
+    }
+    for raw, (field, message) in cases.items():
+        answer = bare.post("/jobs", content=raw, headers=JSON)
+        assert answer.status_code == 422, (raw, answer.text)
+        assert answer.headers["content-type"] == "application/json", raw
+        [problem] = answer.json()["detail"]
+        assert problem["field"] == field and message in problem["message"], (raw, problem)
+    assert bare.get("/stats").json()["total"] == 0
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_a_body_over_the_cap_is_a_413_and_writes_nothing(stack: Stack) -> None:
+    base = stack.start_api(extra_env={"IMAGEGEN_API_MAX_BODY_BYTES": "2048"})
+    big = json.dumps({"prompt": "x" * 3000}).encode()
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        yield big[:1500]
+        yield big[1500:]
+
+    with httpx.Client(base_url=base, headers=AUTH) as api:
+        for answer in [
+            api.post("/jobs", content=big, headers=JSON),
+            api.post("/jobs", content=streamed(), headers=JSON),
+            api.post("/fal/webhook", content=streamed(), headers=JSON),
+        ]:
+            assert answer.status_code == 413, answer.text
+            assert answer.json() == {
+                "detail": "the request body is over 2048 bytes (IMAGEGEN_API_MAX_BODY_BYTES)"
+            }
+        assert api.get("/stats").json()["total"] == 0
+        assert api.post("/jobs", json={"prompt": unique("a small fox")}).status_code == 201
+
+
+def test_cancelling_an_ended_job_is_a_409(bare: httpx.Client, stack: Stack) -> None:
+    [done] = add_jobs(stack.database_url, 1, JobStatus.SUCCEEDED)
+    [failed] = add_jobs(stack.database_url, 1, JobStatus.FAILED)
+    for job_id, status in ((done, "succeeded"), (failed, "failed")):
+        answer = bare.post(f"/jobs/{job_id}/cancel")
+        assert answer.status_code == 409, answer.text
+        assert answer.json() == {"detail": f"job {job_id} already {status}, not cancelled"}
+        assert bare.get(f"/jobs/{job_id}").json()["status"] == status
+    queued = bare.post("/jobs", json={"prompt": unique("a fox")}).json()["id"]
+    for _ in range(2):  # cancelling a cancelled job again is fine
+        answer = bare.post(f"/jobs/{queued}/cancel")
+        assert answer.status_code == 200 and answer.json() == {"id": queued, "status": "cancelled"}
+
+
+def test_an_unforeseen_error_is_a_json_500(stack: Stack) -> None:
+    import asyncio
+
+    from worker.web import create_app
+
+    app = create_app(stack.settings(imagegen_api_key=API_KEY), celery=stack.app())
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return await client.get("/boom")
+
+    answer = asyncio.run(call())
+    assert answer.status_code == 500
+    expected = "internal error (RuntimeError); the API's log has the details"
+    assert answer.json() == {"detail": expected}
+
+
+class _FullPostgres(socketserver.BaseRequestHandler):
+    """Answers every connection as a Postgres at max_connections does."""
+
+    def handle(self) -> None:
+        while len(head := self.request.recv(4)) == 4:
+            body = self.request.recv(struct.unpack("!I", head)[0] - 4)
+            if body[:4] in (struct.pack("!I", 80877103), struct.pack("!I", 80877104)):
+                self.request.sendall(b"N")  # no SSL, no GSSAPI encryption: go on in plain
+                continue
+            fields = b"SFATAL\0VFATAL\0C53300\0Msorry, too many clients already\0\0"
+            self.request.sendall(b"E" + struct.pack("!I", len(fields) + 4) + fields)
+            return
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_database_trouble_is_a_503_naming_the_dsn_without_its_password(stack: Stack) -> None:
+    from worker.db import downgrade
+
+    full = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _FullPostgres)
+    full.daemon_threads = True
+    threading.Thread(target=full.serve_forever, daemon=True).start()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    downgrade(stack.database_url)
+    cases = [
+        (f"imagegen:s3cret@127.0.0.1:{closed}/jobs", "does not answer"),
+        (f"imagegen:s3cret@127.0.0.1:{full.server_address[1]}/jobs", "too many clients"),
+        (stack.database_url.split("://", 1)[1], "is not migrated: run `imagegen db upgrade`"),
+    ]
+    try:
+        for where, reason in cases:
+            url = f"postgresql+psycopg://{where}"
+            dsn = url.replace(":s3cret@", ":***@")
+            base = stack.start_api(extra_env={"DATABASE_URL": url})
+            with httpx.Client(base_url=base, headers=AUTH, timeout=20) as api:
+                answers = [
+                    api.get("/jobs"),
+                    api.post("/jobs", json={"prompt": "a fox"}),
+                    api.get("/stats"),
+                    api.get(f"/jobs/{uuid.uuid4()}"),
+                ]
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                detail = answer.json()["detail"]
+                assert f"the database {dsn} " in detail and reason in detail, detail
+                assert "\n" not in detail and "s3cret" not in detail, detail
+    finally:
+        full.shutdown()
+        full.server_close()
+    logs = stack.logs()
+    assert logs.count("api.database_unavailable") == 12, logs
+    assert "Traceback" not in logs and "s3cret" not in logs, logs
 
 
 def test_listing_pages_with_a_cursor_and_filters(api: httpx.Client) -> None:
@@ -197,4 +369,6 @@ def test_callbacks_are_signed_and_retried_until_the_web_app_takes_them(stack: St
     assert event["event"] == "job.finished"
     assert event["job"]["id"] == str(job_id) and event["job"]["status"] == "refused"
     assert event["job"]["refusal_category"] == "celebrity_likeness"
+    assert set(event["job"]) == set(contract.Job.model_fields)
+    assert event["job"]["images"] == [] and event["job"]["callback_url"] == url
     assert "callback.failed" in stack.logs() and "callback.delivered" in stack.logs()

@@ -145,7 +145,7 @@ def test_cancel_a_running_job_cancels_it_at_fal(running: Stack) -> None:
     time.sleep(1.0)
     assert running.emulator.stats()["requests"][request_id]["state"] == "CANCELLED"
     job = _job(running, job_id)
-    assert job["status"] == "cancelled" and job["images"] is None
+    assert job["status"] == "cancelled" and job["images"] == []
 
 
 def test_deadline_fails_the_job_with_a_timeout_error_when_it_passes(running: Stack) -> None:

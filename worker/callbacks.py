@@ -73,18 +73,8 @@ def webhook_headers(key: bytes, message_id: str, body: bytes, timestamp: int) ->
 
 
 def event_body(job: dict[str, Any]) -> bytes:
-    keep = (
-        "id",
-        "status",
-        "refusal_category",
-        "refusal_message",
-        "error",
-        "images",
-        "attempts",
-        "created_at",
-        "finished_at",
-    )
-    return json.dumps({"event": "job.finished", "job": {k: job[k] for k in keep}}).encode()
+    """``{"event": "job.finished", "job": <the Job JSON of GET /jobs/{id}, no attempt log>}``."""
+    return json.dumps({"event": "job.finished", "job": job}).encode()
 
 
 def deliver(job_id: uuid.UUID, settings: Settings, http: httpx.Client) -> str:

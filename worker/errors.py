@@ -37,6 +37,14 @@ class JobNotFound(ImagegenError, LookupError):
     """No job has this id."""
 
 
+class ApiError(ImagegenError):
+    """The HTTP API answered an error ``worker.client`` has no better class for."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class EnqueueError(ImagegenError):
     """The job could not be handed to the broker; no job row was left behind."""
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from models import OPEN_STATUSES, Job, JobAttempt, JobCount, JobStatus
+from worker import contract
 from worker.errors import JobNotFound
 
 
@@ -117,43 +118,20 @@ def _kept_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
 
 
 def job_to_dict(job: Job, *, with_attempts: bool = False) -> dict[str, Any]:
-    """The JSON shape of a job, for ``--json`` and for web apps."""
-    data: dict[str, Any] = {
-        "id": str(job.id),
-        "status": job.status.value,
-        "prompt": job.prompt,
-        "params": job.params,
-        "model": job.model,
-        "refusal_category": job.refusal_category,
-        "refusal_source": job.refusal_source,
-        "refusal_message": job.refusal_message,
-        "error": job.error,
-        "attempts": job.attempts,
-        "fal_request_id": job.fal_request_id,
-        "images": job.images,
-        "idempotency_key": job.idempotency_key,
-        "retry_of": str(job.retry_of) if job.retry_of else None,
-        **{k: _iso(getattr(job, k)) for k in _TIMES},
-    }
-    if with_attempts:
-        data["attempt_log"] = [
-            {
-                "number": a.number,
-                "outcome": a.outcome.value,
-                "fal_request_id": a.fal_request_id,
-                "http_status": a.http_status,
-                "error_type": a.error_type,
-                "detail": a.detail,
-                "started_at": _iso(a.started_at),
-                "finished_at": _iso(a.finished_at),
-            }
-            for a in job.attempt_rows
-        ]
-    return data
+    """The JSON shape of a job (``worker.contract.Job``), the one place it is built: the
+    CLI's ``--json``, the HTTP API and job callbacks all send this. Every column is there;
+    ``images`` is ``[]`` until the job succeeded."""
+    data: dict[str, Any] = {column: getattr(job, column) for column in _COLUMNS}
+    data["id"] = str(job.id)
+    data["retry_of"] = str(job.retry_of) if job.retry_of else None
+    data["images"] = job.images or []
+    if not with_attempts:
+        return contract.Job.model_validate(data).model_dump(mode="json")
+    data["attempt_log"] = [
+        {column: getattr(a, column) for column in _ATTEMPT_COLUMNS} for a in job.attempt_rows
+    ]
+    return contract.JobDetail.model_validate(data).model_dump(mode="json")
 
 
-_TIMES = ("created_at", "started_at", "finished_at", "updated_at")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+_COLUMNS = tuple(contract.Job.model_fields)
+_ATTEMPT_COLUMNS = tuple(contract.Attempt.model_fields)

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
 
     # The HTTP API (`imagegen api`): clients send `Authorization: Bearer <IMAGEGEN_API_KEY>`.
     api_key: SecretStr | None = Field(default=None, alias="IMAGEGEN_API_KEY")
+    # Larger request bodies get a 413; /healthz waits this long for a worker's answer.
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024, alias="IMAGEGEN_API_MAX_BODY_BYTES")
+    health_worker_timeout_s: float = Field(
+        default=1.0, gt=0, le=10, alias="IMAGEGEN_HEALTH_WORKER_TIMEOUT_S"
+    )
 
     # Job-event callbacks to web apps (per-job callback_url), HMAC-SHA256 signed.
     callback_secret: SecretStr | None = Field(default=None, alias="IMAGEGEN_CALLBACK_SECRET")

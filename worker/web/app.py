@@ -8,18 +8,16 @@ send our key). OpenAPI is served at ``/docs`` (and ``/openapi.json``).
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any
+from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from worker.errors import ConfigurationError, JobNotFound, JobRequestError
+from worker.errors import ConfigurationError
 from worker.settings import Settings, get_settings
 
-from . import access, fal_webhook, health, jobs
+from . import access, errors, fal_webhook, health, jobs
 
 _bearer = HTTPBearer(auto_error=False, description="IMAGEGEN_API_KEY")
 
@@ -36,13 +34,14 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     ) -> None:
         given = credentials.credentials.encode() if credentials is not None else b""
         if not secrets.compare_digest(given, expected):
-            raise _Unauthorized
+            raise errors.Unauthorized
 
     app = FastAPI(
         title="imagegen",
         summary="Queue image generations on fal.ai and read their outcomes.",
         version="1.0",
     )
+    app.add_middleware(errors.BodyCap, settings=settings)
     app.state.settings = settings
     app.state.celery = celery
     guarded = [Depends(require_key)]
@@ -50,36 +49,6 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=guarded)
     app.include_router(fal_webhook.router)
-    _errors(app)
-    app.add_middleware(access.AccessLog)
+    errors.install(app)
+    app.add_middleware(access.AccessLog)  # outermost: logs the body cap's 413s too
     return app
-
-
-class _Unauthorized(Exception):
-    pass
-
-
-def _errors(app: FastAPI) -> None:
-    @app.exception_handler(_Unauthorized)
-    def unauthorized(_: Request, __: Exception) -> JSONResponse:
-        body = {"detail": "missing or wrong API key: send Authorization: Bearer <key>"}
-        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(JobRequestError)
-    def invalid(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, JobRequestError)
-        return JSONResponse({"detail": exc.problems}, status_code=422)
-
-    @app.exception_handler(RequestValidationError)
-    def malformed(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"detail": [_problem(e) for e in exc.errors()]}, status_code=422)
-
-    @app.exception_handler(JobNotFound)
-    def not_found(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-
-def _problem(error: Any) -> dict[str, str]:
-    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    return {"field": ".".join(loc) or "request", "message": str(error.get("msg", "invalid"))}

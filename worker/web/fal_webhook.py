@@ -23,6 +23,8 @@ from worker.fleet import FalLimiter
 from worker.logs import get_logger
 from worker.settings import Settings
 
+from .errors import RESPONSES, TOO_LARGE
+
 router = APIRouter(tags=["fal"])
 log = get_logger(__name__)
 
@@ -32,7 +34,7 @@ def _verifier(jwks_url: str, tolerance_s: float) -> WebhookVerifier:
     return WebhookVerifier(jwks_url, tolerance_s=tolerance_s)
 
 
-@router.post("/fal/webhook", responses={401: {"description": "not signed by fal"}})
+@router.post("/fal/webhook", responses={**RESPONSES, **TOO_LARGE})
 async def fal_webhook(request: Request, job_id: str | None = None) -> dict[str, Any]:
     """fal's signed completion callback (no API key: the signature authenticates it)."""
     raw = await request.body()  # the exact bytes fal signed

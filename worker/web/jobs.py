@@ -12,14 +12,17 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
 
 from models import JobStatus
 from worker import api, queries
+from worker.contract import Cancelled, JobDetail, Stats
 from worker.db import session_scope
-from worker.errors import EnqueueError, JobRequestError
+from worker.errors import EnqueueError, JobConflict, JobRequestError
 from worker.params import validate_request
 from worker.settings import Settings
 
+from .errors import RESPONSES, TOO_LARGE
 from .schemas import ErrorBody, JobCreated, JobIn, JobPage
 
-router = APIRouter(tags=["jobs"], responses={401: {"model": ErrorBody}})
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
+router = APIRouter(tags=["jobs"], responses=RESPONSES)
 MAX_PAGE = 200
 
 
@@ -32,7 +35,7 @@ def _settings(request: Request) -> Settings:
     "/jobs",
     status_code=201,
     response_model=JobCreated,
-    responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=TOO_LARGE,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -60,7 +63,7 @@ def create_job(
         return JobCreated(id=str(job_id), status=job.status.value)
 
 
-@router.get("/jobs/{job_id}", responses={404: {"model": ErrorBody}})
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=_NOT_FOUND)
 def read_job(job_id: uuid.UUID, request: Request) -> dict[str, Any]:
     """One job with its attempt log (every submission to fal)."""
     with session_scope(_settings(request).database_url) as session:
@@ -94,18 +97,25 @@ def list_jobs(
     return JobPage(jobs=page, next_cursor=next_cursor)
 
 
-@router.get("/stats")
+@router.get("/stats", response_model=Stats)
 def stats(request: Request) -> dict[str, Any]:
     """Counts by status and refusal category, and submissions sent to fal."""
     with session_scope(_settings(request).database_url) as session:
         return queries.stats(session=session)
 
 
-@router.post("/jobs/{job_id}/cancel", responses={404: {"model": ErrorBody}})
-def cancel_job(job_id: uuid.UUID, request: Request) -> dict[str, str]:
-    """Cancel: a queued job never reaches fal, a running one is cancelled there."""
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=Cancelled,
+    responses={**_NOT_FOUND, 409: {"model": ErrorBody, "description": "It had already ended"}},
+)
+def cancel_job(job_id: uuid.UUID, request: Request) -> Cancelled:
+    """Cancel: a queued job never reaches fal, a running one is cancelled there. Cancelling
+    a cancelled job again is a 200; one that ended otherwise is a 409 naming its status."""
     status = api.cancel(job_id, settings=_settings(request), app=request.app.state.celery)
-    return {"id": str(job_id), "status": status}
+    if status != "cancelled":
+        raise JobConflict(f"job {job_id} already {status}, not cancelled")
+    return Cancelled(id=str(job_id), status="cancelled")
 
 
 def _encode(created_at: datetime, job_id: uuid.UUID) -> str:

@@ -1,0 +1,135 @@
+"""The JSON contract of the HTTP API: response bodies, shared by the API and its client.
+
+FastAPI publishes these in ``/openapi.json``; ``worker.client`` parses answers with them.
+Pydantic only (no FastAPI, SQLAlchemy or Celery), so a web app can use the client without
+the worker's services. ``worker.queries.job_to_dict`` builds the ``Job`` shape that the
+CLI's ``--json``, the API and job callbacks all send.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["queued", "running", "succeeded", "refused", "failed", "cancelled"]
+Outcome = Literal[
+    "sending", "submitted", "succeeded", "refused", "transient", "permanent", "cancelled", "unknown"
+]
+
+
+class Image(BaseModel):
+    """One generated image as fal returned it (fal may add fields: they are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    width: int | None = None
+    height: int | None = None
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+
+
+class Attempt(BaseModel):
+    """One submission to fal."""
+
+    number: int
+    outcome: Outcome
+    fal_request_id: str | None
+    http_status: int | None
+    error_type: str | None
+    detail: Any = Field(description="What fal answered, when it failed.")
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class Job(BaseModel):
+    """A job: every column of its row. ``images`` is ``[]`` until it succeeded."""
+
+    id: str
+    status: Status
+    prompt: str
+    params: dict[str, Any] = Field(description="What fal is sent: image_size, quality, ...")
+    model: str
+    refusal_category: str | None
+    refusal_source: Literal["fal", "prefilter"] | None
+    refusal_message: str | None
+    error: str | None
+    attempts: int = Field(description="Submissions to fal so far.")
+    fal_request_id: str | None
+    images: list[Image]
+    idempotency_key: str | None
+    callback_url: str | None
+    retry_of: str | None = Field(description="The failed job this one retries (imagegen retry).")
+    deadline_at: datetime | None = Field(description="Failed with a timeout if not done by then.")
+    lease_owner: str | None = Field(description="The run working on it (internal bookkeeping).")
+    lease_until: datetime | None = Field(description="Its run's lease (internal bookkeeping).")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobDetail(Job):
+    """A job with its attempt log (``GET /jobs/{id}``)."""
+
+    attempt_log: list[Attempt]
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next (older) page; null on the last page."
+    )
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: Status
+
+
+class Cancelled(BaseModel):
+    id: str
+    status: Literal["cancelled"]
+
+
+class Stats(BaseModel):
+    total: int
+    by_status: dict[Status, int]
+    by_refusal_category: dict[str, int] = Field(description="Most frequent first.")
+    by_refusal_source: dict[str, dict[str, int]] = Field(
+        description="fal's own refusals and the pre-filter's, by category."
+    )
+    fal_submissions: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="unavailable (503): the database or broker does not answer; degraded "
+        "(200): no worker consumes the job queue, so jobs wait."
+    )
+    database: str
+    broker: str
+    workers: str = Field(description='"ok (N)" or why no worker consumes the job queue.')
+
+
+class Problem(BaseModel):
+    field: str = Field(
+        description="The input at fault: a body field or query parameter, `body` (the body "
+        "as a whole: not JSON, not an object) or `Idempotency-Key` (used with other input)."
+    )
+    message: str
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request was invalid; nothing was written."""
+
+    detail: list[Problem]
+
+
+class ErrorBody(BaseModel):
+    """Every other error: one line saying what is wrong and what to do."""
+
+    detail: str
