@@ -114,7 +114,8 @@ def test_enqueue_wait_follows_the_job_and_exits_by_outcome(
     uuid.UUID(job_id)  # stdout: the job id alone, as without --wait
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(words), done.stderr
-    assert "queued" in done.stderr or "running" in done.stderr  # progress while waiting
+    if code == 13:  # the one case sure to be seen in progress (a refusal may end at once)
+        assert "queued" in done.stderr or "running" in done.stderr
 
 
 @pytest.mark.slow
