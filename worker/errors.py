@@ -119,3 +119,12 @@ class RequestCancelled(PermanentFalError):
 
 class DeadlineExceeded(PermanentFalError):
     """The job's deadline passed before fal finished it."""
+
+
+# Flower's view of a run (worker.tasks): the row has the outcome, these carry it to Celery.
+class JobFailed(ImagegenError):
+    """The job ended ``failed`` (recorded); its task raises it so Flower shows FAILURE."""
+
+
+class JobRetrying(ImagegenError):
+    """The job runs again later; Flower shows it (and its reason) while the task is RETRY."""

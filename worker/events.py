@@ -5,8 +5,13 @@ Named by path in ``worker.celery_app`` (``Celery(events=...)``), like ``worker.c
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery.app.events import Events as CeleryEvents
 from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
+
+#: task events after which Flower must not show an exception an earlier run's retry left
+_CLEARS_EXCEPTION = frozenset({"task-succeeded", "task-revoked"})
 
 
 class EventDispatcher(CeleryEventDispatcher):
@@ -19,6 +24,14 @@ class EventDispatcher(CeleryEventDispatcher):
     those were lost, and a task that ended just before the drop stayed STARTED in Flower.
     Here they go first in the new dispatcher's buffers, which the bootstep flushes next.
     """
+
+    def send(self, type: str, *args: Any, **fields: Any) -> Any:
+        # A task's id is its job's, and every run of the job is that one task to Flower, which
+        # keeps the fields of earlier events: a success or revoke clears a retry's exception.
+        if type in _CLEARS_EXCEPTION:
+            fields.setdefault("exception", None)
+            fields.setdefault("traceback", None)
+        return super().send(type, *args, **fields)
 
     def extend_buffer(self, other: CeleryEventDispatcher) -> None:
         super().extend_buffer(other)

@@ -11,11 +11,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -45,13 +45,17 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Done:
-    """The run ended; ``summary`` is what Flower shows (``refused:<category>``, ...).
+    """The run ended; ``summary`` is its task's result (``refused:<category>``, ...).
 
-    ``notify``: the job ended here and its web app asked for a callback.
+    ``notify``: the job ended here and its web app asked for a callback. ``reason``: why a
+    ``failed`` job failed. ``cancelled``: the job was cancelled (here, or by someone else
+    before or while this run worked on it): Flower shows the task REVOKED.
     """
 
     summary: str
     notify: bool = False
+    reason: str | None = None
+    cancelled: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -67,7 +71,7 @@ class RetryLater:
 
 
 class Recorder(Protocol):
-    """Threads that finish runs whose request fal has completed (``worker.tasks``)."""
+    """Threads that finish runs whose request fal has completed (``worker.recorder``)."""
 
     def wanted(self) -> bool:
         """Should a run give its thread back now (task messages wait for one, and a recorder
@@ -192,7 +196,7 @@ def settle(outcome: Done | RetryLater, callback_url: str | None) -> Done | Retry
     elif outcome.terminal:
         metrics.JOBS_FINISHED.labels(outcome.summary.split(":", 1)[0]).inc()
         if callback_url is not None:
-            return Done(outcome.summary, notify=True)
+            return replace(outcome, notify=True)
     return outcome
 
 
@@ -230,7 +234,7 @@ def _run_job(
         if admitted and admission is not None and not admission.held_before:
             rt.limiter.release(slot)
         log.info("job.skipped", job_id=str(job_id), reason="unknown, finished or leased")
-        return Done("skipped"), None
+        return Done("skipped", cancelled=_cancelled(url, job_id)), None
     run = _Run(rt, job, task_retries, owner)
     run.holds_slot = admitted
     if latest is not None and job.fal_request_id is not None:
@@ -315,7 +319,7 @@ class _Run:
             return self.hand_off(completed)
         except _LeaseLost:
             self.log.info("job.left", reason="cancelled, finished or taken over meanwhile")
-            return Done("left")
+            return Done("left", cancelled=_cancelled(self.rt.settings.database_url, self.job.id))
         except PolicyRefusal as refusal:
             return self.refused(refusal)
         except RequestCancelled:
@@ -695,9 +699,9 @@ class _Run:
             self.rt.limiter.cool_down(retry_after or self.rt.policy.backoff_s(1))
         if isinstance(decision, GiveUp):
             self.log.warning("job.failed", error=error.message, reason=decision.reason)
-            return Done("failed")
+            return Done("failed", reason=_failure_message(error, decision))
         self.log.info("job.retry", error=error.message, delay_s=round(decision.delay_s, 2))
-        return RetryLater(decision.delay_s, decision.reason)
+        return RetryLater(decision.delay_s, f"{error.message} ({decision.reason})")
 
     def _record_failure(
         self, db: Connection, error: FalError, decision: Any, resubmit: bool
@@ -705,9 +709,7 @@ class _Run:
         if self.number is not None:
             store.record_attempt_error(db=db, job_id=self.job.id, number=self.number, error=error)
         if isinstance(decision, GiveUp):
-            message = error.message
-            if error.retryable:
-                message = f"{message} ({decision.reason})"
+            message = _failure_message(error, decision)
             store.finish(db=db, job_id=self.job.id, status=JobStatus.FAILED, error=message)
             return
         if resubmit:
@@ -758,7 +760,24 @@ class _Run:
             one_statement=True,
         )
         self.log.info(f"job.{summary}", attempt=self.number)
-        return Done(summary)
+        return Done(summary, reason=values.get("error"), cancelled=status is JobStatus.CANCELLED)
+
+
+def _failure_message(error: FalError, decision: GiveUp) -> str:
+    """The job's error when it gives up on ``error``: what fal said, and why not again."""
+    return f"{error.message} ({decision.reason})" if error.retryable else error.message
+
+
+def _cancelled(database_url: str, job_id: uuid.UUID) -> bool:
+    """Was the job cancelled? Asked by a run that could not (or no longer) hold its lease."""
+    status = write(
+        database_url,
+        lambda db: db.execute(
+            select(store.JOBS.c.status).where(store.JOBS.c.id == job_id)
+        ).scalar_one_or_none(),
+        one_statement=True,
+    )
+    return bool(status == JobStatus.CANCELLED)
 
 
 def _images(output: dict[str, Any]) -> list[dict[str, Any]]:
