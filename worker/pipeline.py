@@ -37,6 +37,7 @@ from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
 from worker.moderation import Chain, ModerationUnavailable
 from worker.polling import LatencyEstimate
+from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.retry import GiveUp, RetryPolicy
 from worker.settings import Settings
 
@@ -274,6 +275,8 @@ class _Run:
             return self._conclude(step or self._to_images)
         except (DBAPIError, PoolTimeout):
             raise  # the database is unreachable: the task retries, the row says where to resume
+        except REDIS_UNAVAILABLE:
+            raise  # past its retries (worker.redis_client): the lease runs out, the sweeper resumes
         except Exception as exc:  # a bug must not leave the job running (and swept) forever
             self.log.exception("job.internal_error")
             self.cancel_at_fal()
@@ -289,7 +292,10 @@ class _Run:
     def free_slot(self) -> None:
         """Give back the fal slot (once): when fal said COMPLETED, or as the run ends."""
         if not self.slot_freed:
-            self.rt.limiter.release(self.slot)
+            try:
+                self.rt.limiter.release(self.slot)
+            except REDIS_UNAVAILABLE as exc:  # the slot's lease runs out instead
+                self.log.warning("fleet.slot_not_released", error=str(exc))
             self.slot_freed, self.holds_slot = True, False
 
     def _to_images(self) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from worker.logs import get_logger
 from worker.pipeline import Done, Gauge, RetryLater, settle
+from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.settings import Settings
 
 #: when a recorder thread found the database unreachable: run the job again this much later
@@ -143,5 +144,7 @@ class RecorderThreads:
                 log.warning("recorder.database_unreachable", error=type(exc).__name__)
                 outcome = RetryLater(RECORDER_DB_RETRY_S, "the database is unreachable")
             self._follow_up(job_id, settle(outcome, callback_url), task_retries, context)
+        except REDIS_UNAVAILABLE as exc:  # logged per retry already; the lease runs out
+            log.warning("recorder.redis_unavailable", error=str(exc))
         except Exception:  # the lease runs out and the sweeper republishes the job
             log.exception("recorder.failed")

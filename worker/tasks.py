@@ -11,6 +11,7 @@ from functools import lru_cache
 import httpx
 from celery import Task
 from celery.concurrency.thread import TaskPool as ThreadsPool
+from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -28,6 +29,7 @@ from worker.logs import get_logger
 from worker.moderation_setup import moderation_chain
 from worker.pipeline import Done, Gauge, RetryLater, Runtime, run_job
 from worker.recorder import RecorderThreads
+from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.retry import RetryPolicy
 from worker.settings import get_settings
 from worker.sweeper import sweep
@@ -139,7 +141,16 @@ def run_job_task(self: Task, job_id: str) -> str:
     The task's state tells Flower what the job did (see ``worker.task_states``).
     """
     self.request.imagegen_started = time.monotonic()  # for a recorder thread's runtime
-    outcome = run_job(uuid.UUID(job_id), runtime(), task_retries=self.request.retries)
+    try:
+        outcome = run_job(uuid.UUID(job_id), runtime(), task_retries=self.request.retries)
+    except REDIS_UNAVAILABLE as exc:  # past the retries worker.redis_client logs, one a line
+        get_logger(__name__).warning(
+            "job.redis_unavailable",
+            job_id=job_id,
+            error=str(exc),
+            action="left to its lease; the sweeper publishes it again",
+        )
+        raise Ignore() from None
     if isinstance(outcome, RetryLater):
         raise self.retry(
             exc=JobRetrying(outcome.reason), countdown=outcome.delay_s, max_retries=None
