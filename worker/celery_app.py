@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
-from celery.signals import worker_init, worker_process_init
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init
 
 from worker.broker import TRANSPORT as BROKER_TRANSPORT
 from worker.constants import CALLBACK_QUEUE, CALLBACK_TASK, JOB_QUEUE, RUN_JOB_TASK, SWEEP_TASK
@@ -76,13 +76,18 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
-# Celery warns (7 lines) on every reconnect that the setting above may change in 6.0.
-warnings.filterwarnings(
-    "ignore",
-    message=r"\s*In Celery 5.1 we introduced an optional breaking change",
-    category=CPendingDeprecationWarning,
-)
 app = create_app(get_settings())
+
+
+@celeryd_after_setup.connect
+def _quiet_reconnects(**_: Any) -> None:
+    """Celery warns (7 lines) on every broker reconnect that the setting above may change
+    in 6.0; after its logging setup, which shows every such warning."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*In Celery 5.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )
 
 
 def worker_argv(*, concurrency: int, name: str | None = None, loglevel: str = "INFO") -> list[str]:

@@ -4,7 +4,7 @@ redis-py 8 raises MaxConnectionsError past a pool's limit; a blocking pool makes
 of worker threads wait for a connection instead.
 
 Redis going away (a restart, a failover) under a running worker: each command is tried
-again with backoff for about a minute, one warning line per retry, before its error
+again with backoff (about 10 s, up to 20 s), one warning line per retry, before its error
 reaches the run (``worker.pipeline`` then leaves the job to its lease and the sweeper).
 """
 
@@ -50,8 +50,8 @@ class LoggedRetry(Retry):
 
 
 def _retry() -> LoggedRetry:
-    # Connecting retries inside each command's retry: 5 x 5 tries, 0.25 s backoff up to 4 s.
-    return LoggedRetry(ExponentialWithJitterBackoff(base=0.25, cap=4.0), 4, UNAVAILABLE)
+    # 8 retries, jittered backoff 0.25 s doubling up to 4 s (redis-py's default: 3, up to 10 s)
+    return LoggedRetry(ExponentialWithJitterBackoff(base=0.25, cap=4.0), 8, UNAVAILABLE)
 
 
 @lru_cache(maxsize=4)

@@ -32,7 +32,7 @@ from worker.recorder import RecorderThreads
 from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.retry import RetryPolicy
 from worker.settings import get_settings
-from worker.sweeper import sweep
+from worker.sweeper import sweep_or_skip
 from worker.task_states import HandedOver, announce_recorded, task_result
 
 _runtime_lock = threading.Lock()
@@ -207,5 +207,7 @@ def callback_task(self: Task, job_id: str) -> str:
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> str:
     """Re-publish jobs whose broker message was lost (run by celery beat)."""
-    report = sweep(get_settings(), app)
+    report = sweep_or_skip(get_settings(), app)
+    if report is None:
+        return "skipped: the database or the broker is unreachable (the next pass retries)"
     return f"republished {len(report.republished)}, expired {len(report.expired)}"
