@@ -77,9 +77,9 @@ def test_a_redis_restart_under_a_running_job_is_waited_out(stack: Stack) -> None
 
 def test_redis_gone_longer_than_the_retries_still_ends_the_job(stack: Stack) -> None:
     """Past the retries: the run records its outcome anyway (Postgres is the truth); the
-    fleet slot is left to its lease, saying so in a line."""
+    fleet slot is left to its lease (or the job to the sweeper), saying so in a line."""
     log = _job_through_a_redis_outage(stack, _through_proxy(stack), outage_s=30)
-    assert "fleet.slot_not_released" in log or "redis_unavailable" in log, log
+    assert "fleet.slot_not_" in log or "redis_unavailable" in log, log
 
 
 def _terminate_backends(database_url: str) -> int:

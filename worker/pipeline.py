@@ -646,7 +646,10 @@ class _Run:
         if not held:
             raise _LeaseLost
         if self.holds_slot:
-            self.rt.limiter.renew(self.slot)
+            try:
+                self.rt.limiter.renew(self.slot)
+            except REDIS_UNAVAILABLE as exc:  # the request runs at fal anyway: go on polling
+                self.log.warning("fleet.slot_not_renewed", error=str(exc))
         self.lease_renew_at = self.rt.monotonic() + lease_s / 2
         self.check_deadline()
 
