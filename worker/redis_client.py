@@ -3,7 +3,7 @@
 redis-py 8 raises MaxConnectionsError past a pool's limit; a blocking pool makes hundreds
 of worker threads wait for a connection instead.
 
-Redis going away (a restart, a failover) under a running worker: each command is tried
+Redis going away (a restart, a failover) under a running worker (``patient``): each command is tried
 again with backoff (about 10 s, up to 20 s), one warning line per retry, before its error
 reaches the run (``worker.pipeline`` then leaves the job to its lease and the sweeper).
 """
@@ -55,8 +55,11 @@ def _retry() -> LoggedRetry:
 
 
 @lru_cache(maxsize=4)
-def shared_redis(url: str, max_connections: int = 64) -> redis.Redis:
+def shared_redis(url: str, max_connections: int = 64, *, patient: bool = False) -> redis.Redis:
+    """``patient``: wait Redis out as above (a worker's runs); else redis-py's default
+    retries, so that a command-line call or an API request fails fast."""
+    options = {"retry": _retry()} if patient else {}
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=30, retry=_retry()
+        url, max_connections=max_connections, timeout=30, **options
     )
     return redis.Redis(connection_pool=pool)

@@ -60,9 +60,14 @@ def _build_runtime() -> Runtime:
         settings=settings,
         gateway=GatewayPool(settings),
         policy=RetryPolicy.from_settings(settings),
-        guard=AccountGuard.for_url(app.conf.broker_url or "", settings.account_lock_ttl_s),
+        guard=AccountGuard.for_url(
+            app.conf.broker_url or "", settings.account_lock_ttl_s, patient=True
+        ),
         limiter=FalLimiter.for_url(
-            app.conf.broker_url or "", limit=settings.fal_concurrency, lease_s=settings.lease_s
+            app.conf.broker_url or "",
+            limit=settings.fal_concurrency,
+            lease_s=settings.lease_s,
+            patient=True,
         ),
         moderation=moderation_chain(settings),
         recorder=recorder,
