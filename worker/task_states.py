@@ -1,15 +1,20 @@
 """A run's outcome as its Celery task's state, which Flower shows, filters and counts.
 
-* ``succeeded``, ``refused:<category>`` (a refusal is an answer, recorded and never retried),
-  ``awaiting-webhook``, ``skipped``, ``left``: SUCCESS, the summary as the task's result;
+* ``succeeded``, ``refused:<category>`` (a refusal is an answer, recorded and never retried):
+  SUCCESS, the summary as the task's result;
 * ``failed``: FAILURE, exception ``JobFailed(<the job's error>)``;
 * cancelled (here, or by ``imagegen cancel`` before or while the run worked): REVOKED;
 * to be run again later: RETRY, exception ``JobRetrying(<reason>)``; the next run's events
   follow, and a later success clears that exception.
 
-A run handed to a recorder thread (``worker.recorder``) ends its task with Celery's
-``Ignore`` (no event): Flower shows it STARTED until the recorder has written the outcome
-and announces it, on the worker's own event dispatcher, as the task would have.
+Every run of a job is the one task whose id is the job id, and Flower keeps a task's
+SUCCESS over a later FAILURE: a run that ends without the job's outcome ends its task with
+Celery's ``Ignore`` (no event; Flower shows STARTED meanwhile) and the run that records it
+tells Flower. That is a run handed to a recorder thread (``worker.recorder``: the thread
+announces the outcome on the worker's own event dispatcher, as the task would have), one
+that parked its request for fal's webhook (the run the webhook wakes records it), one that
+found the job leased by another run or finished (``skipped``), or lost it meanwhile
+(``left``).
 """
 
 from __future__ import annotations
@@ -43,11 +48,11 @@ def _keep_consumer(sender: Any = None, **_: Any) -> None:
 def task_result(task: Task, outcome: Done) -> str:
     """What the task returns for ``outcome``; raises for FAILURE and REVOKED (and for a run
     a recorder thread finishes, which announces its state itself)."""
-    if outcome.summary == "recording":
-        raise Ignore()
     if outcome.cancelled:
         request = task.request
         announce(request.id, request.hostname, "task-revoked", **_REVOKED)
+        raise Ignore()
+    if outcome.summary in _ANOTHER_RUN_TELLS:
         raise Ignore()
     if outcome.summary == "failed":
         raise JobFailed(outcome.reason or "the job failed")
@@ -76,6 +81,8 @@ def announce_recorded(handed: HandedOver, outcome: Done | RetryLater) -> None:
         event = "task-retried"
     elif outcome.cancelled:
         event, fields = "task-revoked", dict(_REVOKED)
+    elif outcome.summary in _ANOTHER_RUN_TELLS:
+        return
     elif outcome.summary == "failed":
         event = "task-failed"
         fields = {"exception": saferepr(JobFailed(outcome.reason or "the job failed"))}
@@ -108,6 +115,11 @@ def announce(task_id: str | None, hostname: str | None, event_type: str, **field
     except (OSError, OperationalError) as exc:
         log.warning("flower.event_lost", event_type=event_type, task_id=task_id, error=str(exc))
 
+
+#: runs that end without their job's outcome: the run holding (or taking over) the job, a
+#: recorder thread, or the run fal's webhook wakes tells Flower (Celery would have said
+#: SUCCESS, and Flower keeps a SUCCESS over a later FAILURE of the same task id)
+_ANOTHER_RUN_TELLS = frozenset({"recording", "awaiting-webhook", "skipped", "left"})
 
 #: the fields of Celery's own task-revoked event, for a revoke nobody sent to the worker
 _REVOKED = {"terminated": False, "signum": None, "expired": False}
