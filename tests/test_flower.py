@@ -335,6 +335,24 @@ def test_flower_shows_failure_revoked_and_a_retried_success_truthfully(flower: F
     assert "Traceback" not in worker_log, worker_log
     assert "raised expected: JobFailed" in worker_log, "Celery's one line for the failure"
 
+    # A message delivered again for the finished job (a broker reconnect restores unacked
+    # ones) is skipped: the task must not turn SUCCESS over the job's FAILURE.
+    stack.app().send_task(RUN_JOB_TASK, args=[str(failed_id)], task_id=str(failed_id))
+    flower.wait_for(
+        "the duplicate run started",
+        lambda: _started_again(flower, str(failed_id), failed["started"]),
+    )
+    ignored = f"imagegen.run_job[{failed_id}] ignored"
+    flower.wait_for("the duplicate run skipped", lambda: ignored in stack.logs() or None)
+    time.sleep(1.0)  # a terminal event would have reached Flower by now (0.1 s windows)
+    again = flower.api(f"/api/task/info/{failed_id}")
+    assert again["state"] == "FAILURE" and "JobFailed" in again["exception"], again
+
+
+def _started_again(flower: Flower, task_id: str, before: float) -> bool | None:
+    info = flower.api(f"/api/task/info/{task_id}")
+    return True if (info.get("started") or 0) > before else None
+
 
 def test_flower_shows_what_recorder_threads_recorded(stack: Stack) -> None:
     """A saturated worker (one thread) hands runs to recorder threads: Flower shows each
