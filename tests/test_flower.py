@@ -342,8 +342,8 @@ def test_flower_shows_failure_revoked_and_a_retried_success_truthfully(flower: F
         "the duplicate run started",
         lambda: _started_again(flower, str(failed_id), failed["started"]),
     )
-    ignored = f"imagegen.run_job[{failed_id}] ignored"
-    flower.wait_for("the duplicate run skipped", lambda: ignored in stack.logs() or None)
+    skipped = re.compile(rf"job\.skipped\s+job_id={failed_id}")
+    flower.wait_for("the duplicate run skipped", lambda: skipped.search(stack.logs()))
     time.sleep(1.0)  # a terminal event would have reached Flower by now (0.1 s windows)
     again = flower.api(f"/api/task/info/{failed_id}")
     assert again["state"] == "FAILURE" and "JobFailed" in again["exception"], again
