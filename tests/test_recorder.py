@@ -1,4 +1,4 @@
-"""A saturated worker hands the end of its runs to recorder threads (``worker.tasks``).
+"""A saturated worker hands the end of its runs to recorder threads (``worker.recorder``).
 
 With one thread and Celery's prefetch of 2, a second message always waits while a run
 polls: each run that hears COMPLETED gives its thread to it, and a recorder thread reads
@@ -19,7 +19,7 @@ from celery.worker import state as worker_state
 from conftest import Stack, unique
 
 from worker.pipeline import Done, Gauge
-from worker.tasks import _Recorder, _threads_held_by_generations
+from worker.recorder import RecorderThreads, threads_held_by_generations
 
 
 @pytest.mark.slow
@@ -60,6 +60,11 @@ def test_a_worker_with_threads_to_spare_records_its_own_outcomes(running: Stack)
     job = running.wait_terminal(running.enqueue(unique("a single fox")))
     assert job["status"] == "succeeded", job
     assert "job.handed_to_recorder" not in running.logs()
+
+
+def _recorder(threads: int, **options: Any) -> RecorderThreads:
+    """Recorder threads whose follow-up (Flower, retries, callbacks) does nothing."""
+    return RecorderThreads(threads, follow_up=lambda *_: None, **options)
 
 
 class _KilledAfterTheHandOver:
@@ -129,7 +134,7 @@ def test_a_run_is_never_queued_behind_busy_recorder_threads() -> None:
     busy and no room to wait, a run records itself instead of waiting in line for one
     (unit test, no Celery)."""
     waiting = [True]  # a task message waits for a thread
-    recorder, release = _Recorder(1, busy=lambda: waiting[0]), threading.Event()
+    recorder, release = _recorder(1, busy=lambda: waiting[0]), threading.Event()
     recorded: list[uuid.UUID] = []
 
     def finish(job_id: uuid.UUID) -> Callable[[], Done]:
@@ -153,7 +158,7 @@ def test_a_run_is_never_queued_behind_busy_recorder_threads() -> None:
     recorder.shutdown()
     assert recorded == [first, second]
     waiting[0] = False  # nothing waits for a thread: nothing to hand over
-    assert not _Recorder(1, busy=lambda: waiting[0]).wanted()
+    assert not _recorder(1, busy=lambda: waiting[0]).wanted()
 
 
 def test_recording_waits_while_task_messages_wait_at_most_defer_s() -> None:
@@ -161,7 +166,7 @@ def test_recording_waits_while_task_messages_wait_at_most_defer_s() -> None:
     recorded once none waits, or ``defer_s`` after it was handed over, whichever is first;
     up to ``queue`` runs wait for the recorder's threads."""
     waiting = [True]
-    recorder = _Recorder(2, queue=4, defer_s=30.0, busy=lambda: waiting[0])
+    recorder = _recorder(2, queue=4, defer_s=30.0, busy=lambda: waiting[0])
     recorded: dict[uuid.UUID, float] = {}
 
     def finish(job_id: uuid.UUID) -> Callable[[], Done]:
@@ -188,7 +193,7 @@ def test_recording_waits_while_task_messages_wait_at_most_defer_s() -> None:
     recorder.shutdown()
 
     waiting[0] = True  # messages wait for good: recorded defer_s after the hand-over
-    capped = _Recorder(1, queue=1, defer_s=0.5, busy=lambda: waiting[0])
+    capped = _recorder(1, queue=1, defer_s=0.5, busy=lambda: waiting[0])
     late: dict[uuid.UUID, float] = {}
     job_id = uuid.uuid4()
     assert capped.wanted()
@@ -207,7 +212,7 @@ def test_a_run_hands_over_only_while_generations_hold_the_threads(monkeypatch: A
     """With fal's generations as short as their bookkeeping (no latency), runs are busy with
     that bookkeeping, not waiting on fal: handing it over would only add to it."""
     generating = Gauge()
-    busy = _threads_held_by_generations(generating)
+    busy = threads_held_by_generations(generating)
     monkeypatch.setattr(worker_state, "reserved_requests", set(range(12)))  # 4 wait
     monkeypatch.setattr(worker_state, "active_requests", set(range(8)))
     assert not busy(), "no run waits on fal (but the one asking)"

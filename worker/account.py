@@ -28,8 +28,9 @@ class AccountGuard:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_url(cls, redis_url: str, ttl_s: int) -> AccountGuard:
-        client = shared_redis(redis_url) if redis_url.startswith("redis") else None
+    def for_url(cls, redis_url: str, ttl_s: int, *, patient: bool = False) -> AccountGuard:
+        """``patient``: a worker's, waiting out a Redis restart (``worker.redis_client``)."""
+        client = shared_redis(redis_url, patient=patient) if redis_url.startswith("redis") else None
         return cls(client, ttl_s)
 
     def reason(self) -> str | None:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import (
+    celeryd_after_setup,
     celeryd_init,
     setup_logging,
     worker_init,
@@ -63,6 +66,9 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
+        # Running tasks go on through a broker reconnect: their job rows guard against the
+        # redelivered message (Celery's default until 6.0, said here, not in a warning).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_timeout=3,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         worker_hijack_root_logger=False,
@@ -78,6 +84,17 @@ def create_app(settings: Settings) -> Celery:
 
 
 app = create_app(get_settings())
+
+
+@celeryd_after_setup.connect
+def _quiet_reconnects(**_: Any) -> None:
+    """Celery warns (7 lines) on every broker reconnect that the setting above may change
+    in 6.0; after its logging setup, which shows every such warning."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*In Celery 5.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )
 
 
 def worker_argv(*, concurrency: int, name: str | None = None, loglevel: str = "INFO") -> list[str]:

@@ -146,7 +146,16 @@ class DeadlineExceeded(PermanentFalError):
     """The job's deadline passed before fal finished it."""
 
 
-# imagegen retry (worker/commands/retry.py)
+# imagegen retry (worker/cli/retry.py)
 class NotRetryable(ImagegenError):
     """The job cannot be retried: it did not fail (a refusal, a success, a cancel) or it
     was retried already."""
+
+
+# Flower's view of a run (worker.tasks): the row has the outcome, these carry it to Celery.
+class JobFailed(ImagegenError):
+    """The job ended ``failed`` (recorded); its task raises it so Flower shows FAILURE."""
+
+
+class JobRetrying(ImagegenError):
+    """The job runs again later; Flower shows it (and its reason) while the task is RETRY."""

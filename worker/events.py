@@ -11,6 +11,9 @@ from typing import Any
 from celery.app.events import Events as CeleryEvents
 from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
 
+#: task events after which Flower must not show an exception an earlier run's retry left
+_CLEARS_EXCEPTION = frozenset({"task-succeeded", "task-revoked"})
+
 
 class EventDispatcher(CeleryEventDispatcher):
     """Celery's dispatcher; a new one takes over the old one's buffered *group* events too.
@@ -30,6 +33,14 @@ class EventDispatcher(CeleryEventDispatcher):
         if len(args) < 2 and not kwargs.get("hostname"):
             kwargs["hostname"] = client_nodename()
         super().__init__(*args, **kwargs)
+
+    def send(self, type: str, *args: Any, **fields: Any) -> Any:
+        # A task's id is its job's, and every run of the job is that one task to Flower, which
+        # keeps the fields of earlier events: a success or revoke clears a retry's exception.
+        if type in _CLEARS_EXCEPTION:
+            fields.setdefault("exception", None)
+            fields.setdefault("traceback", None)
+        return super().send(type, *args, **fields)
 
     def extend_buffer(self, other: CeleryEventDispatcher) -> None:
         super().extend_buffer(other)

@@ -87,8 +87,12 @@ class FalLimiter:
         self._cool = client.register_script(_COOL) if client is not None else None
 
     @classmethod
-    def for_url(cls, redis_url: str, *, limit: int | None, lease_s: float) -> FalLimiter:
-        client = shared_redis(redis_url) if redis_url.startswith("redis") else None
+    def for_url(
+        cls, redis_url: str, *, limit: int | None, lease_s: float, patient: bool = False
+    ) -> FalLimiter:
+        """``patient``: a worker's, waiting out a Redis restart (``worker.redis_client``)."""
+        redis_ok = redis_url.startswith("redis")
+        client = shared_redis(redis_url, patient=patient) if redis_ok else None
         return cls(client, limit=limit, lease_s=lease_s)
 
     @classmethod

@@ -11,11 +11,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -37,6 +37,7 @@ from worker.fleet import FalLimiter
 from worker.logs import get_logger, prompt_hash
 from worker.moderation import Chain, ModerationUnavailable
 from worker.polling import LatencyEstimate
+from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.retry import GiveUp, RetryPolicy
 from worker.settings import Settings
 
@@ -45,13 +46,17 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Done:
-    """The run ended; ``summary`` is what Flower shows (``refused:<category>``, ...).
+    """The run ended; ``summary`` is its task's result (``refused:<category>``, ...).
 
-    ``notify``: the job ended here and its web app asked for a callback.
+    ``notify``: the job ended here and its web app asked for a callback. ``reason``: why a
+    ``failed`` job failed. ``cancelled``: the job was cancelled (here, or by someone else
+    before or while this run worked on it): Flower shows the task REVOKED.
     """
 
     summary: str
     notify: bool = False
+    reason: str | None = None
+    cancelled: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -67,7 +72,7 @@ class RetryLater:
 
 
 class Recorder(Protocol):
-    """Threads that finish runs whose request fal has completed (``worker.tasks``)."""
+    """Threads that finish runs whose request fal has completed (``worker.recorder``)."""
 
     def wanted(self) -> bool:
         """Should a run give its thread back now (task messages wait for one, and a recorder
@@ -192,7 +197,7 @@ def settle(outcome: Done | RetryLater, callback_url: str | None) -> Done | Retry
     elif outcome.terminal:
         metrics.JOBS_FINISHED.labels(outcome.summary.split(":", 1)[0]).inc()
         if callback_url is not None:
-            return Done(outcome.summary, notify=True)
+            return replace(outcome, notify=True)
     return outcome
 
 
@@ -230,7 +235,7 @@ def _run_job(
         if admitted and admission is not None and not admission.held_before:
             rt.limiter.release(slot)
         log.info("job.skipped", job_id=str(job_id), reason="unknown, finished or leased")
-        return Done("skipped"), None
+        return Done("skipped", cancelled=_cancelled(url, job_id)), None
     run = _Run(rt, job, task_retries, owner)
     run.holds_slot = admitted
     if latest is not None and job.fal_request_id is not None:
@@ -270,6 +275,8 @@ class _Run:
             return self._conclude(step or self._to_images)
         except (DBAPIError, PoolTimeout):
             raise  # the database is unreachable: the task retries, the row says where to resume
+        except REDIS_UNAVAILABLE:
+            raise  # past its retries (worker.redis_client): the lease runs out, the sweeper resumes
         except Exception as exc:  # a bug must not leave the job running (and swept) forever
             self.log.exception("job.internal_error")
             self.cancel_at_fal()
@@ -285,7 +292,10 @@ class _Run:
     def free_slot(self) -> None:
         """Give back the fal slot (once): when fal said COMPLETED, or as the run ends."""
         if not self.slot_freed:
-            self.rt.limiter.release(self.slot)
+            try:
+                self.rt.limiter.release(self.slot)
+            except REDIS_UNAVAILABLE as exc:  # the slot's lease runs out instead
+                self.log.warning("fleet.slot_not_released", error=str(exc))
             self.slot_freed, self.holds_slot = True, False
 
     def _to_images(self) -> list[dict[str, Any]]:
@@ -315,7 +325,7 @@ class _Run:
             return self.hand_off(completed)
         except _LeaseLost:
             self.log.info("job.left", reason="cancelled, finished or taken over meanwhile")
-            return Done("left")
+            return Done("left", cancelled=_cancelled(self.rt.settings.database_url, self.job.id))
         except PolicyRefusal as refusal:
             return self.refused(refusal)
         except RequestCancelled:
@@ -637,7 +647,10 @@ class _Run:
         if not held:
             raise _LeaseLost
         if self.holds_slot:
-            self.rt.limiter.renew(self.slot)
+            try:
+                self.rt.limiter.renew(self.slot)
+            except REDIS_UNAVAILABLE as exc:  # the request runs at fal anyway: go on polling
+                self.log.warning("fleet.slot_not_renewed", error=str(exc))
         self.lease_renew_at = self.rt.monotonic() + lease_s / 2
 
     def fetch(self, request_id: str, failure: FalError | None) -> list[dict[str, Any]]:
@@ -695,9 +708,9 @@ class _Run:
             self.rt.limiter.cool_down(retry_after or self.rt.policy.backoff_s(1))
         if isinstance(decision, GiveUp):
             self.log.warning("job.failed", error=error.message, reason=decision.reason)
-            return Done("failed")
+            return Done("failed", reason=_failure_message(error, decision))
         self.log.info("job.retry", error=error.message, delay_s=round(decision.delay_s, 2))
-        return RetryLater(decision.delay_s, decision.reason)
+        return RetryLater(decision.delay_s, f"{error.message} ({decision.reason})")
 
     def _record_failure(
         self, db: Connection, error: FalError, decision: Any, resubmit: bool
@@ -705,9 +718,7 @@ class _Run:
         if self.number is not None:
             store.record_attempt_error(db=db, job_id=self.job.id, number=self.number, error=error)
         if isinstance(decision, GiveUp):
-            message = error.message
-            if error.retryable:
-                message = f"{message} ({decision.reason})"
+            message = _failure_message(error, decision)
             store.finish(db=db, job_id=self.job.id, status=JobStatus.FAILED, error=message)
             return
         if resubmit:
@@ -758,7 +769,24 @@ class _Run:
             one_statement=True,
         )
         self.log.info(f"job.{summary}", attempt=self.number)
-        return Done(summary)
+        return Done(summary, reason=values.get("error"), cancelled=status is JobStatus.CANCELLED)
+
+
+def _failure_message(error: FalError, decision: GiveUp) -> str:
+    """The job's error when it gives up on ``error``: what fal said, and why not again."""
+    return f"{error.message} ({decision.reason})" if error.retryable else error.message
+
+
+def _cancelled(database_url: str, job_id: uuid.UUID) -> bool:
+    """Was the job cancelled? Asked by a run that could not (or no longer) hold its lease."""
+    status = write(
+        database_url,
+        lambda db: db.execute(
+            select(store.JOBS.c.status).where(store.JOBS.c.id == job_id)
+        ).scalar_one_or_none(),
+        one_statement=True,
+    )
+    return bool(status == JobStatus.CANCELLED)
 
 
 def _images(output: dict[str, Any]) -> list[dict[str, Any]]:

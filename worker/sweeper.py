@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from models import OPEN_STATUSES, Job, JobStatus, utcnow
 from worker.constants import CALLBACK_TASK, RUN_JOB_TASK
@@ -68,6 +71,20 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
     if report.republished or report.expired:
         log.warning("sweep", republished=len(report.republished), expired=len(report.expired))
     return report
+
+
+def sweep_or_skip(settings: Settings, app: Celery) -> SweepReport | None:
+    """One pass, as celery beat runs it: while Postgres or the broker is unreachable (a
+    restart, terminated connections) the pass is skipped with one warning line. The pool
+    drops broken connections as it finds them, and the next pass does the work: a job
+    this one could not publish is still past its grace then."""
+    try:
+        return sweep(settings, app)
+    except (DBAPIError, PoolTimeout, KombuOperationalError) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        first_line = next(iter(str(orig).strip().splitlines()), "")
+        log.warning("sweep.skipped", error=type(exc).__name__, detail=first_line)
+        return None
 
 
 def _expire_overdue(settings: Settings, now: datetime) -> list[tuple[uuid.UUID, str | None]]:

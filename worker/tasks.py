@@ -6,15 +6,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import httpx
 from celery import Task
 from celery.concurrency.thread import TaskPool as ThreadsPool
+from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
-from celery.worker import state as worker_state
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -24,15 +22,18 @@ from worker.callbacks import CallbackFailed, CallbackRejected, deliver
 from worker.celery_app import app
 from worker.constants import CALLBACK_TASK, RUN_JOB_TASK, SWEEP_TASK
 from worker.db import open_pool
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, JobFailed, JobRetrying
 from worker.fal_gateway import GatewayPool
 from worker.fleet import FalLimiter
 from worker.logs import get_logger
 from worker.moderation_setup import moderation_chain
-from worker.pipeline import Done, Gauge, RetryLater, Runtime, run_job, settle
+from worker.pipeline import Done, Gauge, RetryLater, Runtime, run_job
+from worker.recorder import RecorderThreads
+from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.retry import RetryPolicy
-from worker.settings import Settings, get_settings
-from worker.sweeper import sweep
+from worker.settings import get_settings
+from worker.sweeper import sweep_or_skip
+from worker.task_states import HandedOver, announce_recorded, task_result
 
 _runtime_lock = threading.Lock()
 
@@ -52,14 +53,21 @@ def runtime() -> Runtime:
 def _build_runtime() -> Runtime:
     settings = get_settings()
     generating = Gauge()
-    recorder = _Recorder.for_settings(settings, generating) if settings.recorder_threads else None
+    recorder = None
+    if settings.recorder_threads:
+        recorder = RecorderThreads.for_settings(settings, generating, _follow_up, _handed_over)
     return Runtime(
         settings=settings,
         gateway=GatewayPool(settings),
         policy=RetryPolicy.from_settings(settings),
-        guard=AccountGuard.for_url(app.conf.broker_url or "", settings.account_lock_ttl_s),
+        guard=AccountGuard.for_url(
+            app.conf.broker_url or "", settings.account_lock_ttl_s, patient=True
+        ),
         limiter=FalLimiter.for_url(
-            app.conf.broker_url or "", limit=settings.fal_concurrency, lease_s=settings.lease_s
+            app.conf.broker_url or "",
+            limit=settings.fal_concurrency,
+            lease_s=settings.lease_s,
+            patient=True,
         ),
         moderation=moderation_chain(settings, announce=True),
         recorder=recorder,
@@ -67,125 +75,18 @@ def _build_runtime() -> Runtime:
     )
 
 
-#: when a recorder thread found the database unreachable: run the job again this much later
-RECORDER_DB_RETRY_S = 5.0
+def _handed_over() -> HandedOver:
+    return HandedOver.current(run_job_task)
 
 
-def _threads_held_by_generations(generating: Gauge) -> Callable[[], bool]:
-    """Do task messages this process reserved (Celery's prefetch) wait for a thread while
-    at least a quarter of its runs wait on fal generations? Then a run that fal has
-    finished gives its thread to the next message. (With generations as short as their
-    bookkeeping, as at a local emulator with no latency, the threads are busy with that
-    bookkeeping, not held by fal: handing it over would only add to it.)"""
-
-    def busy() -> bool:  # (the run asking has just stopped waiting on fal: count it in)
-        active = len(worker_state.active_requests)
-        held = generating.value + 1
-        return len(worker_state.reserved_requests) > active and 4 * held >= active
-
-    return busy
-
-
-class _Recorder:
-    """``worker.pipeline.Recorder`` on threads of this worker process.
-
-    A saturated process (prefetched task messages wait for a thread) would otherwise hear
-    COMPLETED from a wave of requests and spend its threads reading results, checking images
-    and writing rows while the next wave's messages wait: fal slots stay empty meanwhile.
-    Here a run gives its thread back as soon as fal said COMPLETED and its fal slot is free,
-    and these threads record the outcomes; while messages still wait for a thread, a
-    recording waits too (at most ``defer_s``), so the CPU goes to the next wave's submits
-    and the rows are written after them. The task's result (what Flower shows) is then
-    ``recording``; the job row has the outcome, as always.
-
-    Recording waits on fal's round trips (the result, the image check), tens to hundreds of
-    milliseconds each over a network: enough threads to keep many in flight, and at most
-    ``queue`` runs waiting for one; past that a run records itself, in its own thread.
-    """
-
-    def __init__(
-        self,
-        threads: int,
-        *,
-        queue: int | None = None,
-        defer_s: float = 0.0,
-        busy: Callable[[], bool],
-    ) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imagegen-recorder")
-        #: runs handed over and not recorded yet, at most ``queue``
-        self._places = threading.BoundedSemaphore(max(queue or threads, threads))
-        self._defer_s, self._busy = defer_s, busy
-        self._closing = False
-
-    @classmethod
-    def for_settings(cls, settings: Settings, generating: Gauge) -> _Recorder:
-        return cls(
-            settings.recorder_threads,
-            queue=settings.recorder_queue,
-            defer_s=settings.record_defer_s,
-            busy=_threads_held_by_generations(generating),
-        )
-
-    def wanted(self) -> bool:
-        return self._busy() and self._places.acquire(blocking=False)
-
-    def take(
-        self,
-        job_id: uuid.UUID,
-        finish: Callable[[], Done | RetryLater],
-        *,
-        callback_url: str | None,
-        task_retries: int,
-    ) -> None:
-        record = partial(_record, job_id, finish, callback_url, task_retries)
-        try:
-            self._pool.submit(self._in_turn, record, time.monotonic() + self._defer_s)
-        except RuntimeError:  # shut down already: give the place back
-            self._places.release()
-            raise
-
-    def _in_turn(self, record: Callable[[], None], latest: float) -> None:
-        try:
-            while not self._closing and self._busy():
-                left = latest - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(left, _DEFER_CHECK_S))
-            record()
-        finally:
-            self._places.release()
-
-    def shutdown(self) -> None:
-        """Record every outcome already handed over, now (a warm shutdown waits for them)."""
-        self._closing = True
-        self._pool.shutdown(wait=True)
-
-
-#: how often a deferred recording looks again whether task messages still wait
-_DEFER_CHECK_S = 0.25
-
-
-def _record(
+def _follow_up(
     job_id: uuid.UUID,
-    finish: Callable[[], Done | RetryLater],
-    callback_url: str | None,
+    outcome: Done | RetryLater,
     task_retries: int,
+    handed: HandedOver,
 ) -> None:
-    """Finish a handed-over run and do what the task would have done with its outcome."""
-    log = get_logger(__name__).bind(job_id=str(job_id))
-    try:
-        try:
-            outcome = finish()
-        except (DBAPIError, PoolTimeout) as exc:  # as the task's autoretry would
-            log.warning("recorder.database_unreachable", error=type(exc).__name__)
-            outcome = RetryLater(RECORDER_DB_RETRY_S, "the database is unreachable")
-        _follow_up(job_id, settle(outcome, callback_url), task_retries)
-    except Exception:  # the lease runs out and the sweeper republishes the job
-        log.exception("recorder.failed")
-
-
-def _follow_up(job_id: uuid.UUID, outcome: Done | RetryLater, task_retries: int) -> None:
     """What ``run_job_task`` does with an outcome, for one a recorder thread reached."""
+    announce_recorded(handed, outcome)
     if isinstance(outcome, RetryLater):
         run_job_task.apply_async(
             args=[str(job_id)],
@@ -219,7 +120,7 @@ def _warm_up(sender: object = None, **_: object) -> None:
 def _drain_recorder(**_: object) -> None:
     if _build_runtime.cache_info().currsize:
         recorder = runtime().recorder
-        if isinstance(recorder, _Recorder):
+        if isinstance(recorder, RecorderThreads):
             recorder.shutdown()
 
 
@@ -237,15 +138,31 @@ CALLBACK_MAX_RETRIES = 15
     autoretry_for=(DBAPIError, PoolTimeout),
     retry_backoff=5,
     retry_backoff_max=120,
+    throws=(JobFailed,),  # a job that failed: one log line from Celery, no traceback
 )
 def run_job_task(self: Task, job_id: str) -> str:
-    """Load the job, submit or resume, wait, record; retry transient failures later."""
-    outcome = run_job(uuid.UUID(job_id), runtime(), task_retries=self.request.retries)
+    """Load the job, submit or resume, wait, record; retry transient failures later.
+
+    The task's state tells Flower what the job did (see ``worker.task_states``).
+    """
+    self.request.imagegen_started = time.monotonic()  # for a recorder thread's runtime
+    try:
+        outcome = run_job(uuid.UUID(job_id), runtime(), task_retries=self.request.retries)
+    except REDIS_UNAVAILABLE as exc:  # past the retries worker.redis_client logs, one a line
+        get_logger(__name__).warning(
+            "job.redis_unavailable",
+            job_id=job_id,
+            error=str(exc),
+            action="left to its lease; the sweeper publishes it again",
+        )
+        raise Ignore() from None
     if isinstance(outcome, RetryLater):
-        raise self.retry(countdown=outcome.delay_s, max_retries=None)
+        raise self.retry(
+            exc=JobRetrying(outcome.reason), countdown=outcome.delay_s, max_retries=None
+        )
     if outcome.notify:
         callback_task.apply_async(args=[job_id])
-    return outcome.summary
+    return task_result(self, outcome)
 
 
 def _callback_http() -> httpx.Client:
@@ -295,5 +212,7 @@ def callback_task(self: Task, job_id: str) -> str:
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> str:
     """Re-publish jobs whose broker message was lost (run by celery beat)."""
-    report = sweep(get_settings(), app)
+    report = sweep_or_skip(get_settings(), app)
+    if report is None:
+        return "skipped: the database or the broker is unreachable (the next pass retries)"
     return f"republished {len(report.republished)}, expired {len(report.expired)}"
