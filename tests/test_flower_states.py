@@ -99,7 +99,7 @@ def test_flower_shows_failure_revoked_and_a_retried_success_truthfully(flower: F
         "the duplicate run started",
         lambda: _started_again(flower, str(failed_id), failed["started"]),
     )
-    skipped = re.compile(rf"job\.skipped\s+job_id={failed_id}")
+    skipped = re.compile(rf"job\.skipped\b.*\bjob_id={failed_id}")
     flower.wait_for("the duplicate run skipped", lambda: skipped.search(stack.logs()))
     time.sleep(1.0)  # a terminal event would have reached Flower by now (0.1 s windows)
     again = flower.api(f"/api/task/info/{failed_id}")
