@@ -133,11 +133,19 @@ def test_enqueue_reads_the_prompt_from_stdin_or_a_file(stack: Stack, tmp_path: P
     path.write_text("a heron\nstanding in reeds\n", encoding="utf-8")
     from_file = imagegen(stack, "enqueue", "--prompt-file", str(path))
     assert from_file.returncode == 0, from_file.stderr
+    windows = tmp_path / "windows.txt"  # saved with CRLF line ends: read as plain newlines
+    windows.write_bytes(b"a crane\r\nin the mist\r\n")
+    from_windows = imagegen(stack, "enqueue", "--prompt-file", str(windows))
+    assert from_windows.returncode == 0, from_windows.stderr
     prompts = [
         json.loads(imagegen(stack, "job", done.stdout.strip(), "--json").stdout)["prompt"]
-        for done in (from_stdin, from_file)
+        for done in (from_stdin, from_file, from_windows)
     ]
-    assert prompts == ["a fox read from stdin", "a heron\nstanding in reeds"]
+    assert prompts == [
+        "a fox read from stdin",
+        "a heron\nstanding in reeds",
+        "a crane\nin the mist",
+    ]
 
 
 def test_cancel_of_an_ended_job_exits_4_and_changes_nothing(stack: Stack) -> None:

@@ -73,7 +73,8 @@ def _decode(source: BinaryIO, what: str) -> str:
             f"{exc.start}): save it as UTF-8",
             [_field("prompt")],
         ) from None
-    return text.removeprefix("\ufeff").rstrip("\r\n")
+    # a file saved on Windows ends its lines with CRLF; a lone CR stays and is refused
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").rstrip("\n")
 
 
 def _field(name: str) -> dict[str, str]:
