@@ -17,14 +17,15 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # every test here runs
 
 
 def imagegen(
-    stack: Stack,
+    stack: Stack | None,
     *args: str | bytes,
     env: dict[str, str] | None = None,
     stdin: str | None = None,
     cwd: Path | None = None,
+    timeout: float = 30,
 ) -> subprocess.CompletedProcess[str]:
     """The real command in a subprocess (stdout and stderr are pipes, not a terminal)."""
-    full_env = {**os.environ, **stack.env, **(env or {})}
+    full_env = {**os.environ, **(stack.env if stack else {}), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
         capture_output=True,
@@ -32,7 +33,7 @@ def imagegen(
         env=full_env,
         input=stdin,
         cwd=cwd,
-        timeout=30,
+        timeout=timeout,
         check=False,
     )
 

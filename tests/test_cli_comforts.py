@@ -10,32 +10,18 @@ import sys
 import uuid
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Stack, unique
+from tests.test_cli import imagegen as run_imagegen
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def imagegen(
-    stack: Stack | None,
-    *args: str,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-    stdin: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(stack.env if stack else {}), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
+def imagegen(stack: Stack | None, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    return run_imagegen(stack, *args, timeout=60, **options)
 
 
 @pytest.fixture
