@@ -48,10 +48,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is. The last four are terminal."""
+    """Where a job is: a state of the machine in ``worker.jobs.state``. The last four are
+    terminal."""
 
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = "queued"  # waiting for a submit task
+    SUBMITTING = "submitting"  # a submit task holds it (lease): pre-filter, slot, POST
+    AT_FAL = "at_fal"  # fal has the request (fal_request_id); checked again at poll_at
+    COLLECTING = "collecting"  # fal finished it: a collect task reads the result (lease)
     SUCCEEDED = "succeeded"
     REFUSED = "refused"
     FAILED = "failed"
@@ -65,8 +68,10 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.REFUSED, JobStatus.FAILED, JobStatus.CANCELLED}
 )
-#: a run may still work on these (as a tuple: SQL ``IN`` lists keep their order)
-OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+#: not terminal yet (as a tuple: SQL ``IN`` lists keep their order)
+OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.AT_FAL, JobStatus.COLLECTING)
+#: a request is (or may be) at fal: what ``running`` meant before the stages were named
+IN_PROGRESS_STATUSES = (JobStatus.SUBMITTING, JobStatus.AT_FAL, JobStatus.COLLECTING)
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -137,14 +142,17 @@ class Job(Base):
     retry_of: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
     )
-    #: running: until when the run holding ``lease_owner`` may work on it undisturbed;
-    #: queued: after when the sweeper considers the job's broker message lost.
+    #: submitting / collecting: until when the task holding ``lease_owner`` may work on it
+    #: undisturbed; queued: after when the sweeper considers the job's broker message lost.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     #: after this the job ends ``failed`` with a timeout error, wherever it is.
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: at_fal: since when fal has the current request, and when it is next checked
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow, server_default=func.now()
@@ -167,6 +175,12 @@ class Job(Base):
             **_not_null("idempotency_key"),
         ),
         Index("uq_jobs_retry_of", "retry_of", unique=True, **_not_null("retry_of")),
+        Index(
+            "ix_jobs_poll_at_at_fal",
+            "poll_at",
+            postgresql_where=text("status = 'at_fal'"),
+            sqlite_where=text("status = 'at_fal'"),
+        ),
     )
 
 
@@ -210,6 +224,7 @@ class FalWebhook(Base):
 
 
 __all__ = [
+    "IN_PROGRESS_STATUSES",
     "OPEN_STATUSES",
     "TERMINAL_STATUSES",
     "AttemptOutcome",

@@ -10,6 +10,9 @@ FAL_PRODUCTION_QUEUE_HOST = "queue.fal.run"
 
 #: The Celery task that runs one job; only the job id travels through Redis.
 RUN_JOB_TASK = "imagegen.run_job"
+#: The two stages of the generation path (worker.jobs): send to fal, then read fal's answer.
+SUBMIT_TASK = "imagegen.submit"
+COLLECT_TASK = "imagegen.collect"
 #: The beat task that re-publishes jobs whose broker message was lost.
 SWEEP_TASK = "imagegen.sweep"
 CALLBACK_TASK = "imagegen.callback"

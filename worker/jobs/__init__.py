@@ -1,0 +1,1 @@
+"""A job's life, in the order it happens: states, submit, collect, the retry rule."""

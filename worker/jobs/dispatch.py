@@ -1,0 +1,69 @@
+"""Publishing a job's next stage, and the one handler for "fal finished this request".
+
+Task ids: a job's first submit task has the job's id (Celery's retries keep it); each later
+submission and each collect gets its own (``<job id>/submit-<n>``, ``<job id>/collect-<n>``,
+n = the attempt), so Flower shows one row per stage run and the last one holds the outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+from sqlalchemy import Connection
+
+from worker.constants import COLLECT_TASK, SUBMIT_TASK
+from worker.db import write
+from worker.fleet import FalLimiter
+from worker.jobs import state
+from worker.jobs.hooks import fire
+
+
+def submit_task_id(job_id: uuid.UUID, attempts: int) -> str:
+    return str(job_id) if attempts == 0 else f"{job_id}/submit-{attempts + 1}"
+
+
+def collect_task_id(job_id: uuid.UUID, attempt: int) -> str:
+    return f"{job_id}/collect-{attempt}"
+
+
+def send_submit(app: Celery, job_id: uuid.UUID, attempts: int, countdown: float = 0.0) -> None:
+    """Publish the job's next submit (``attempts``: submissions counted so far)."""
+    app.send_task(
+        SUBMIT_TASK,
+        args=[str(job_id)],
+        task_id=submit_task_id(job_id, attempts),
+        countdown=countdown or None,
+    )
+
+
+def send_collect(app: Celery, job_id: uuid.UUID, attempt: int) -> None:
+    app.send_task(COLLECT_TASK, args=[str(job_id)], task_id=collect_task_id(job_id, attempt))
+
+
+def heard_completed(
+    database_url: str,
+    app: Celery,
+    limiter: FalLimiter,
+    job_id: uuid.UUID,
+    *,
+    also: state.Also | None = None,
+) -> bool:
+    """fal finished the job's request (poller, webhook or sweeper heard it): at_fal ->
+    collecting, give back the fal slot, publish the collect. False when another caller won.
+
+    ``also``: more writes for the same transaction (the webhook stores fal's body).
+    """
+
+    def work(db: Connection) -> state.Moved | None:
+        if also is not None:
+            also(db)
+        return state.move(db, job_id, "completed")
+
+    moved = write(database_url, work)
+    if moved is None:
+        return False
+    fire(moved)
+    limiter.release(str(job_id))
+    send_collect(app, job_id, moved.job.attempts)
+    return True

@@ -1,0 +1,60 @@
+"""What hangs off a job's moves: metrics, a log line, the web app's callback.
+
+A stage calls ``fire(moved)`` after its transaction commits; listeners never write the job
+row. The callback listener is added by ``worker.tasks`` (it needs the Celery app).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from models import TERMINAL_STATUSES, JobStatus
+from worker import metrics
+from worker.jobs.state import Moved
+from worker.logs import get_logger, prompt_hash
+
+log = get_logger("worker.jobs")
+Listener = Callable[[Moved], None]
+LISTENERS: list[Listener] = []
+
+
+def listen(listener: Listener) -> Listener:
+    if listener not in LISTENERS:
+        LISTENERS.append(listener)
+    return listener
+
+
+def fire(moved: Moved) -> None:
+    for listener in LISTENERS:
+        try:
+            listener(moved)
+        except Exception:  # a listener's failure must not undo or repeat the move
+            log.exception("hook.failed", listener=getattr(listener, "__name__", "?"))
+
+
+@listen
+def _count(moved: Moved) -> None:
+    job = moved.job
+    if moved.move.name == "completed" and job.submitted_at is not None:
+        metrics.FAL_LATENCY.observe(max(0.0, (moved.at - job.submitted_at).total_seconds()))
+    if job.status in TERMINAL_STATUSES:
+        metrics.JOBS_FINISHED.labels(job.status.value).inc()
+        if job.status is JobStatus.REFUSED:
+            metrics.REFUSALS.labels(job.refusal_category, job.refusal_source).inc()
+    elif moved.move.name == "requeue":
+        metrics.RETRIES.inc()
+
+
+@listen
+def _log(moved: Moved) -> None:
+    job = moved.job
+    fields: dict[str, object] = {"job_id": str(job.id), "prompt_hash": prompt_hash(job.prompt)}
+    if job.fal_request_id is not None:
+        fields["fal_request_id"] = job.fal_request_id
+    if job.status is JobStatus.REFUSED:
+        fields.update(category=job.refusal_category, source=job.refusal_source)
+    elif job.status is JobStatus.FAILED:
+        fields["error"] = job.error
+    if moved.move.name in ("reschedule", "collect", "release", "claim"):
+        return  # every few seconds per job: not worth a line each
+    log.info(f"job.{moved.move.name}", status=job.status.value, **fields)
