@@ -1,4 +1,4 @@
-"""Processes for the benchmarks: the fal emulator, a worker host, the API, /proc sampling.
+"""Processes for the benchmarks: the fal emulator, a worker host, the API.
 
 A worker host's RSS and CPU cover every process we started and all their descendants
 (prefork children included), read from /proc so that nothing is installed to measure it.
@@ -8,10 +8,8 @@ The API (``imagegen api``, fal's webhook receiver in webhook mode) is sampled th
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,10 +24,10 @@ import httpx
 import redis
 from celery import Celery
 
+from bench.proc import cpu_s, free_port, process_tree, rss_kb, stop_process
 from tests.redis_lease import DATABASES, HOST, PORT, lease_free_db, try_lease
 
 ROOT = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -63,69 +61,6 @@ def _database(redis_url: str) -> int:
     if (parsed.hostname, parsed.port or 6379) != (HOST, PORT) or db not in DATABASES:
         raise SystemExit(f"--redis-url must be a database 1-15 of redis://{HOST}:{PORT}")
     return db
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (children of each of its threads), recursively."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                todo.extend(int(child) for child in task.read_text().split())
-            except OSError:
-                continue
-    return found
-
-
-_TREES: dict[int, tuple[float, list[int]]] = {}
-TREE_MAX_AGE_S = 2.0
-
-
-def process_tree(pid: int) -> list[int]:
-    """``descendants(pid)``, walked again at most every TREE_MAX_AGE_S: a threads-pool worker
-    has hundreds of threads, each a /proc file to read, and the probe samples twice a second
-    on the machine it measures. (A process reaped meanwhile still counts: its CPU goes to its
-    parent's cutime/cstime.)"""
-    now = time.monotonic()
-    cached = _TREES.get(pid)
-    if cached is None or now - cached[0] > TREE_MAX_AGE_S:
-        cached = _TREES[pid] = (now, descendants(pid))
-    return cached[1]
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime, plus those of its reaped children (cutime + cstime)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # fields from 3 on: state is fields[0]
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
-
-
-def machine_busy_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks) - idle) / CLK_TCK, sum(ticks) / CLK_TCK
 
 
 @dataclass
@@ -199,22 +134,6 @@ class Emulator:
 def active(stats: dict[str, Any]) -> int:
     """Requests queued or running at the emulator."""
     return int(stats["queued"]) + int(stats["in_progress"])
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        for pid in reversed(descendants(proc.pid)):
-            with_pid_kill(pid)
-        proc.wait()
-
-
-def with_pid_kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 @dataclass

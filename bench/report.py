@@ -1,23 +1,21 @@
-"""Figures from a throughput run, printed as a table and one JSON line (the last line)."""
+"""Figures from a closed-loop throughput run: a table and one JSON line (the last line)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from bench.throughput import Run
+from bench.output import NONE, console, fmt, print_events, rounded, timeline_table
 
-console = Console(width=130)
+if TYPE_CHECKING:
+    from bench.runs import Run
+
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
-NONE = "-"
 
 
 @dataclass
@@ -26,7 +24,6 @@ class Figures:
     jobs: int
     done: int
     jobs_per_s: float
-    upper_bound: bool  # no job finished: jobs_per_s is < 1/window
     p50_s: float | None
     p95_s: float | None
     enqueue_jobs_per_s: float
@@ -62,12 +59,8 @@ class Figures:
 
 
 def polls_per_job(run: Run) -> float | None:
-    """Ours: status polls / N. Naive (time-boxed): mean over the requests fal completed."""
-    stats = run.emulator
-    if run.label == "ours":
-        return float(stats.get("status_polls_total", 0)) / run.jobs
-    completed = [r["status_polls"] for r in stats["requests"].values() if r["state"] == "COMPLETED"]
-    return sum(completed) / len(completed) if completed else None
+    """Status polls / N."""
+    return float(run.emulator.get("status_polls_total", 0)) / run.jobs if run.jobs else None
 
 
 def heard_after(run: Run) -> tuple[float | None, float | None]:
@@ -84,18 +77,12 @@ def heard_after(run: Run) -> tuple[float | None, float | None]:
 
 
 def result_gets_per_job(run: Run) -> float | None:
-    if run.label != "ours":
-        return None
     return sum(int(r["result_gets"]) for r in run.emulator["requests"].values()) / run.jobs
 
 
-WEBHOOK_FIGURES = (
-    "api_cpu_ms_per_job",
-    "api_peak_rss_mb",
-    "webhooks_sent",
-    "webhooks_failed",
-    "webhooks_stored",
-    "requests_without_webhook",
+WEBHOOK_FIGURES = tuple(
+    "api_cpu_ms_per_job api_peak_rss_mb webhooks_sent webhooks_failed webhooks_stored "
+    "requests_without_webhook".split()
 )
 
 
@@ -120,8 +107,7 @@ def per_job(value: float | None, jobs: int) -> float | None:
 
 def figures(run: Run, args: argparse.Namespace) -> Figures:
     done = run.done
-    upper = done == 0 and run.label == "naive"  # time-boxed: fewer than one in the window
-    rate = (1 / run.span_s if upper else done / run.span_s) if run.span_s > 0 else 0.0
+    rate = done / run.span_s if run.span_s > 0 else 0.0
     peak = int(run.emulator.get("active_peak", 0))
     peak_db = max((s.in_flight_db for s in run.samples), default=0)
     # the transactions ran until the workers stopped: divide by every job finished by then
@@ -133,12 +119,11 @@ def figures(run: Run, args: argparse.Namespace) -> Figures:
         jobs=run.jobs,
         done=done,
         jobs_per_s=rate,
-        upper_bound=upper,
         p50_s=run.p50_s,
         p95_s=run.p95_s,
         enqueue_jobs_per_s=run.jobs / run.enqueue_s if run.enqueue_s > 0 else 0.0,
         peak_in_flight=peak,
-        peak_in_flight_db=peak_db if run.label == "ours" else None,
+        peak_in_flight_db=peak_db,
         peak_in_progress=int(run.emulator.get("in_progress_peak", 0)),
         ideal_jobs_per_s=ideal,
         achieved_over_ideal=rate / ideal if ideal else None,
@@ -189,27 +174,20 @@ def peak_machine_busy(run: Run, span: int = 4) -> float:
     return max(shares, default=0.0)
 
 
-def fmt(value: float | int | None, spec: str = ".1f", prefix: str = "") -> str:
-    return NONE if value is None else f"{prefix}{value:{spec}}"
+def rows(ours: Figures) -> list[tuple[str, str]]:
+    def row(name: str, get: Any, spec: str = ".1f") -> tuple[str, str]:
+        return name, fmt(get(ours), spec)
 
-
-def rows(ours: Figures, naive: Figures | None) -> list[tuple[str, str, str]]:
-    def row(name: str, get: Any, spec: str = ".1f") -> tuple[str, str, str]:
-        return name, fmt(get(ours), spec), fmt(get(naive), spec) if naive else NONE
-
-    naive_rate = NONE if naive is None else fmt(naive.jobs_per_s, ".2f", "< " * naive.upper_bound)
     host = ", workers + API" if ours.mode == "webhook" else ""
     both = " (workers + API)" if ours.mode == "webhook" else ""
     return [
-        row("jobs (naive: queued; finished)", lambda f: f.jobs, "d"),
-        ("", "", NONE if naive is None else f"{naive.done} finished"),
-        row("time-box, s", lambda f: f.window_s, ".0f"),
-        ("jobs/s end to end", fmt(ours.jobs_per_s, ".2f"), naive_rate),
+        row("jobs", lambda f: f.jobs, "d"),
+        row("jobs/s end to end", lambda f: f.jobs_per_s, ".2f"),
         row("p50 created→finished, s", lambda f: f.p50_s, ".2f"),
         row("p95 created→finished, s", lambda f: f.p95_s, ".2f"),
         row("enqueue jobs/s", lambda f: f.enqueue_jobs_per_s, ".0f"),
         row("peak in flight (emulator active_peak)", lambda f: f.peak_in_flight, "d"),
-        row("peak in flight (DB: running + request id)", lambda f: f.peak_in_flight_db, "d"),
+        row("peak in flight (DB: at_fal + request id)", lambda f: f.peak_in_flight_db, "d"),
         row("peak running at the emulator", lambda f: f.peak_in_progress, "d"),
         row("ideal jobs/s = min(C, peak, N)/latency", lambda f: f.ideal_jobs_per_s, ".2f"),
         row("achieved / ideal", lambda f: f.achieved_over_ideal, ".1%"),
@@ -235,61 +213,33 @@ def rows(ours: Figures, naive: Figures | None) -> list[tuple[str, str, str]]:
     ]
 
 
-def ratio(ours: Figures, naive: Figures | None) -> float | None:
-    if naive is None or naive.jobs_per_s <= 0:
-        return None
-    return ours.jobs_per_s / naive.jobs_per_s
-
-
-def table(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> Table:
+def table(args: argparse.Namespace, ours: Figures) -> Table:
     title = (
-        f"throughput ({ours.mode} mode): {args.jobs} jobs, latency {args.latency:g} s, fal "
-        f"concurrency {args.fal_concurrency}, {args.processes} x threads {args.threads}"
-        " vs prefork default" + (f", round trip {args.round_trip:g} s" if args.round_trip else "")
+        f"throughput ({ours.mode} mode, closed loop): {args.jobs} jobs, latency "
+        f"{args.latency:g} s, fal concurrency {args.fal_concurrency}, {args.processes} x "
+        f"threads {args.threads}"
+        + (f", round trip {args.round_trip:g} s" if args.round_trip else "")
     )
     result = Table(title=title)
-    for column in ("figure", f"ours (threads pool, {ours.mode})", "naive (subscribe, prefork)"):
-        result.add_column(column, justify="left" if column == "figure" else "right")
-    for name, a, b in rows(ours, naive):
-        if name == "DB statements per job" and a == NONE:
-            continue  # pg_stat_statements is not loaded on this server
-        if a == NONE and b == NONE and ours.mode != "webhook":
-            continue  # a webhook-mode row in a polling run
-        result.add_row(name, a, b)
+    result.add_column("figure", justify="left")
+    result.add_column(f"ours ({ours.mode})", justify="right")
+    for name, value in rows(ours):
+        if value == NONE and name.startswith(("DB statements", "webhook", "completed requests")):
+            continue  # pg_stat_statements not loaded, or a webhook-mode row in a polling run
+        result.add_row(name, value)
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(ours.statuses.items()))
-    result.add_row("final statuses", statuses, "" if naive is None else fmt_statuses(naive))
+    result.add_row("final statuses", statuses)
     if ours.stalled_s is not None:
-        result.add_row("STALLED", f"no job finished for {ours.stalled_s:.0f} s: stopped", "")
+        result.add_row("STALLED", f"no job finished for {ours.stalled_s:.0f} s: stopped")
     if ours.done < ours.jobs:
-        unfinished = f"{ours.jobs - ours.done} jobs; jobs/s = finished / time watched"
-        result.add_row("NOT FINISHED", unfinished, "")
-    r = ratio(ours, naive)
-    bound = "≥ " if naive is not None and naive.upper_bound else ""
-    result.add_row("ours / naive jobs/s", fmt(r, ".1f", bound) + ("x" if r else ""), "")
+        result.add_row("NOT FINISHED", f"{ours.jobs - ours.done} jobs; jobs/s over time watched")
     return result
 
 
-def fmt_statuses(naive: Figures) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(naive.statuses.items()))
-
-
-def print_events(label: str, events: Counter[str], source: str = "worker logs") -> None:
-    if not events:
-        console.print(f"{label} {source}: no warnings or errors", highlight=False)
-        return
-    total = sum(events.values())
-    console.print(f"{label} {source}: {total} warning/error lines", highlight=False)
-    for line, n in events.most_common(8):
-        console.print(f"  {n:6d} x {line}", soft_wrap=True, highlight=False, markup=False)
-
-
-def summary(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> dict[str, Any]:
-    r = ratio(ours, naive)
+def summary(args: argparse.Namespace, ours: Figures) -> dict[str, Any]:
     data: dict[str, Any] = {
         "mode": ours.mode,
         "jobs_per_s": round(ours.jobs_per_s, 3),
-        "naive_jobs_per_s": None if naive is None else round(naive.jobs_per_s, 4),
-        "ratio_vs_naive": None if r is None else round(r, 1),
         "peak_in_flight": ours.peak_in_flight,
         "peak_in_flight_db": ours.peak_in_flight_db,
         "peak_in_progress": ours.peak_in_progress,
@@ -326,66 +276,23 @@ def summary(args: argparse.Namespace, ours: Figures, naive: Figures | None) -> d
     }
     if ours.db_statements_per_job is not None:
         data["db_statements_per_job"] = round(ours.db_statements_per_job, 2)
-    if naive is not None:
-        data |= naive_summary(naive)
     return data
 
 
-def naive_summary(naive: Figures) -> dict[str, Any]:
-    return {
-        "naive_is_upper_bound": naive.upper_bound,
-        "ratio_is_lower_bound": naive.upper_bound,
-        "naive_finished": naive.done,
-        "naive_window_s": naive.window_s,
-        "naive_peak_in_flight": naive.peak_in_flight,
-        "naive_worker_cpu_ms_per_job": rounded(naive.cpu_ms_per_job, 2),
-        "naive_peak_rss_mb": round(naive.peak_rss_mb, 1),
-        "naive_status_requests_per_job": rounded(naive.status_requests_per_job, 1),
-        "naive_db_transactions_per_job": rounded(naive.db_transactions_per_job, 2),
-    }
-
-
-def rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def timeline_table(run: Run) -> Table:
-    """--timeline: seconds in which something happened, with the requests fal has finished
-    whose outcome is not recorded yet (their fal slot may already be free)."""
-    grid = Table(title="ours, second by second since the first enqueue (from the job table)")
-    for name in ("t, s", "claimed", "sent to fal", "done at fal", "finished", "done, unrecorded"):
-        grid.add_column(name, justify="right")
-    done = finished = 0
-    for second in run.timeline:
-        done, finished = done + second.fal_done, finished + second.finished
-        counts = (second.claimed, second.sent, second.fal_done, second.finished)
-        grid.add_row(str(second.t), *map(str, counts), str(max(0, done - finished)))
-    return grid
-
-
-def render(
-    args: argparse.Namespace,
-    ours_run: Run | None,
-    naive_run: Run | None,
-    passed: list[str],
-    work: Path,
-) -> None:
-    if ours_run is None:
+def render(args: argparse.Namespace, run: Run | None, passed: list[str], work: Path) -> None:
+    if run is None:
         return
-    ours = figures(ours_run, args)
-    naive = figures(naive_run, args) if naive_run is not None else None
-    console.print(table(args, ours, naive))
+    ours = figures(run, args)
+    console.print(table(args, ours))
     console.print(f"IMAGEGEN_* passed through from the environment: {passed or 'none'}")
-    print_events("ours", ours_run.log_events)
-    if ours_run.timeline:
-        console.print(timeline_table(ours_run))
-    if ours_run.mode == "webhook":
-        print_events("ours", ours_run.api_log_events, "API log (imagegen api)")
-    if naive_run is not None:
-        print_events("naive", naive_run.log_events)
+    print_events("ours", run.log_events)
+    if run.timeline:
+        console.print(timeline_table(run))
+    if run.mode == "webhook":
+        print_events("ours", run.api_log_events, "API log (imagegen api)")
     if args.keep_logs:
         console.print(f"logs kept in {work}", highlight=False)
-    data = summary(args, ours, naive)
-    if ours_run.timeline:  # [t, claimed, sent, done at fal, finished] a second
-        data["timeline"] = [astuple(second) for second in ours_run.timeline]
+    data = summary(args, ours)
+    if run.timeline:  # [t, claimed, sent, done at fal, finished] a second
+        data["timeline"] = [astuple(second) for second in run.timeline]
     print(json.dumps(data), flush=True)
