@@ -6,6 +6,7 @@ import sys
 import time
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
@@ -127,3 +128,30 @@ class Probe:
     def close(self) -> None:
         self._conn.close()
         self._engine.dispose()
+
+
+def peak_rate(run: Run, value: Any, span: int = 4) -> float:
+    """The largest d(value)/dt over ~2 s (``span`` samples) of the run."""
+    samples = run.samples
+    span = max(1, min(span, len(samples) - 1))
+    pairs = zip(samples, samples[span:], strict=False)
+    return max(((value(b) - value(a)) / (b.t - a.t) for a, b in pairs if b.t > a.t), default=0.0)
+
+
+def machine_busy(run: Run) -> float:
+    if len(run.samples) < 2:
+        return 0.0
+    (busy0, total0), (busy1, total1) = run.samples[0].machine, run.samples[-1].machine
+    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
+
+
+def peak_machine_busy(run: Run, span: int = 4) -> float:
+    samples = run.samples
+    span = max(1, min(span, len(samples) - 1))
+    pairs = zip(samples, samples[span:], strict=False)
+    shares = (
+        (b.machine[0] - a.machine[0]) / (b.machine[1] - a.machine[1])
+        for a, b in pairs
+        if b.machine[1] > a.machine[1]
+    )
+    return max(shares, default=0.0)

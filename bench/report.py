@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from bench.output import NONE, console, fmt, print_events, rounded, timeline_table
+from bench.probe import machine_busy, peak_machine_busy, peak_rate
 
 if TYPE_CHECKING:
     from bench.runs import Run
@@ -80,9 +81,13 @@ def result_gets_per_job(run: Run) -> float | None:
     return sum(int(r["result_gets"]) for r in run.emulator["requests"].values()) / run.jobs
 
 
-WEBHOOK_FIGURES = tuple(
-    "api_cpu_ms_per_job api_peak_rss_mb webhooks_sent webhooks_failed webhooks_stored "
-    "requests_without_webhook".split()
+WEBHOOK_FIGURES = (
+    "api_cpu_ms_per_job",
+    "api_peak_rss_mb",
+    "webhooks_sent",
+    "webhooks_failed",
+    "webhooks_stored",
+    "requests_without_webhook",
 )
 
 
@@ -145,33 +150,6 @@ def figures(run: Run, args: argparse.Namespace) -> Figures:
         emulator_cpu_s=run.samples[-1].emulator_cpu_s - run.samples[0].emulator_cpu_s,
         **webhook_figures(run, done),
     )
-
-
-def peak_rate(run: Run, value: Any, span: int = 4) -> float:
-    """The largest d(value)/dt over ~2 s (``span`` samples) of the run."""
-    samples = run.samples
-    span = max(1, min(span, len(samples) - 1))
-    pairs = zip(samples, samples[span:], strict=False)
-    return max(((value(b) - value(a)) / (b.t - a.t) for a, b in pairs if b.t > a.t), default=0.0)
-
-
-def machine_busy(run: Run) -> float:
-    if len(run.samples) < 2:
-        return 0.0
-    (busy0, total0), (busy1, total1) = run.samples[0].machine, run.samples[-1].machine
-    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
-
-
-def peak_machine_busy(run: Run, span: int = 4) -> float:
-    samples = run.samples
-    span = max(1, min(span, len(samples) - 1))
-    pairs = zip(samples, samples[span:], strict=False)
-    shares = (
-        (b.machine[0] - a.machine[0]) / (b.machine[1] - a.machine[1])
-        for a, b in pairs
-        if b.machine[1] > a.machine[1]
-    )
-    return max(shares, default=0.0)
 
 
 def rows(ours: Figures) -> list[tuple[str, str]]:

@@ -25,6 +25,7 @@ import signal
 import sys
 from types import FrameType
 
+from bench import closed_loop, open_loop
 from bench.host import one_run_at_a_time
 from worker.logs import configure
 
@@ -104,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with one_run_at_a_time(args.redis_url, "bench.throughput") as args.redis_url:
             if args.rate is not None:
-                from bench import open_loop
-
                 return open_loop.measure(args)
-            from bench import closed_loop
-
             return closed_loop.measure(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
