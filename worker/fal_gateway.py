@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass

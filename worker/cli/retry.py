@@ -18,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 
 from models import Job, JobStatus, UTCDateTime, utcnow
 from worker import api
-from worker.jobs import state
 from worker.db import session_scope
 from worker.errors import JobNotFound, NotRetryable
+from worker.jobs import state
 from worker.settings import Settings
 
 JOBS = state.JOBS
