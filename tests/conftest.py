@@ -275,7 +275,7 @@ def add_jobs(database_url: str, count: int, status: Any, **values: object) -> li
     from sqlalchemy import insert  # imported here: the settings are exported first
 
     from models import utcnow
-    from worker import store
+    from worker.jobs import state
     from worker.db import get_engine
 
     now = utcnow()
@@ -296,5 +296,5 @@ def add_jobs(database_url: str, count: int, status: Any, **values: object) -> li
         for job_id in ids
     ]
     with get_engine(database_url).begin() as db:
-        db.execute(insert(store.JOBS), rows)
+        db.execute(insert(state.JOBS), rows)
     return ids

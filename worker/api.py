@@ -21,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import Job, JobStatus, utcnow
-from worker import metrics, store
-from worker.constants import CALLBACK_TASK, RUN_JOB_TASK
+from worker import metrics
+from worker.constants import SUBMIT_TASK
 from worker.db import session_scope
 from worker.errors import EnqueueError, FalError, IdempotencyConflict, JobNotFound, JobRequestError
 from worker.logs import get_logger
@@ -173,7 +173,7 @@ def publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | Non
         ):
             for job_id in job_ids:
                 app.send_task(
-                    RUN_JOB_TASK,
+                    SUBMIT_TASK,
                     args=[str(job_id)],
                     task_id=str(job_id),
                     producer=producer,
@@ -251,24 +251,26 @@ def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
 def cancel(
     job_id: uuid.UUID, *, settings: Settings | None = None, app: Celery | None = None
 ) -> str:
-    """Cancel a job: a queued one never reaches fal, a running one gets fal's cancel call.
+    """Cancel a job: a queued one never reaches fal, one at fal gets fal's cancel call.
 
     Returns the job's status afterwards (``cancelled``, or the terminal status it already
     had). Raises ``JobNotFound`` for an unknown id.
     """
+    from worker.db import write
+    from worker.jobs import state
+    from worker.jobs.hooks import fire
+
     settings = settings or get_settings()
-    with session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id)
-        if job is None:
+    moved = write(settings.database_url, lambda db: state.move(db, job_id, "cancel"))
+    if moved is None:
+        status = state.status_of(settings.database_url, job_id)
+        if status is None:
             raise JobNotFound(f"no job with id {job_id}")
-        request_id, model, callback_url = job.fal_request_id, job.model, job.callback_url
-        cancelled = store.finish(db=session, job_id=job_id, status=JobStatus.CANCELLED)
-        status = JobStatus.CANCELLED if cancelled else job.status
-    if cancelled and callback_url is not None:
-        (app or _default_app()).send_task(CALLBACK_TASK, args=[str(job_id)])
-    if cancelled and request_id is not None:
-        _cancel_at_fal(job_id, model, request_id, settings)
-    return status.value
+        return status.value
+    fire(moved, app or _default_app())
+    if moved.job.fal_request_id is not None:
+        _cancel_at_fal(job_id, moved.job.model, moved.job.fal_request_id, settings)
+    return JobStatus.CANCELLED.value
 
 
 def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Settings) -> None:

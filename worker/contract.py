@@ -13,7 +13,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["queued", "running", "succeeded", "refused", "failed", "cancelled"]
+Status = Literal[
+    "queued",
+    "submitting",
+    "at_fal",
+    "collecting",
+    "succeeded",
+    "refused",
+    "failed",
+    "cancelled",
+]
 Outcome = Literal[
     "sending", "submitted", "succeeded", "refused", "transient", "permanent", "cancelled", "unknown"
 ]

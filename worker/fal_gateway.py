@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -339,85 +338,6 @@ class FalGateway:
 
 #: bytes check_images reads when a file host ignores its Range header (then it closes).
 _CHECK_READ_CAP = 256 * 1024
-
-
-class GatewayPool:
-    """At most ``size`` FalGateways, each lent to one thread per call.
-
-    Threads never share an httpx client at the same time (hundreds of threads on one client
-    were several times slower and closed sockets still in use, see the performance notes),
-    yet a host needs only as many clients as it makes calls at once, not one per thread:
-    most threads sleep between polls. Last in, first out, so the warm connections are
-    reused. Bounded (IMAGEGEN_FAL_HTTP_CLIENTS): when a busy process makes more calls at
-    once than that, callers queue for a client instead of building new clients and TLS
-    connections in the middle of the rush (a few calls' worth of CPU each). Size it for
-    fal's round trip, not the local emulator's: the calls a process has open at once are
-    its call rate times the time a call takes (the default 128: ~400 calls a second at
-    0.3 s each).
-    """
-
-    def __init__(self, settings: Settings, size: int | None = None) -> None:
-        resolve_key(settings)  # fail now, not in the first thread
-        self._settings = settings
-        self._ssl = httpx.create_ssl_context()  # honours SSL_CERT_FILE; shared by all
-        self._idle: list[FalGateway] = []
-        self.size = size or settings.fal_http_clients
-        self._free = threading.BoundedSemaphore(self.size)
-        self._lock = threading.Lock()
-        self.created = 0
-
-    def fill(self) -> None:
-        """Build every client now (worker start) rather than in the first rush of calls."""
-        with self._lock:
-            missing = max(self.size - self.created, 0)
-            self.created += missing
-        built = [FalGateway.from_settings(self._settings, self._ssl) for _ in range(missing)]
-        with self._lock:
-            self._idle.extend(built)
-
-    @contextmanager
-    def _lent(self) -> Iterator[FalGateway]:
-        self._free.acquire()
-        try:
-            with self._lock:
-                gateway = self._idle.pop() if self._idle else None
-                if gateway is None:
-                    self.created += 1
-            if gateway is None:
-                gateway = FalGateway.from_settings(self._settings, self._ssl)
-            try:
-                yield gateway
-            finally:
-                with self._lock:
-                    self._idle.append(gateway)
-        finally:
-            self._free.release()
-
-    def submit(
-        self,
-        model: str,
-        arguments: dict[str, Any],
-        hooks: SubmitHooks,
-        webhook_url: str | None = None,
-    ) -> str:
-        with self._lent() as gateway:
-            return gateway.submit(model, arguments, hooks, webhook_url)
-
-    def status(self, model: str, request_id: str) -> FalStatus:
-        with self._lent() as gateway:
-            return gateway.status(model, request_id)
-
-    def result(self, model: str, request_id: str) -> dict[str, Any]:
-        with self._lent() as gateway:
-            return gateway.result(model, request_id)
-
-    def check_images(self, images: list[dict[str, Any]]) -> None:
-        with self._lent() as gateway:
-            gateway.check_images(images)
-
-    def cancel(self, model: str, request_id: str) -> None:
-        with self._lent() as gateway:
-            gateway.cancel(model, request_id)
 
 
 @contextmanager

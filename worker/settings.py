@@ -44,8 +44,6 @@ class Settings(BaseSettings):
     poll_initial_s: float = Field(default=1.0, gt=0, alias="IMAGEGEN_POLL_INITIAL_S")
     poll_max_s: float = Field(default=5.0, gt=0, alias="IMAGEGEN_POLL_MAX_S")
     poll_factor: float = Field(default=1.5, ge=1.0, alias="IMAGEGEN_POLL_FACTOR")
-    # HTTP clients towards fal per worker process, lent per call (threads queue for one).
-    fal_http_clients: int = Field(default=128, ge=1, le=1000, alias="IMAGEGEN_FAL_HTTP_CLIENTS")
     # How long an idle connection to fal (or its file host) is kept for the next call.
     fal_keepalive_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_FAL_KEEPALIVE_S")
     generation_timeout_s: float = Field(default=900.0, gt=0, alias="IMAGEGEN_GENERATION_TIMEOUT_S")
@@ -53,23 +51,8 @@ class Settings(BaseSettings):
     verify_images: bool = Field(default=True, alias="IMAGEGEN_VERIFY_IMAGES")
     account_lock_ttl_s: int = Field(default=900, gt=0, alias="IMAGEGEN_ACCOUNT_LOCK_TTL_S")
 
-    # A saturated worker process (task messages waiting for a thread): a run that hears
-    # COMPLETED gives its thread to the next message and leaves the result, the image check
-    # and the row to these threads (0: every run records its own outcome), up to
-    # IMAGEGEN_RECORDER_QUEUE runs waiting to be recorded; while messages still wait for a
-    # thread, their recording waits too, at most IMAGEGEN_RECORD_DEFER_S (the next submits
-    # go first). Task messages a process reserves: threads x IMAGEGEN_PREFETCH_MULTIPLIER.
-    recorder_threads: int = Field(default=64, ge=0, le=512, alias="IMAGEGEN_RECORDER_THREADS")
-    recorder_queue: int = Field(default=512, ge=1, le=10_000, alias="IMAGEGEN_RECORDER_QUEUE")
-    record_defer_s: float = Field(default=10.0, ge=0, le=60, alias="IMAGEGEN_RECORD_DEFER_S")
+    # Task messages a worker process reserves: threads x IMAGEGEN_PREFETCH_MULTIPLIER.
     prefetch_multiplier: int = Field(default=2, ge=1, le=16, alias="IMAGEGEN_PREFETCH_MULTIPLIER")
-    # A threads-pool worker's GIL switch interval (Python's default: 5 ms). Its threads wait
-    # on I/O and give the GIL up at each call; a thread waiting for the GIL wakes once per
-    # interval to ask for it, and with hundreds waiting at a wave's hand-over the 5 ms
-    # wake-ups were most of the process's work (sys.setswitchinterval).
-    gil_switch_interval_s: float = Field(
-        default=0.1, gt=0, le=1.0, alias="IMAGEGEN_GIL_SWITCH_INTERVAL_S"
-    )
 
     # Pooled Postgres connections per process (5 more in a burst, closed after it).
     db_pool_size: int = Field(default=20, ge=1, le=200, alias="IMAGEGEN_DB_POOL_SIZE")

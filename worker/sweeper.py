@@ -1,83 +1,74 @@
 """The sweeper: the job table is the source of truth, Redis only a wake-up signal.
 
-It re-publishes jobs whose broker message was lost: ``queued`` past their grace (Redis
-restarted without persistence, a publish that never arrived, a retry that never came) and
-``running`` whose lease expired (the worker died). It never makes two runs of one job work
-at the same time: a run needs the job's lease (``worker.store.claim``). It also fails jobs
-past their deadline that no run is working on.
+Run by celery beat (``imagegen.sweep``), safe from several processes at once. It
+re-publishes what a lost message or a dead task left: ``queued`` past its grace, and
+``submitting`` / ``collecting`` whose lease ran out (the stage run again takes the job over:
+a submit that died mid-POST falls under the unknown rule, ``worker.jobs.submit``). It
+checks once a request at fal with no news past its due time (a dead poller, a lost
+webhook), fails jobs past their deadline that no task holds (cancelling them at fal), and
+purges stored webhook bodies of terminal jobs.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from models import OPEN_STATUSES, Job, JobStatus, utcnow
-from worker.constants import CALLBACK_TASK, RUN_JOB_TASK
-from worker.db import session_scope
+from models import JobStatus, utcnow
+from worker.db import write
+from worker.errors import FalError
+from worker.fal import webhook_store
+from worker.jobs import state
+from worker.jobs.dispatch import heard_completed, send_collect, send_submit
+from worker.jobs.hooks import fire
 from worker.logs import get_logger
 from worker.settings import Settings
 
 log = get_logger(__name__)
 BATCH = 500
+J = state.JOBS.c
+DEADLINE_ERROR = "deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)"
 
 
 @dataclass
 class SweepReport:
     republished: list[uuid.UUID] = field(default_factory=list)
     expired: list[uuid.UUID] = field(default_factory=list)
+    checked_at_fal: int = 0
+    webhooks_purged: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"republished {len(self.republished)}, expired {len(self.expired)}, "
+            f"checked at fal {self.checked_at_fal}, webhooks purged {self.webhooks_purged}"
+        )
 
 
 def sweep(settings: Settings, app: Celery) -> SweepReport:
-    """One pass; safe to run from several processes at once."""
+    """One pass."""
     report = SweepReport()
     now = utcnow()
-    expired = _expire_overdue(settings, now)
-    report.expired = [job_id for job_id, _ in expired]
-    with session_scope(settings.database_url) as session:
-        stale = select(Job.id).where(
-            Job.status.in_(OPEN_STATUSES),
-            or_(Job.lease_until.is_(None), Job.lease_until < now),
-        )
-        ids = list(session.execute(stale.limit(BATCH).with_for_update(skip_locked=True)).scalars())
-        if ids:
-            # Requeue them and push their grace forward, so that a second sweeper (or the
-            # next pass) does not publish them again before this message had a chance.
-            report.republished = list(
-                session.execute(
-                    update(Job)
-                    .where(Job.id.in_(ids), or_(Job.lease_until.is_(None), Job.lease_until < now))
-                    .values(
-                        status=JobStatus.QUEUED,
-                        lease_owner=None,
-                        lease_until=now + timedelta(seconds=max(settings.queued_grace_s, 1.0)),
-                        updated_at=now,
-                    )
-                    .returning(Job.id)
-                ).scalars()
-            )
-    for job_id in report.republished:
-        app.send_task(RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id))
-    for job_id, callback_url in expired:
-        if callback_url is not None:
-            app.send_task(CALLBACK_TASK, args=[str(job_id)])
-    if report.republished or report.expired:
-        log.warning("sweep", republished=len(report.republished), expired=len(report.expired))
+    report.expired = _expire_overdue(settings, app, now)
+    report.republished = _republish(settings, app, now)
+    report.checked_at_fal = _check_silent(settings, app, now)
+    report.webhooks_purged = _purge_webhooks(settings)
+    if report.republished or report.expired or report.checked_at_fal:
+        log.warning("sweep", result=report.summary())
     return report
 
 
 def sweep_or_skip(settings: Settings, app: Celery) -> SweepReport | None:
-    """One pass, as celery beat runs it: while Postgres or the broker is unreachable (a
-    restart, terminated connections) the pass is skipped with one warning line. The pool
-    drops broken connections as it finds them, and the next pass does the work: a job
-    this one could not publish is still past its grace then."""
+    """One pass, as celery beat runs it: while Postgres or the broker is unreachable the
+    pass is skipped with one warning line; the next pass does the work."""
     try:
         return sweep(settings, app)
     except (DBAPIError, PoolTimeout, KombuOperationalError) as exc:
@@ -87,39 +78,111 @@ def sweep_or_skip(settings: Settings, app: Celery) -> SweepReport | None:
         return None
 
 
-def _expire_overdue(settings: Settings, now: datetime) -> list[tuple[uuid.UUID, str | None]]:
-    """Fail the jobs past their deadline that no run is working on, BATCH a transaction.
+def _lapsed(now: datetime) -> Any:
+    return or_(J.lease_until.is_(None), J.lease_until < now)
 
-    After an outage the backlog can be large; short transactions keep row locks (and the
-    work of the stats triggers, see migration 0006) small, and skip rows a run holds.
-    """
-    overdue = (
-        Job.status.in_(OPEN_STATUSES),
-        Job.deadline_at < now,
-        or_(Job.lease_until.is_(None), Job.lease_until < now),
+
+def _republish(settings: Settings, app: Celery, now: datetime) -> list[uuid.UUID]:
+    """Stages whose message was lost (or whose task died): publish them again, once."""
+    stale = or_(
+        and_(J.status == JobStatus.QUEUED, _lapsed(now)),
+        and_(J.status.in_((JobStatus.SUBMITTING, JobStatus.COLLECTING)), _lapsed(now)),
     )
-    expired: list[tuple[uuid.UUID, str | None]] = []
+    grace = now + timedelta(seconds=max(settings.queued_grace_s, 1.0))
+
+    def work(db: Connection) -> list[Any]:
+        query = select(J.id).where(stale).limit(BATCH).with_for_update(skip_locked=True)
+        ids = list(db.execute(query).scalars())
+        if not ids:
+            return []
+        # the grace pushed forward: the next pass does not publish them again meanwhile
+        bump = update(state.JOBS).where(J.id.in_(ids), stale).values(lease_until=grace)
+        return list(db.execute(bump.returning(J.id, J.status, J.attempts)).all())
+
+    rows = write(settings.database_url, work)
+    for job_id, status, attempts in rows:
+        if status is JobStatus.COLLECTING:
+            send_collect(app, job_id, attempts)
+        else:
+            send_submit(app, job_id, attempts)
+    return [row[0] for row in rows]
+
+
+def _expire_overdue(settings: Settings, app: Celery, now: datetime) -> list[uuid.UUID]:
+    """Fail the jobs past their deadline that no task holds, cancelling what fal has."""
+    overdue = and_(J.status.in_(state.MOVES["expire"].sources), J.deadline_at < now, _lapsed(now))
+    query = select(J.id).where(overdue).limit(BATCH)
+    expired: list[uuid.UUID] = []
+    for job_id in write(settings.database_url, lambda db: list(db.execute(query).scalars())):
+        moved = write(settings.database_url, _expire(job_id))
+        if moved is None:
+            continue
+        fire(moved, app)
+        if moved.job.fal_request_id is not None:
+            _cancel_at_fal(settings, moved.job)
+        expired.append(job_id)
+    return expired
+
+
+def _check_silent(settings: Settings, app: Celery, now: datetime) -> int:
+    """Requests at fal overdue for a check by two sweep intervals: no poller is looking."""
+    late = now - timedelta(seconds=2 * settings.sweep_interval_s)
+    query = (
+        select(J.id, J.model, J.fal_request_id)
+        .where(J.status == JobStatus.AT_FAL, J.poll_at < late)
+        .limit(BATCH)
+    )
+    rows = write(settings.database_url, lambda db: list(db.execute(query).all()))
+    if not rows:
+        return 0
+    from worker.fal_gateway import FalGateway
+    from worker.fleet import FalLimiter
+
+    gateway, limiter = FalGateway.from_settings(settings), FalLimiter.for_settings(settings)
+    try:
+        for job_id, model, request_id in rows:
+            try:
+                done = gateway.status(model, request_id).done
+            except FalError as exc:
+                log.info("sweep.status_failed", job_id=str(job_id), error=exc.message)
+                continue
+            if done:
+                heard_completed(settings.database_url, app, limiter, job_id)
+            else:
+                again = utcnow() + timedelta(seconds=settings.poll_max_s)
+                write(settings.database_url, _reschedule(job_id, again))
+    finally:
+        gateway.close()
+    return len(rows)
+
+
+def _expire(job_id: uuid.UUID) -> Callable[[Connection], state.Moved | None]:
+    return lambda db: state.move(db, job_id, "expire", values={"error": DEADLINE_ERROR})
+
+
+def _reschedule(job_id: uuid.UUID, at: datetime) -> Callable[[Connection], state.Moved | None]:
+    return lambda db: state.move(db, job_id, "reschedule", values={"poll_at": at})
+
+
+def _purge_webhooks(settings: Settings) -> int:
+    purged = 0
     while True:
-        # The ids first, then the update (as for the republished jobs below): a LIMIT ...
-        # FOR UPDATE SKIP LOCKED subquery inside the UPDATE may run again and take more.
-        batch = select(Job.id).where(*overdue).limit(BATCH).with_for_update(skip_locked=True)
-        with session_scope(settings.database_url) as session:
-            ids = list(session.execute(batch).scalars())
-            if not ids:
-                return expired
-            rows = session.execute(
-                update(Job)
-                .where(Job.id.in_(ids), *overdue)
-                .values(
-                    status=JobStatus.FAILED,
-                    error="deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)",
-                    finished_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_until=None,
-                )
-                .returning(Job.id, Job.callback_url)
-            ).all()
-        expired.extend((job_id, callback_url) for job_id, callback_url in rows)
-        if len(rows) < BATCH:
-            return expired
+        n = write(settings.database_url, lambda db: webhook_store.purge_terminal(db, BATCH))
+        purged += n
+        if n < BATCH:
+            return purged
+
+
+def _cancel_at_fal(settings: Settings, job: state.JobRow) -> None:
+    from worker.fal_gateway import FalGateway
+    from worker.fleet import FalLimiter
+
+    assert job.fal_request_id is not None
+    gateway = FalGateway.from_settings(settings)
+    try:
+        gateway.cancel(job.model, job.fal_request_id)
+    except FalError as exc:
+        log.info("fal.cancel_failed", job_id=str(job.id), error=exc.message)
+    finally:
+        gateway.close()
+    FalLimiter.for_settings(settings).release(str(job.id))

@@ -1,18 +1,18 @@
-"""The Celery task: a thin shell around ``worker.pipeline.run_job``."""
+"""The Celery tasks: thin shells around the stages in ``worker.jobs``.
+
+Each holds a worker thread for milliseconds to a few seconds (one POST, one GET), never for
+fal's latency: worker concurrency is ordinary Celery sizing.
+"""
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
 import uuid
 from functools import lru_cache
 
 import httpx
 from celery import Task
-from celery.concurrency.thread import TaskPool as ThreadsPool
-from celery.exceptions import Ignore
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -20,159 +20,98 @@ from worker import metrics
 from worker.account import AccountGuard
 from worker.callbacks import CallbackFailed, CallbackRejected, deliver
 from worker.celery_app import app
-from worker.constants import CALLBACK_TASK, RUN_JOB_TASK, SWEEP_TASK
+from worker.constants import CALLBACK_TASK, COLLECT_TASK, SUBMIT_TASK, SWEEP_TASK
 from worker.db import open_pool
-from worker.errors import ConfigurationError, JobFailed, JobRetrying
-from worker.fal_gateway import GatewayPool
+from worker.errors import ConfigurationError, JobFailed
+from worker.fal_gateway import FalGateway
 from worker.fleet import FalLimiter
+from worker.jobs import collect, submit
+from worker.jobs.deps import Deps
 from worker.logs import get_logger
 from worker.moderation_setup import moderation_chain
-from worker.pipeline import Done, Gauge, RetryLater, Runtime, run_job
-from worker.recorder import RecorderThreads
-from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.retry import RetryPolicy
 from worker.settings import get_settings
 from worker.sweeper import sweep_or_skip
-from worker.task_states import HandedOver, announce_recorded, task_result
+from worker.task_states import task_result
 
-_runtime_lock = threading.Lock()
+_lock = threading.Lock()
 
 
-def runtime() -> Runtime:
-    """The process's collaborators, built on first use (after fork, in prefork pools).
-
-    Under a lock: a fresh threads-pool worker starts many tasks at once, and lru_cache
-    alone let each of them build its own Runtime (its own latency estimate and scouts,
-    gateway pool and turnstile).
-    """
-    with _runtime_lock:
-        return _build_runtime()
+def deps() -> Deps:
+    """The process's collaborators, built once on first use (after fork, in prefork)."""
+    with _lock:
+        return _build_deps()
 
 
 @lru_cache(maxsize=1)
-def _build_runtime() -> Runtime:
+def _build_deps() -> Deps:
     settings = get_settings()
-    generating = Gauge()
-    recorder = None
-    if settings.recorder_threads:
-        recorder = RecorderThreads.for_settings(settings, generating, _follow_up, _handed_over)
-    return Runtime(
+    broker = app.conf.broker_url or ""
+    return Deps(
         settings=settings,
-        gateway=GatewayPool(settings),
-        policy=RetryPolicy.from_settings(settings),
-        guard=AccountGuard.for_url(
-            app.conf.broker_url or "", settings.account_lock_ttl_s, patient=True
-        ),
+        gateway=FalGateway.from_settings(settings),
         limiter=FalLimiter.for_url(
-            app.conf.broker_url or "",
+            broker,
             limit=settings.fal_concurrency,
-            lease_s=settings.lease_s,
+            # a slot is held while fal has the request: past any generation (released
+            # when COMPLETED is heard; a submit run again re-takes the same slot)
+            lease_s=settings.generation_timeout_s,
             patient=True,
         ),
+        guard=AccountGuard.for_url(broker, settings.account_lock_ttl_s, patient=True),
+        policy=RetryPolicy.from_settings(settings),
+        app=app,
         moderation=moderation_chain(settings, announce=True),
-        recorder=recorder,
-        generating=generating,
     )
-
-
-def _handed_over() -> HandedOver:
-    return HandedOver.current(run_job_task)
-
-
-def _follow_up(
-    job_id: uuid.UUID,
-    outcome: Done | RetryLater,
-    task_retries: int,
-    handed: HandedOver,
-) -> None:
-    """What ``run_job_task`` does with an outcome, for one a recorder thread reached."""
-    announce_recorded(handed, outcome)
-    if isinstance(outcome, RetryLater):
-        run_job_task.apply_async(
-            args=[str(job_id)],
-            task_id=str(job_id),
-            countdown=outcome.delay_s,
-            retries=task_retries + 1,
-        )
-    elif outcome.notify:
-        callback_task.apply_async(args=[str(job_id)])
 
 
 @worker_ready.connect
-def _warm_up(sender: object = None, **_: object) -> None:
-    """Threads pool: build the runtime and open its Postgres and fal clients before the first
-    burst of messages, which would otherwise pay for them (a prefork child builds its own)."""
-    if not isinstance(getattr(sender, "pool", None), ThreadsPool):
-        return
-    rt = runtime()
-    sys.setswitchinterval(rt.settings.gil_switch_interval_s)
-    if isinstance(rt.gateway, GatewayPool):
-        rt.gateway.fill()
-    opened = open_pool(rt.settings.database_url)
-    get_logger(__name__).info(
-        "worker.warmed",
-        db_connections=opened,
-        gil_switch_interval_s=round(sys.getswitchinterval(), 6),
-    )
+def _warm_up(**_: object) -> None:
+    """Open a few Postgres connections and the fal client before the first messages."""
+    settings = deps().settings
+    opened = open_pool(settings.database_url)
+    get_logger(__name__).info("worker.warmed", db_connections=opened)
 
 
-@worker_shutdown.connect
-def _drain_recorder(**_: object) -> None:
-    if _build_runtime.cache_info().currsize:
-        recorder = runtime().recorder
-        if isinstance(recorder, RecorderThreads):
-            recorder.shutdown()
+#: the database was unreachable for longer than worker.db.write waits: run again later;
+#: the row says where to resume
+_STAGE = {
+    "bind": True,
+    "acks_late": True,
+    "max_retries": None,
+    "autoretry_for": (DBAPIError, PoolTimeout),
+    "retry_backoff": 5,
+    "retry_backoff_max": 120,
+    "throws": (JobFailed,),  # a job that failed: one log line from Celery, no traceback
+}
 
 
-#: about 2 h of tries with backoff capped at 10 min (like fal's own webhook redelivery)
-CALLBACK_MAX_RETRIES = 15
+@app.task(name=SUBMIT_TASK, **_STAGE)
+def submit_task(self: Task, job_id: str) -> str:
+    """Pre-filter, fal slot, POST, request id recorded: the job is at fal (or ended)."""
+    outcome = submit.run(uuid.UUID(job_id), deps(), retries=self.request.retries)
+    return task_result(self, outcome)
 
 
-@app.task(
-    name=RUN_JOB_TASK,
-    bind=True,
-    acks_late=True,
-    max_retries=None,
-    # The database was unreachable for longer than worker.db.write waits: run again later;
-    # the row (and its fal request id) says where to resume.
-    autoretry_for=(DBAPIError, PoolTimeout),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    throws=(JobFailed,),  # a job that failed: one log line from Celery, no traceback
-)
-def run_job_task(self: Task, job_id: str) -> str:
-    """Load the job, submit or resume, wait, record; retry transient failures later.
-
-    The task's state tells Flower what the job did (see ``worker.task_states``).
-    """
-    self.request.imagegen_started = time.monotonic()  # for a recorder thread's runtime
-    try:
-        outcome = run_job(uuid.UUID(job_id), runtime(), task_retries=self.request.retries)
-    except REDIS_UNAVAILABLE as exc:  # past the retries worker.redis_client logs, one a line
-        get_logger(__name__).warning(
-            "job.redis_unavailable",
-            job_id=job_id,
-            error=str(exc),
-            action="left to its lease; the sweeper publishes it again",
-        )
-        raise Ignore() from None
-    if isinstance(outcome, RetryLater):
-        raise self.retry(
-            exc=JobRetrying(outcome.reason), countdown=outcome.delay_s, max_retries=None
-        )
-    if outcome.notify:
-        callback_task.apply_async(args=[job_id])
+@app.task(name=COLLECT_TASK, **_STAGE)
+def collect_task(self: Task, job_id: str) -> str:
+    """fal finished the request: read the answer, record the outcome (Flower shows it)."""
+    outcome = collect.run(uuid.UUID(job_id), deps(), retries=self.request.retries)
     return task_result(self, outcome)
 
 
 def _callback_http() -> httpx.Client:
-    with _runtime_lock:  # one client per process, however many threads ask first
+    with _lock:  # one client per process, however many threads ask first
         return _build_callback_http()
 
 
 @lru_cache(maxsize=1)
 def _build_callback_http() -> httpx.Client:
     return httpx.Client(timeout=get_settings().callback_timeout_s, follow_redirects=False)
+
+
+#: about 2 h of tries with backoff capped at 10 min (like fal's own webhook redelivery)
+CALLBACK_MAX_RETRIES = 15
 
 
 @app.task(
@@ -211,8 +150,8 @@ def callback_task(self: Task, job_id: str) -> str:
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> str:
-    """Re-publish jobs whose broker message was lost (run by celery beat)."""
+    """The backstop (run by celery beat): lost messages, silent requests, deadlines."""
     report = sweep_or_skip(get_settings(), app)
     if report is None:
         return "skipped: the database or the broker is unreachable (the next pass retries)"
-    return f"republished {len(report.republished)}, expired {len(report.expired)}"
+    return report.summary()

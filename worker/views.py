@@ -18,7 +18,9 @@ from worker.constants import SOFT_BLOCK_CATEGORIES
 
 STATUS_STYLE = {
     "queued": "dim",
-    "running": "cyan",
+    "submitting": "cyan",
+    "at_fal": "cyan",
+    "collecting": "cyan",
     "succeeded": "green",
     "refused": "yellow",
     "failed": "red",

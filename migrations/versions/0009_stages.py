@@ -33,18 +33,17 @@ NEW = (
 POLL_INDEX = "ix_jobs_poll_at_at_fal"
 
 
-def _status(values: tuple[str, ...]) -> sa.Enum:
-    return sa.Enum(
-        *values, name="job_status", native_enum=False, create_constraint=True, length=16
-    )
+def _check(values: tuple[str, ...]) -> str:
+    return "status IN (" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("poll_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True))
-        batch.drop_constraint("ck_jobs_job_status", type_="check")
-        batch.alter_column("status", type_=_status(NEW), existing_type=_status(OLD))
+        # a VARCHAR(16) with a CHECK (a non-native enum): only the CHECK changes
+        batch.drop_constraint("job_status", type_="check")
+        batch.create_check_constraint("job_status", _check(NEW))
     op.execute(
         "UPDATE jobs SET status = 'at_fal', poll_at = CURRENT_TIMESTAMP, "
         "submitted_at = COALESCE(started_at, CURRENT_TIMESTAMP), lease_owner = NULL, "
@@ -67,7 +66,7 @@ def downgrade() -> None:
         "WHERE status IN ('submitting', 'at_fal', 'collecting')"
     )
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_constraint("ck_jobs_job_status", type_="check")
-        batch.alter_column("status", type_=_status(OLD), existing_type=_status(NEW))
+        batch.drop_constraint("job_status", type_="check")
+        batch.create_check_constraint("job_status", _check(OLD))
         batch.drop_column("submitted_at")
         batch.drop_column("poll_at")

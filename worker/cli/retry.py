@@ -17,19 +17,22 @@ from sqlalchemy import bindparam, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from models import Job, JobStatus, UTCDateTime, utcnow
-from worker import api, store
+from worker import api
 from worker.db import session_scope
 from worker.errors import JobNotFound, NotRetryable
+from worker.jobs import state
 from worker.settings import Settings
 
-JOBS = store.JOBS
+JOBS = state.JOBS
 
 _WHY_NOT = {
     JobStatus.REFUSED: "was refused ({category}): a refusal is not retried; change the prompt",
     JobStatus.SUCCEEDED: "succeeded: there is nothing to retry",
     JobStatus.CANCELLED: "was cancelled: enqueue it again to run it",
     JobStatus.QUEUED: "is still queued",
-    JobStatus.RUNNING: "is still running",
+    JobStatus.SUBMITTING: "is being submitted to fal",
+    JobStatus.AT_FAL: "is at fal",
+    JobStatus.COLLECTING: "is being collected from fal",
 }
 
 _NOW = bindparam("now", type_=UTCDateTime())

@@ -24,7 +24,7 @@ class WaitExit(enum.IntEnum):
     REFUSED = 10
     FAILED = 11
     CANCELLED = 12
-    #: still queued or running when the wait ran out; the job goes on
+    #: still queued or in progress when the wait ran out; the job goes on
     TIMEOUT = 13
 
 
@@ -59,7 +59,7 @@ def wait_for_outcome(
         elapsed = time.monotonic() - started
         if on_progress is not None:
             on_progress(Progress(job["status"], job["attempts"], elapsed))
-        if job["status"] not in ("queued", "running"):
+        if job["status"] not in ("queued", "submitting", "at_fal", "collecting"):
             return WaitResult(WaitExit[job["status"].upper()], job)
         if timeout_s is not None and elapsed >= timeout_s:
             return WaitResult(WaitExit.TIMEOUT, job)

@@ -63,7 +63,7 @@ def heard_completed(
     moved = write(database_url, work)
     if moved is None:
         return False
-    fire(moved)
+    fire(moved, app)
     limiter.release(str(job_id))
     send_collect(app, job_id, moved.job.attempts)
     return True

@@ -1,20 +1,23 @@
 """What hangs off a job's moves: metrics, a log line, the web app's callback.
 
-A stage calls ``fire(moved)`` after its transaction commits; listeners never write the job
-row. The callback listener is added by ``worker.tasks`` (it needs the Celery app).
+A stage calls ``fire(moved, app)`` after its transaction commits; listeners never write the
+job row. ``app``: the Celery app of the caller, for what a move publishes (the callback).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from celery import Celery
+
 from models import TERMINAL_STATUSES, JobStatus
 from worker import metrics
+from worker.constants import CALLBACK_TASK
 from worker.jobs.state import Moved
 from worker.logs import get_logger, prompt_hash
 
 log = get_logger("worker.jobs")
-Listener = Callable[[Moved], None]
+Listener = Callable[[Moved, Celery | None], None]
 LISTENERS: list[Listener] = []
 
 
@@ -24,16 +27,16 @@ def listen(listener: Listener) -> Listener:
     return listener
 
 
-def fire(moved: Moved) -> None:
+def fire(moved: Moved, app: Celery | None = None) -> None:
     for listener in LISTENERS:
         try:
-            listener(moved)
+            listener(moved, app)
         except Exception:  # a listener's failure must not undo or repeat the move
             log.exception("hook.failed", listener=getattr(listener, "__name__", "?"))
 
 
 @listen
-def _count(moved: Moved) -> None:
+def _count(moved: Moved, _app: Celery | None) -> None:
     job = moved.job
     if moved.move.name == "completed" and job.submitted_at is not None:
         metrics.FAL_LATENCY.observe(max(0.0, (moved.at - job.submitted_at).total_seconds()))
@@ -46,7 +49,7 @@ def _count(moved: Moved) -> None:
 
 
 @listen
-def _log(moved: Moved) -> None:
+def _log(moved: Moved, _app: Celery | None) -> None:
     job = moved.job
     fields: dict[str, object] = {"job_id": str(job.id), "prompt_hash": prompt_hash(job.prompt)}
     if job.fal_request_id is not None:
@@ -58,3 +61,11 @@ def _log(moved: Moved) -> None:
     if moved.move.name in ("reschedule", "collect", "release", "claim"):
         return  # every few seconds per job: not worth a line each
     log.info(f"job.{moved.move.name}", status=job.status.value, **fields)
+
+
+@listen
+def _callback(moved: Moved, app: Celery | None) -> None:
+    """A job that ended tells its web app, if it asked (``worker.callbacks``)."""
+    job = moved.job
+    if app is not None and job.callback_url is not None and job.status in TERMINAL_STATUSES:
+        app.send_task(CALLBACK_TASK, args=[str(job.id)])

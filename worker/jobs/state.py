@@ -21,12 +21,12 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from models import TERMINAL_STATUSES, Job, JobStatus, UTCDateTime, utcnow
 
-JOBS = Job.__table__
+JOBS: Table = Job.__table__  # type: ignore[assignment]
 S = JobStatus
 #: more writes for a move's transaction (an attempt row, a stored webhook body)
 Also = Callable[[Connection], object]
@@ -199,6 +199,14 @@ def move(
     params.update({f"v_{column}": value for column, value in values.items()})
     row = db.execute(_statement(name, frozenset(values)), params).one_or_none()
     return Moved(spec, JobRow(*row), now) if row is not None else None
+
+
+def status_of(database_url: str, job_id: uuid.UUID) -> JobStatus | None:
+    """The job's status now (None: no such job)."""
+    from worker.db import write
+
+    query = select(JOBS.c.status).where(JOBS.c.id == job_id)
+    return write(database_url, lambda db: db.execute(query).scalar_one_or_none())
 
 
 def allowed(source: JobStatus, target: JobStatus) -> bool:

@@ -1,7 +1,8 @@
 """``POST /fal/webhook``: fal's callback in webhook mode (``IMAGEGEN_WEBHOOK_URL``).
 
 The body is verified against fal's ED25519 signature (``worker.fal_webhook``), kept in
-``fal_webhooks`` and the job's run is woken; the run records the outcome. Answers 2xx
+``fal_webhooks``, and the job moves at_fal → collecting (``heard_completed``): its collect
+reads the stored body. Answers 2xx
 only once the callback is stored, so fal redelivers anything we lost.
 """
 
@@ -15,11 +16,11 @@ from celery import Celery
 from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from worker import store
-from worker.constants import RUN_JOB_TASK
 from worker.db import write
+from worker.fal import webhook_store
 from worker.fal_webhook import InvalidWebhook, WebhookEvent, WebhookVerifier
 from worker.fleet import FalLimiter
+from worker.jobs.dispatch import heard_completed
 from worker.logs import get_logger
 from worker.settings import Settings
 
@@ -53,21 +54,30 @@ def _accept(
         log.warning("fal.webhook_rejected", reason=str(exc))
         raise HTTPException(401, f"not a valid fal webhook: {exc}") from None
     job_hint = _uuid(hint)
-    job_id, fresh = write(
-        settings.database_url,
-        lambda s: store.record_webhook(
-            db=s, request_id=request_id, body=event.body, job_hint=job_hint
-        ),
-    )
-    if job_id is not None and fresh:  # fal's request is over: its concurrency slot is free
-        FalLimiter.for_settings(settings).release(str(job_id))
+    celery: Celery = request.app.state.celery or _default_celery()
+    job_id = _job_for(settings, request_id, event.body, job_hint)
     if job_id is None:
         log.info("fal.webhook_unmatched", fal_request_id=request_id)
         return {"status": "ignored", "reason": "no open job has this request"}
-    celery: Celery = request.app.state.celery or _default_celery()
-    celery.send_task(RUN_JOB_TASK, args=[str(job_id)], task_id=str(job_id))
-    log.info("fal.webhook_received", job_id=str(job_id), fal_request_id=request_id)
+    limiter = FalLimiter.for_settings(settings)
+    collecting = heard_completed(settings.database_url, celery, limiter, job_id)
+    log.info(
+        "fal.webhook_received",
+        job_id=str(job_id),
+        fal_request_id=request_id,
+        collecting=collecting,
+    )
     return {"status": "accepted", "job_id": str(job_id)}
+
+
+def _job_for(
+    settings: Settings, request_id: str, body: dict[str, Any], hint: uuid.UUID | None
+) -> uuid.UUID | None:
+    """Store fal's body (redeliveries are no-ops); the open job it is for, if any."""
+    job_id, _fresh = write(
+        settings.database_url, lambda db: webhook_store.record(db, request_id, body, hint)
+    )
+    return job_id
 
 
 def _uuid(value: str | None) -> uuid.UUID | None:

@@ -1,0 +1,115 @@
+"""The collect stage: fal finished the request; read its answer and record the outcome.
+
+Published by whoever heard COMPLETED (poller, fal's webhook, the sweeper), after the row
+moved at_fal → collecting. The answer is fal's stored webhook body when one came, else one
+GET of the result. A transient failure to read it retries the collect (never a second
+submission); fal's request itself having failed is resubmitted, counted like any other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from models import AttemptOutcome, JobStatus
+from worker import fal_webhook
+from worker.db import write
+from worker.errors import (
+    FalError,
+    PermanentFalError,
+    PolicyRefusal,
+    RequestCancelled,
+    TransientFalError,
+)
+from worker.fal import webhook_store
+from worker.jobs import state
+from worker.jobs.deps import Deps
+from worker.jobs.dispatch import send_submit
+from worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
+from worker.jobs.settle import Settle
+from worker.logs import get_logger
+from worker.retry import GiveUp
+
+log = get_logger(__name__)
+#: how long a collect task may hold a job (one result GET and the image checks)
+COLLECT_LEASE_S = 120.0
+
+
+def run(job_id: uuid.UUID, deps: Deps, *, retries: int = 0) -> Outcome:
+    owner = uuid.uuid4().hex
+    moved = write(
+        deps.settings.database_url,
+        lambda db: state.move(db, job_id, "collect", owner=owner, lease_s=COLLECT_LEASE_S),
+    )
+    if moved is None:
+        status = state.status_of(deps.settings.database_url, job_id)
+        return CANCELLED if status is JobStatus.CANCELLED else SKIPPED
+    settle = Settle(deps, moved.job, owner, number=moved.job.attempts or None)
+    request_id = moved.job.fal_request_id
+    if request_id is None:  # collecting always has one; a row edited by hand might not
+        return settle.fail("collecting a job that has no fal request id")
+    try:
+        return settle.succeed(_images(deps, moved.job, request_id))
+    except PolicyRefusal as refusal:
+        return settle.refused(refusal)
+    except RequestCancelled:
+        return settle.fail("fal reports the request cancelled", AttemptOutcome.CANCELLED)
+    except FalError as error:
+        return _failed(settle, error, retries)
+
+
+def _images(deps: Deps, job: state.JobRow, request_id: str) -> list[dict[str, Any]]:
+    output = _from_webhook(deps, request_id)
+    if output is None:
+        output = _fetch(deps, job.model, request_id)
+    images = output.get("images")
+    if not isinstance(images, list) or not images:
+        raise PermanentFalError("fal completed the request but returned no images")
+    if not all(isinstance(i, dict) and isinstance(i.get("url"), str) for i in images):
+        raise PermanentFalError("fal returned images without URLs")
+    if deps.settings.verify_images:
+        deps.gateway.check_images(images)
+    return images
+
+
+def _from_webhook(deps: Deps, request_id: str) -> dict[str, Any] | None:
+    """fal's verified callback, when it came (webhook mode); None: read the result."""
+    if deps.settings.webhook_url is None:
+        return None
+    body = write(deps.settings.database_url, lambda db: webhook_store.body(db, request_id))
+    if body is None:
+        return None
+    result = fal_webhook.outcome(body)
+    if isinstance(result, TransientFalError):
+        result.resubmit = True  # the callback is final: this request failed at fal
+    if isinstance(result, FalError):
+        raise result
+    return result  # None: fal could not serialise the output, read it once
+
+
+def _fetch(deps: Deps, model: str, request_id: str) -> dict[str, Any]:
+    try:
+        return deps.gateway.result(model, request_id)
+    except TransientFalError as error:
+        # fal's own error type means the request itself failed: submit anew
+        error.resubmit = error.resubmit or error.error_type is not None
+        raise
+
+
+def _failed(settle: Settle, error: FalError, retries: int) -> Outcome:
+    resubmit = isinstance(error, TransientFalError) and error.resubmit
+    if not resubmit and isinstance(error, TransientFalError):
+        # the answer could not be read: read it again later (counts this task's runs)
+        decision = settle.deps.policy.decide(error, retries + 1)
+        if isinstance(decision, GiveUp):
+            return settle.fail(
+                f"{error.message} (fal's answer could not be read: {decision.reason})"
+            )
+        return settle.release(decision.delay_s, error.message)
+    if not resubmit:
+        return settle.failed_or_retry(error, tries=settle.job.attempts)
+    outcome = settle.failed_or_retry(error, tries=settle.job.attempts, forget_request=True)
+    if outcome.retry_in is not None:  # requeued for a new submission
+        send_submit(settle.deps.app, settle.job.id, settle.job.attempts, outcome.retry_in)
+        return Outcome(f"resubmitting: {error.message}")
+    return outcome

@@ -1,0 +1,45 @@
+"""Everything a stage talks to, built once per process (and a fake of each for tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from celery import Celery
+
+from worker.account import AccountGuard
+from worker.fal_gateway import SubmitHooks
+from worker.fleet import FalLimiter
+from worker.moderation import Chain
+from worker.retry import RetryPolicy
+from worker.settings import Settings
+
+
+class Gateway(Protocol):
+    """fal's queue, as the stages use it (worker.fal_gateway.FalGateway, or a fake)."""
+
+    def submit(
+        self,
+        model: str,
+        arguments: dict[str, Any],
+        hooks: SubmitHooks,
+        webhook_url: str | None = None,
+    ) -> str: ...
+
+    def result(self, model: str, request_id: str) -> dict[str, Any]: ...
+
+    def check_images(self, images: list[dict[str, Any]]) -> None: ...
+
+    def cancel(self, model: str, request_id: str) -> None: ...
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    gateway: Gateway
+    limiter: FalLimiter
+    guard: AccountGuard
+    policy: RetryPolicy
+    app: Celery
+    #: the moderation pre-filter (IMAGEGEN_MODERATION); None: off
+    moderation: Chain | None = None
