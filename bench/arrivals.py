@@ -40,14 +40,14 @@ class Arrivals(threading.Thread):
         self.max_lag_s = 0.0
         self.error: BaseException | None = None
         self.t0 = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def begin(self, t0: float) -> None:
         self.t0 = t0
         self.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=30)
 
     @property
@@ -57,9 +57,9 @@ class Arrivals(threading.Thread):
     def run(self) -> None:
         sent, k, total = 0, 1, arrivals_due(self.rate, self.duration_s, self.duration_s)
         try:
-            while sent < total and not self._stop.is_set():
+            while sent < total and not self._halt.is_set():
                 at = self.t0 + k * TICK_S
-                self._stop.wait(max(0.0, at - time.monotonic()))
+                self._halt.wait(max(0.0, at - time.monotonic()))
                 now = time.monotonic()
                 self.max_lag_s = max(self.max_lag_s, now - at)
                 due = arrivals_due(self.rate, now - self.t0, self.duration_s)

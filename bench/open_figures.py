@@ -38,9 +38,10 @@ KEYS = (
 
 
 def arrivals_due(rate: float, elapsed_s: float, duration_s: float) -> int:
-    """Jobs that should have arrived ``elapsed_s`` into the run (all of them at the end)."""
-    total = round(rate * duration_s)
-    return max(0, min(total, math.floor(rate * elapsed_s + 1e-9)))
+    """Jobs that should have arrived ``elapsed_s`` into the run: floor(rate x elapsed), at
+    most floor(rate x duration) (the whole run)."""
+    elapsed_s = min(elapsed_s, duration_s)
+    return max(0, math.floor(rate * elapsed_s + 1e-9))
 
 
 def schedule(rate: float, duration_s: float, tick_s: float = TICK_S) -> list[int]:
