@@ -176,7 +176,7 @@ class Outcome:
     requests: Mapping[str, Mapping[str, Any]]  # the emulator's, by request id
     by_prompt: Mapping[str, int]  # the emulator's submits per prompt
     flower_missing: int | None = None
-    drained: bool = True
+    drained: bool | None = True  # every job ended in the drain (None: naive, time-boxed)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -46,6 +46,7 @@ class Flower:
     def start(self, timeout_s: float = 60) -> Flower:
         self.port = free_port()
         env = {k: v for k, v in self.env.items() if not k.startswith("FLOWER_")}
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"  # no auth: its API is off without this
         cmd = [sys.executable, "-m", "celery", "-A", "worker", "flower"]
         cmd += [f"--port={self.port}", "--address=127.0.0.1", "--persistent=False"]
         cmd += [f"--max_tasks={self.max_tasks}", "--read_only=True"]
