@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.host import ApiServer, Emulator, WorkerHost
+from bench.host import POLLER_CMD, ApiServer, Emulator, WorkerHost
 from bench.probe import Probe
 from bench.report import render
 from bench.runs import Context, Run, admin_sql, db_counters, flush_redis, log_events, worker_env
@@ -26,11 +26,12 @@ FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def our_workers(args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
+    """The host: ``--processes`` workers (``names``: the ones to ping) and ``--pollers``."""
     cmds, names = [], []
     for i in range(args.processes):
         cmds.append(worker_argv(concurrency=args.threads, name=f"bench{i}@%h", loglevel="WARNING"))
         names.append(f"bench{i}@")
-    return cmds, names
+    return cmds + [POLLER_CMD] * args.pollers, names
 
 
 def finish_run(ctx: Context, run: Run, probe: Probe, base: tuple[int, int | None]) -> None:

@@ -28,6 +28,8 @@ from bench.proc import cpu_s, free_port, process_tree, rss_kb, stop_process
 from tests.redis_lease import DATABASES, HOST, PORT, lease_free_db, try_lease
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the poller process of path v2 (`imagegen poller`), started like a worker
+POLLER_CMD = [sys.executable, "-m", "worker.cli", "poller"]
 
 
 @contextlib.contextmanager

@@ -21,11 +21,10 @@ import httpx
 from celery import Celery
 
 from bench import naive
-from bench.host import ROOT, ApiServer, WorkerHost
+from bench.host import POLLER_CMD, ROOT, ApiServer, WorkerHost
 from bench.proc import free_port, stop_process
 from worker.celery_app import worker_argv
 
-POLLER_CMD = [sys.executable, "-m", "worker.cli", "poller"]
 NAIVE_CMD = [sys.executable, "-m", "celery", "-A", "bench.naive", "worker", "-Q", naive.QUEUE]
 
 

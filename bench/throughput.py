@@ -10,7 +10,7 @@ second, drained (bounded), stopped. `--naive` runs the naive pattern (`bench/nai
 for jobs in flight and status requests. See bench/open_loop.py and docs/throughput.md.
 
 Closed loop: `python -m bench.throughput --jobs N --latency L --fal-concurrency C
-[--processes 2] [--threads 500] [--webhook] [--timeout 900] [--stall-after S]
+[--processes 2] [--threads 500] [--pollers 1] [--webhook] [--timeout 900] [--stall-after S]
 [--print-every 10] [--timeline]`: N jobs queued at once, watched until terminal.
 
 Both print one JSON object as the last line. Redis: a leased free database 1-15 unless
@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="webhook mode: fal calls back to `imagegen api` (started here)",
     )
+    parser.add_argument(
+        "--pollers", type=int, default=1, help="`imagegen poller` processes (both modes)"
+    )
     parser.add_argument("--print-every", type=float, default=10.0, help="progress lines, s")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument(
@@ -79,7 +82,6 @@ def _open_loop_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--duration", type=float, help="s of arrivals")
     group.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     group.add_argument("--concurrency", type=int, default=32, help="threads a worker")
-    group.add_argument("--pollers", type=int, default=1, help="`imagegen poller` processes")
     group.add_argument("--fleet-cap", type=int, help="IMAGEGEN_FAL_CONCURRENCY (default C)")
     group.add_argument("--flower", action="store_true", help="check every outcome in Flower")
     group.add_argument(

@@ -162,7 +162,7 @@ def test_lost_counts_open_jobs_and_jobs_missing_from_the_table() -> None:
 def test_flower_shows_an_outcome_only_in_a_task_of_the_job_with_that_outcome() -> None:
     statuses = {"a": "succeeded", "b": "refused", "c": "failed", "d": "cancelled"}
     statuses |= {"e": "succeeded", "f": "failed", "g": "succeeded"}
-    tasks = {
+    tasks: dict[str, dict[str, Any]] = {
         "a": {"state": "SUCCESS", "result": "'at_fal since 12:00:00'"},
         "a/collect-1": {"state": "SUCCESS", "result": "'succeeded'"},
         "b/collect-1": {"state": "SUCCESS", "result": "'refused:celebrity_likeness'"},
