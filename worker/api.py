@@ -258,6 +258,7 @@ def cancel(
     """
     from worker.db import write
     from worker.jobs import state
+    from worker.jobs.dispatch import send_collect
     from worker.jobs.hooks import fire
 
     settings = settings or get_settings()
@@ -267,9 +268,13 @@ def cancel(
         if status is None:
             raise JobNotFound(f"no job with id {job_id}")
         return status.value
-    fire(moved, app or _default_app())
+    app = app or _default_app()
+    fire(moved, app)
     if moved.job.fal_request_id is not None:
         _cancel_at_fal(job_id, moved.job.model, moved.job.fal_request_id, settings)
+        # no task holds a job at fal: a collect run finds it cancelled, so Flower shows
+        # the job's last stage REVOKED
+        send_collect(app, job_id, moved.job.attempts)
     return JobStatus.CANCELLED.value
 
 
