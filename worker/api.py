@@ -279,9 +279,9 @@ def cancel(
 
 
 def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Settings) -> None:
-    """fal's cancel call; once fal took it, the job's fleet slot is free at once (a parked
-    job's worker is not there to give it back: it would stay taken until its lease ran out).
-    If fal could not be reached the request may still run: the slot stays until its lease."""
+    """fal's cancel call, and the job's fleet slot given back at once: nobody else will (the
+    row is terminal, so a COMPLETED heard later moves nothing). A cancel fal refused is a
+    request that already finished there."""
     from worker.fal_gateway import FalGateway
     from worker.fleet import FalLimiter
 
@@ -290,7 +290,6 @@ def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Set
         gateway.cancel(model, request_id)
     except FalError as exc:  # already finished at fal, or unreachable: the row decides
         log.info("fal.cancel_failed", job_id=str(job_id), error=exc.message)
-        return
     finally:
         gateway.close()
-    FalLimiter.for_settings(settings).release(str(job_id))  # a no-op without a fleet cap
+        FalLimiter.for_settings(settings).release(str(job_id))  # a no-op without a fleet cap
