@@ -165,6 +165,7 @@ class Stack:
     env: dict[str, str]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log_dir: Path = field(default_factory=Path)
+    poller: subprocess.Popen[bytes] | None = None
 
     def settings(self, **overrides: Any) -> Any:
         from worker.settings import Settings
@@ -182,7 +183,13 @@ class Stack:
 
         return enqueue(prompt, settings=self.settings(), app=self.app(), **kwargs)
 
-    def start_worker(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
+    def start_worker(
+        self, *args: str, extra_env: dict[str, str] | None = None, poller: bool = True
+    ) -> None:
+        """A Celery worker, and this stack's poller with the first one (``poller=False``:
+        none, e.g. to test what happens without it)."""
+        if poller and self.poller is None:
+            self.start_poller(extra_env=extra_env)
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_dir / f"worker-{len(self.workers)}.log"
         from worker.celery_app import worker_argv
@@ -193,6 +200,24 @@ class Stack:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         self._wait_ready(log, proc)
+
+    def start_poller(self, extra_env: dict[str, str] | None = None) -> None:
+        """``imagegen poller``: it hears fal's COMPLETED and publishes the collects."""
+        from worker.demo import poller_argv
+
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        log = self.log_dir / f"poller-{len(self.workers)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                poller_argv(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.workers.append(proc)
+        self.poller = proc
+        deadline = time.monotonic() + 30
+        while b"poller.ready" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"imagegen poller did not start:\n{log.read_text()}")
+            time.sleep(0.05)
 
     def start_api(self, extra_env: dict[str, str] | None = None) -> str:
         """`imagegen api` on a free port (the documented command); returns its base URL."""
@@ -275,8 +300,8 @@ def add_jobs(database_url: str, count: int, status: Any, **values: object) -> li
     from sqlalchemy import insert  # imported here: the settings are exported first
 
     from models import utcnow
-    from worker.jobs import state
     from worker.db import get_engine
+    from worker.jobs import state
 
     now = utcnow()
     ids = [uuid.uuid4() for _ in range(count)]

@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import delete, event, update
 from sqlalchemy.orm import Session
 
-from models import AttemptOutcome, JobStatus, utcnow
+from models import JobStatus, utcnow
 from tests.conftest import Stack, add_jobs
-from worker import queries, store
+from worker import queries
 from worker.db import get_engine, session_scope
+from worker.jobs import attempts, state
 
 
 def _live(session: Session) -> dict[str, object]:
@@ -45,37 +46,43 @@ def test_kept_totals_follow_every_change_a_job_goes_through(database_url: str) -
     add_jobs(database_url, 2, JobStatus.SUCCEEDED, attempts=1)  # inserted already finished
     _kept(database_url)
 
-    with engine.begin() as db:  # claimed and counted, as the worker does it
+    with engine.begin() as db:  # claimed and counted, as the submit stage does it
         for job_id in queued:
-            store.claim_first_submit(db=db, job_id=job_id, owner="o", lease_s=60)
-        store.begin_attempt(db=db, job_id=queued[0])  # a second submission
-        store.retract_attempt(db=db, job_id=queued[0], number=2)  # ... that never left
+            state.move(db, job_id, "claim", owner="o", lease_s=60)
+            attempts.begin(db, job_id)
+        attempts.begin(db, queued[0])  # a second submission
+        attempts.retract(db, queued[0], 2)  # ... that never left
     stats = _kept(database_url)
-    assert stats["by_status"]["running"] == 6 and stats["fal_submissions"] == 6
+    assert stats["by_status"]["submitting"] == 6 and stats["fal_submissions"] == 6
 
     with engine.begin() as db:
-        store.finish(
-            db=db, job_id=queued[0], status=JobStatus.SUCCEEDED,
-            attempt=(1, AttemptOutcome.SUCCEEDED), images=[{"url": "https://x/1.png"}],
-        )  # fmt: skip
+        state.move(db, queued[0], "submitted", owner="o", values={"fal_request_id": "r"})
+        state.move(db, queued[0], "completed")
+        state.move(db, queued[0], "collect", owner="c", lease_s=60)
+        state.move(
+            db, queued[0], "succeed", owner="c", values={"images": [{"url": "https://x/1.png"}]}
+        )
         for job_id, source in ((queued[1], "fal"), (queued[2], "prefilter")):
-            store.finish(
-                db=db, job_id=job_id, status=JobStatus.REFUSED,
-                refusal_category="celebrity_likeness", refusal_message="no", refusal_source=source,
-            )  # fmt: skip
-        store.finish(db=db, job_id=queued[3], status=JobStatus.FAILED, error="boom")
-        store.finish(db=db, job_id=queued[4], status=JobStatus.CANCELLED)
+            refusal = {
+                "refusal_category": "celebrity_likeness",
+                "refusal_message": "no",
+                "refusal_source": source,
+            }
+            state.move(db, job_id, "refuse", owner="o", values=refusal)
+        state.move(db, queued[3], "fail", owner="o", values={"error": "boom"})
+        state.move(db, queued[4], "cancel")
         # an operator's bulk fix: a refused job's category corrected, one failed job removed
         db.execute(
-            update(store.JOBS)
-            .where(store.JOBS.c.id == queued[1])
+            update(state.JOBS)
+            .where(state.JOBS.c.id == queued[1])
             .values(refusal_category="trademark_ip")
         )
-        db.execute(delete(store.ATTEMPTS).where(store.ATTEMPTS.c.job_id == queued[3]))
-        db.execute(delete(store.JOBS).where(store.JOBS.c.id == queued[3]))
+        db.execute(delete(attempts.ATTEMPTS).where(attempts.ATTEMPTS.c.job_id == queued[3]))
+        db.execute(delete(state.JOBS).where(state.JOBS.c.id == queued[3]))
     stats = _kept(database_url)
     assert stats["by_status"] == {
-        "queued": 0, "running": 1, "succeeded": 3, "refused": 2, "failed": 0, "cancelled": 1,
+        "queued": 0, "submitting": 1, "at_fal": 0, "collecting": 0,
+        "succeeded": 3, "refused": 2, "failed": 0, "cancelled": 1,
     }  # fmt: skip
     assert stats["by_refusal_category"] == {"trademark_ip": 1, "celebrity_likeness": 1}
     assert stats["by_refusal_source"] == {
@@ -118,7 +125,7 @@ def test_the_sweeper_expires_a_backlog_in_short_batches_and_the_totals_follow(
     finally:
         event.remove(engine, "after_cursor_execute", count)
     assert sorted(report.expired) == sorted(overdue)  # all five in one pass,
-    assert updated == [2, 2, 1]  # two a statement
+    assert updated == [1] * 5  # one guarded move each, in batches of BATCH ids
     assert report.republished == []
     stats = _kept(stack.database_url)
     assert stats["by_status"]["failed"] == 5

@@ -258,6 +258,7 @@ def cancel(
     """
     from worker.db import write
     from worker.jobs import state
+    from worker.jobs.dispatch import send_collect
     from worker.jobs.hooks import fire
 
     settings = settings or get_settings()
@@ -267,16 +268,20 @@ def cancel(
         if status is None:
             raise JobNotFound(f"no job with id {job_id}")
         return status.value
-    fire(moved, app or _default_app())
+    app = app or _default_app()
+    fire(moved, app)
     if moved.job.fal_request_id is not None:
         _cancel_at_fal(job_id, moved.job.model, moved.job.fal_request_id, settings)
+        # no task holds a job at fal: a collect run finds it cancelled, so Flower shows
+        # the job's last stage REVOKED
+        send_collect(app, job_id, moved.job.attempts)
     return JobStatus.CANCELLED.value
 
 
 def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Settings) -> None:
-    """fal's cancel call; once fal took it, the job's fleet slot is free at once (a parked
-    job's worker is not there to give it back: it would stay taken until its lease ran out).
-    If fal could not be reached the request may still run: the slot stays until its lease."""
+    """fal's cancel call, and the job's fleet slot given back at once: nobody else will (the
+    row is terminal, so a COMPLETED heard later moves nothing). A cancel fal refused is a
+    request that already finished there."""
     from worker.fal_gateway import FalGateway
     from worker.fleet import FalLimiter
 
@@ -285,7 +290,6 @@ def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Set
         gateway.cancel(model, request_id)
     except FalError as exc:  # already finished at fal, or unreachable: the row decides
         log.info("fal.cancel_failed", job_id=str(job_id), error=exc.message)
-        return
     finally:
         gateway.close()
-    FalLimiter.for_settings(settings).release(str(job_id))  # a no-op without a fleet cap
+        FalLimiter.for_settings(settings).release(str(job_id))  # a no-op without a fleet cap

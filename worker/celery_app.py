@@ -1,12 +1,17 @@
 """The Celery application: Redis as broker, Postgres (the job table) as the source of truth.
 
+Each job is two short tasks (SUBMIT_TASK, then COLLECT_TASK, on JOB_QUEUE; job callbacks on
+CALLBACK_QUEUE): a task holds a worker thread or process for milliseconds to a few seconds,
+never for fal's latency, so concurrency is ordinary Celery sizing for short tasks, e.g.
+``--concurrency 32`` per process, prefork or threads.
+
 Reliability settings (see shared reference notes on Celery + Redis):
-acks_late with reject_on_worker_lost so a killed worker's job is redelivered, prefetch 2
-(IMAGEGEN_PREFETCH_MULTIPLIER: the next messages are in the process when its threads come
-free; a claim in the job row guards against a message delivered twice, and the sweeper
-republishes one a dead worker held), and a visibility timeout (default 1 h) longer
-than the longest generation (fal's p95 is ~2 min; IMAGEGEN_GENERATION_TIMEOUT_S = 15 min)
-plus the longest retry countdown (IMAGEGEN_RETRY_AFTER_CAP_S, capped below it).
+acks_late with reject_on_worker_lost so a killed worker's task is redelivered, prefetch
+IMAGEGEN_PREFETCH_MULTIPLIER (a claim in the job row guards against a message delivered
+twice, and the sweeper republishes one a dead worker held), and a visibility timeout
+(default 1 h) longer than the longest task (RUN_JOB_TASK, the old path still routed until it
+is deleted: up to IMAGEGEN_GENERATION_TIMEOUT_S) plus the longest retry countdown
+(IMAGEGEN_RETRY_AFTER_CAP_S, capped below it).
 """
 
 from __future__ import annotations
@@ -27,13 +32,20 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from worker.broker import TRANSPORT as BROKER_TRANSPORT
-from worker.constants import CALLBACK_QUEUE, CALLBACK_TASK, JOB_QUEUE, RUN_JOB_TASK, SWEEP_TASK
+from worker.constants import (
+    CALLBACK_QUEUE,
+    CALLBACK_TASK,
+    COLLECT_TASK,
+    JOB_QUEUE,
+    RUN_JOB_TASK,
+    SUBMIT_TASK,
+    SWEEP_TASK,
+)
 from worker.settings import Settings, get_settings
 
 
 def create_app(settings: Settings) -> Celery:
-    # worker.events: buffered task events survive a broker reconnect (Celery dropped them)
+    # worker.events: buffered task events survive a broker reconnect (celery/celery#8541)
     app = Celery(
         "imagegen",
         broker=settings.redis_url,
@@ -47,12 +59,6 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.prefetch_multiplier,
         broker_transport_options=transport,
-        # kombu's Redis transport with one client per channel (see worker.broker)
-        broker_transport=(
-            BROKER_TRANSPORT if settings.redis_url.startswith(("redis://", "rediss://")) else None
-        ),
-        # task events flushed every 0.1 s, not one Redis PUBLISH each (see worker.consumer)
-        worker_consumer="worker.consumer:Consumer",
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout_s if redis else None,
         task_ignore_result=True,
@@ -61,6 +67,8 @@ def create_app(settings: Settings) -> Celery:
         task_default_queue=JOB_QUEUE,
         task_routes={
             RUN_JOB_TASK: {"queue": JOB_QUEUE},
+            SUBMIT_TASK: {"queue": JOB_QUEUE},
+            COLLECT_TASK: {"queue": JOB_QUEUE},
             CALLBACK_TASK: {"queue": CALLBACK_QUEUE},
         },
         worker_send_task_events=True,

@@ -144,13 +144,15 @@ def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], output: _Output
 
     configure(settings.log_format, level=40)
     upgrade(settings.database_url)
-    worker = _start_worker(settings)
+    processes = [_start(settings, "worker"), _start(settings, "poller")]
     try:
         ids = [enqueue(prompt, settings=settings, app=app, **opts) for prompt, opts in batch]
         finished = _wait(settings, ids, output.err)
     finally:
-        worker.terminate()
-        worker.wait(15)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(15)
     jobs = _jobs(settings, ids)
     _show_outcomes(output, jobs)
     where = _absolute_sqlite(settings.database_url)
@@ -159,15 +161,18 @@ def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], output: _Output
 
     save_images(jobs, output.images_dir, output.err)
     if not finished:
-        raise ImagegenError("the demo timed out; see /tmp/imagegen-demo-worker.log")
+        raise ImagegenError(
+            "the demo timed out; see /tmp/imagegen-demo-worker.log and imagegen-demo-poller.log"
+        )
 
 
-def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
-    """A real Celery worker (``celery -A worker worker``) on this run's broker and database."""
-    log = Path(tempfile.gettempdir()) / "imagegen-demo-worker.log"
+def _start(settings: Any, role: str) -> subprocess.Popen[bytes]:
+    """A real Celery worker (``celery -A worker worker``) or the poller (``imagegen poller``)
+    on this run's broker and database."""
+    log = Path(tempfile.gettempdir()) / f"imagegen-demo-{role}.log"
     from worker.celery_app import worker_argv
 
-    cmd = worker_argv(concurrency=16)
+    cmd = worker_argv(concurrency=16) if role == "worker" else poller_argv()
     env = {
         **os.environ,
         "REDIS_URL": _absolute_sqlite(settings.redis_url),
@@ -177,6 +182,11 @@ def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
     root = Path(__file__).resolve().parent.parent
     with log.open("wb") as out:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def poller_argv() -> list[str]:
+    """The documented way to start the poller (``imagegen poller``), as an argv."""
+    return [sys.executable, "-m", "worker.cli", "poller"]
 
 
 def _absolute_sqlite(url: str) -> str:

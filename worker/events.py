@@ -1,6 +1,8 @@
 """Celery's event dispatcher, keeping a worker's buffered task events across a reconnect.
 
-Named by path in ``worker.celery_app`` (``Celery(events=...)``), like ``worker.consumer``.
+Works around celery/celery#8541 (open: a task that ends across a broker reconnect stays
+STARTED in Flower), the part Celery 5.7 still has; see ``EventDispatcher``. Named by path in
+``worker.celery_app`` (``Celery(events=...)``), so only an app that sends events imports it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ _CLEARS_EXCEPTION = frozenset({"task-succeeded", "task-revoked"})
 class EventDispatcher(CeleryEventDispatcher):
     """Celery's dispatcher; a new one takes over the old one's buffered *group* events too.
 
-    After a broker connection drops, the worker's Events bootstep closes its dispatcher,
-    makes a new one and calls ``extend_buffer(old)`` so the events sent meanwhile still go
-    out. Celery copies only the outbound buffer (events whose publish failed), not the
-    task events a threads-pool worker holds for their flush window (``worker.consumer``):
-    those were lost, and a task that ended just before the drop stayed STARTED in Flower.
-    Here they go first in the new dispatcher's buffers, which the bootstep flushes next.
+    After a broker connection drops, the worker's Events bootstep reconnects, then closes
+    its dispatcher, makes a new one and calls ``extend_buffer(old)`` so the events sent
+    meanwhile still go out. Celery copies only the outbound buffer (events whose publish
+    failed), not the task events still buffered for the event loop's next flush, which
+    does not run while the consumer reconnects: a task that ended during a Redis outage
+    stayed STARTED in Flower (celery/celery#8541; 5.7 re-points running tasks at the new
+    dispatcher, celery/celery#10383, but drops these). Here they go first in the new
+    dispatcher's buffers, which the bootstep flushes next.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -113,15 +113,18 @@ def _expire_overdue(settings: Settings, app: Celery, now: datetime) -> list[uuid
     overdue = and_(J.status.in_(state.MOVES["expire"].sources), J.deadline_at < now, _lapsed(now))
     query = select(J.id).where(overdue).limit(BATCH)
     expired: list[uuid.UUID] = []
-    for job_id in write(settings.database_url, lambda db: list(db.execute(query).scalars())):
-        moved = write(settings.database_url, _expire(job_id))
-        if moved is None:
-            continue
-        fire(moved, app)
-        if moved.job.fal_request_id is not None:
-            _cancel_at_fal(settings, moved.job)
-        expired.append(job_id)
-    return expired
+    while True:  # a backlog after an outage: batches of short transactions, a move each
+        ids = write(settings.database_url, lambda db: list(db.execute(query).scalars()))
+        for job_id in ids:
+            moved = write(settings.database_url, _expire(job_id))
+            if moved is None:
+                continue
+            fire(moved, app)
+            if moved.job.fal_request_id is not None:
+                _cancel_at_fal(settings, moved.job)
+            expired.append(job_id)
+        if len(ids) < BATCH:
+            return expired
 
 
 def _check_silent(settings: Settings, app: Celery, now: datetime) -> int:
