@@ -21,7 +21,7 @@ import httpx
 from celery import Celery
 
 from bench import naive
-from bench.host import POLLER_CMD, ROOT, ApiServer, WorkerHost
+from bench.host import POLLER_CMD, POLLER_READY, ROOT, ApiServer, WorkerHost
 from bench.proc import free_port, stop_process
 from worker.celery_app import worker_argv
 
@@ -125,7 +125,12 @@ class Stack:
     def wait_ready(self, app: Celery) -> None:
         assert self.workers is not None
         self.workers.wait_ready(app, self.names)
-        time.sleep(1.0)  # a poller has no ping: one that fails at start has exited by now
+        logs = sorted(self.log_dir.glob("poller-*.log")) if self.pollers else []
+        deadline = time.monotonic() + 30
+        while not all(POLLER_READY in log.read_bytes() for log in logs):
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the pollers did not start (logs in {self.log_dir})")
+            time.sleep(0.1)
         if not self.alive():
             raise RuntimeError(f"a process exited at start (logs in {self.log_dir})")
 
