@@ -229,6 +229,40 @@ def test_an_open_loop_run_needs_a_duration() -> None:
         throughput.main(["--rate", "5", "--latency", "1", "--fal-concurrency", "5"])
 
 
+def _ours_running() -> list[str]:
+    """Command lines of imagegen processes started from this checkout's interpreter."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = b" ".join(argv).decode(errors="replace")
+        if sys.executable in line and ("celery" in line or "imagegen" in line):
+            found.append(line)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("restore_structlog")  # bench.throughput.main configures structlog
+def test_a_tiny_open_loop_run_in_webhook_mode_loses_nothing_and_leaves_nothing_running(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--rate", "5", "--duration", "4", "--latency", "1", "--fal-concurrency", "20"]
+    argv += ["--webhook", "--pollers", "0", "--flower", "--workers", "1", "--print-every", "60"]
+    assert throughput.main(argv) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(figures)[: len(KEYS)] == list(KEYS)
+    assert figures["enqueued"] == figures["terminal"] == 20 and figures["drained"] is True
+    assert figures["lost"] == 0 and figures["duplicate_submissions"] == 0
+    assert figures["flower_outcomes_missing"] == 0
+    assert figures["completed_per_s"] > 0 and figures["in_flight_p50"] > 0
+    assert figures["status_requests_per_job"] == 0  # webhook mode, no poller
+    assert figures["cpu_ms_per_job"] > 0 and figures["peak_rss_mb"] > 0
+    assert figures["pg_connections_peak"] > 0
+    assert _ours_running() == []
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("restore_structlog")  # bench.throughput.main configures structlog
 def test_a_tiny_run_prints_its_figures_and_a_timeline_that_adds_up(
