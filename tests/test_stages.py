@@ -91,7 +91,7 @@ def make_deps(
     **env: Any,
 ) -> Deps:
     values = {"DATABASE_URL": url, "IMAGEGEN_MAX_ATTEMPTS": MAX_ATTEMPTS, **env}
-    settings = Settings(**{k: str(v) for k, v in values.items()})
+    settings = Settings.model_validate({k: str(v) for k, v in values.items()})
     return Deps(
         settings=settings,
         gateway=fal,
@@ -341,6 +341,33 @@ def test_a_cancel_while_the_post_is_out_cancels_at_fal(deps: Deps, fal: FakeFal)
     assert job(deps, job_id)["status"] is JobStatus.CANCELLED
     assert fal.cancels == [fal.submits[0].request_id] and fal.cancels[0] is not None
     assert deps.limiter.in_flight() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="worker/jobs/submit.py _at_fal: a cancel during the POST leaves its attempt "
+    "'submitted' and never closed (reported to the lead)",
+)
+def test_a_cancel_while_the_post_is_out_closes_its_attempt(deps: Deps, fal: FakeFal) -> None:
+    job_id = add_job(deps)
+    cancel = lambda db: state.move(db, job_id, "cancel")  # noqa: E731
+    fal.while_sending = lambda _args: write(deps.settings.database_url, cancel)
+    assert submit.run(job_id, deps).summary == "cancelled"
+    (attempt,) = attempts_of(deps, job_id)
+    assert attempt["fal_request_id"] == fal.submits[0].request_id
+    assert attempt["outcome"] is AttemptOutcome.CANCELLED and attempt["finished_at"] is not None
+
+
+def test_a_locked_account_stops_every_submit(deps: Deps, fal: FakeFal) -> None:
+    first, second = add_job(deps, "one"), add_job(deps, "two")
+    fal.then(fake.account_locked())
+    outcome = submit.run(first, deps)
+    assert outcome.failed and outcome.reason is not None and "locked" in outcome.reason
+    assert deps.guard.reason() is not None
+    outcome = submit.run(second, deps)
+    assert outcome.failed and outcome.reason is not None
+    assert outcome.reason.startswith("not submitted: fal locked the account")
+    assert len(fal.submits) == 1 and job(deps, second)["attempts"] == 0
 
 
 def test_a_job_past_its_deadline_fails_before_submit(deps: Deps, fal: FakeFal) -> None:

@@ -130,6 +130,12 @@ def rejected(status: int = 422) -> Step:
     return Step(submit=Reply(status, {"detail": [entry]}, {"X-Fal-Retryable": "false"}))
 
 
+def account_locked() -> Step:
+    """fal answers the submit 403 "User is locked" (an exhausted balance)."""
+    detail = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai."
+    return Step(submit=Reply(403, {"detail": detail}))
+
+
 def failed_at_fal(error_type: str = "runner_disconnected") -> Step:
     """fal accepted the request, then its generation failed (a new submission may pass)."""
     headers = {"X-Fal-Error-Type": error_type}
@@ -182,7 +188,7 @@ class FakeFal:
         self.statuses: list[str] = []
         self.checked: list[str] = []
         self.cancels: list[str] = []
-        self.while_sending: Callable[[dict[str, Any]], None] | None = None
+        self.while_sending: Callable[[dict[str, Any]], object] | None = None
 
     # scripting
     def script(self, prompt: str, *steps: Step) -> None:
