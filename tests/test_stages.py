@@ -1,73 +1,52 @@
-"""The generation path's stages (worker/jobs), one layer at a time: no Celery worker, no
-emulator, no Redis.
+"""The generation path's stages (worker/jobs/submit.py, collect.py), driven as the thin
+Celery tasks drive them: no Celery worker, no emulator, no Redis.
 
-Each test gets a migrated SQLite file (copied from one migrated once), fal as
-``worker.fal.fake.FakeFal``, the fleet limiter and account guard in this process, and a
-Celery app that only records what it is asked to publish. It drives ``submit.run`` and
-``collect.run`` as the thin Celery tasks do; the poller's part is one ``completed`` move.
+Each test gets a migrated SQLite file, fal as ``worker.fal.fake.FakeFal``, the fleet
+limiter and account guard in this process, and a Celery app that only records what it is
+asked to publish (``tests.stages_kit``); the poller's part is one ``completed`` move.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from celery import Celery
-from sqlalchemy import insert, select, update
+from sqlalchemy import update
 
-from models import AttemptOutcome, JobAttempt, JobStatus, utcnow
-from worker.account import AccountGuard
-from worker.api import _row
-from worker.constants import CALLBACK_TASK, COLLECT_TASK, SUBMIT_TASK
-from worker.db import dispose_engines, upgrade, write
-from worker.errors import PolicyRefusal, TransientFalError
+from models import AttemptOutcome, JobStatus, utcnow
+from tests.stages_kit import (
+    JOBS,
+    MAX_ATTEMPTS,
+    RecordingApp,
+    add_job,
+    attempts_of,
+    copy_of,
+    job,
+    make_deps,
+    migrate,
+)
+from worker.constants import COLLECT_TASK
+from worker.db import dispose_engines, write
 from worker.fal import fake
 from worker.fal.fake import FakeFal
-from worker.fleet import FalLimiter
 from worker.jobs import collect, dispatch, state, submit
 from worker.jobs.deps import Deps
-from worker.moderation import Chain, Verdict, build_chain
-from worker.params import validate_request
-from worker.retry import RetryPolicy
-from worker.settings import Settings
-
-JOBS = state.JOBS
-ATTEMPTS = JobAttempt.__table__
-MAX_ATTEMPTS = 3
-
-
-class RecordingApp:
-    """Celery as the stages use it: ``send_task`` only, recorded."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[Any], dict[str, Any]]] = []
-
-    def send_task(self, name: str, args: Any = None, **options: Any) -> None:
-        self.sent.append((name, list(args or []), options))
-
-    def names(self) -> list[str]:
-        return [name for name, _args, _options in self.sent]
+from worker.moderation import Chain, Verdict
 
 
 @pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("stages") / "template.db"
-    upgrade(f"sqlite:///{path}")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield migrate(tmp_path_factory.mktemp("stages"))
     dispose_engines()
-    return path
 
 
 @pytest.fixture
 def url(migrated: Path, tmp_path: Path) -> Iterator[str]:
-    path = tmp_path / "jobs.db"
-    shutil.copy(migrated, path)
-    yield f"sqlite:///{path}"
+    yield copy_of(migrated, tmp_path)
     dispose_engines()
 
 
@@ -81,64 +60,9 @@ def app() -> RecordingApp:
     return RecordingApp()
 
 
-def make_deps(
-    url: str,
-    fal: FakeFal,
-    app: RecordingApp,
-    *,
-    limit: int | None = 4,
-    moderation: str | None = None,
-    **env: Any,
-) -> Deps:
-    values = {"DATABASE_URL": url, "IMAGEGEN_MAX_ATTEMPTS": MAX_ATTEMPTS, **env}
-    settings = Settings.model_validate({k: str(v) for k, v in values.items()})
-    return Deps(
-        settings=settings,
-        gateway=fal,
-        limiter=FalLimiter(None, limit=limit, lease_s=60.0),
-        guard=AccountGuard(None, 60),
-        policy=RetryPolicy(max_attempts=MAX_ATTEMPTS, rand=lambda: 0.0),
-        app=cast(Celery, app),
-        moderation=build_chain(moderation) if moderation else None,
-    )
-
-
 @pytest.fixture
 def deps(url: str, fal: FakeFal, app: RecordingApp) -> Deps:
     return make_deps(url, fal, app)
-
-
-def add_job(deps: Deps, prompt: str = "a lighthouse at dusk", **overrides: Any) -> uuid.UUID:
-    """A queued job, the row ``worker.api.enqueue`` writes (without publishing it)."""
-    request = validate_request({"prompt": prompt}, settings=deps.settings)
-    row = {**_row(request, deps.settings, utcnow()), **overrides}
-    write(deps.settings.database_url, lambda db: db.execute(insert(JOBS), [row]))
-    return cast(uuid.UUID, row["id"])
-
-
-def job(deps: Deps, job_id: uuid.UUID) -> dict[str, Any]:
-    query = select(JOBS).where(JOBS.c.id == job_id)
-    return dict(write(deps.settings.database_url, lambda db: db.execute(query).one())._mapping)
-
-
-def attempts_of(deps: Deps, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    query = select(ATTEMPTS).where(ATTEMPTS.c.job_id == job_id).order_by(ATTEMPTS.c.number)
-    rows = write(deps.settings.database_url, lambda db: db.execute(query).all())
-    return [dict(r._mapping) for r in rows]
-
-
-def completed(deps: Deps, job_id: uuid.UUID) -> None:
-    """The poller heard COMPLETED: at_fal -> collecting."""
-    moved = write(deps.settings.database_url, lambda db: state.move(db, job_id, "completed"))
-    assert moved is not None
-
-
-def to_collecting(deps: Deps, job_id: uuid.UUID) -> None:
-    assert submit.run(job_id, deps).summary.startswith("at_fal:")
-    completed(deps, job_id)
-
-
-# --- the submit and collect stages -----------------------------------------------------
 
 
 def test_success_runs_queued_submitting_at_fal_collecting_succeeded(
@@ -190,18 +114,6 @@ def test_a_refusal_at_submit_is_recorded_and_never_retried(deps: Deps, fal: Fake
     assert attempt["outcome"] is AttemptOutcome.REFUSED and attempt["http_status"] == 400
     assert submit.run(job_id, deps).summary == "skipped"  # a redelivered task changes nothing
     assert fal.submits_of("a famous singer") == 1 and deps.limiter.in_flight() == 0
-
-
-def test_a_refusal_at_result_is_recorded_and_never_resubmitted(deps: Deps, fal: FakeFal) -> None:
-    job_id = add_job(deps)
-    fal.then(fake.refuse_at_result("hate_protected_group"))
-    to_collecting(deps, job_id)
-    assert collect.run(job_id, deps).summary == "refused:hate_protected_group"
-    row = job(deps, job_id)
-    assert row["status"] is JobStatus.REFUSED and row["refusal_source"] == "fal"
-    assert row["refusal_category"] == "hate_protected_group" and row["refusal_message"]
-    assert [a["outcome"] for a in attempts_of(deps, job_id)] == [AttemptOutcome.REFUSED]
-    assert len(fal.submits) == 1 and fal.cancels == []
 
 
 def test_the_prefilter_refuses_before_anything_is_submitted(
@@ -417,156 +329,3 @@ def test_a_permanent_submit_error_fails_at_once(deps: Deps, fal: FakeFal) -> Non
     assert outcome.failed and outcome.reason is not None and "HTTP 422" in outcome.reason
     assert job(deps, job_id)["status"] is JobStatus.FAILED and len(fal.submits) == 1
     assert [a["outcome"] for a in attempts_of(deps, job_id)] == [AttemptOutcome.PERMANENT]
-
-
-def test_a_result_that_cannot_be_read_is_read_again(deps: Deps, fal: FakeFal) -> None:
-    job_id = add_job(deps)
-    fal.then(fake.result_unavailable(503))
-    to_collecting(deps, job_id)
-    outcome = collect.run(job_id, deps)
-    assert outcome.summary == "retry" and outcome.retry_in == 0.0
-    row = job(deps, job_id)
-    assert row["status"] is JobStatus.COLLECTING and row["lease_owner"] is None
-    assert row["fal_request_id"] == fal.submits[0].request_id
-    assert collect.run(job_id, deps).summary == "succeeded"
-    assert len(fal.submits) == 1 and len(fal.results) == 2
-
-
-def test_a_request_that_failed_at_fal_is_submitted_anew(
-    deps: Deps, fal: FakeFal, app: RecordingApp
-) -> None:
-    job_id = add_job(deps)
-    fal.then(fake.failed_at_fal("runner_disconnected"))
-    to_collecting(deps, job_id)
-    outcome = collect.run(job_id, deps)
-    assert outcome.summary.startswith("resubmitting: ")
-    row = job(deps, job_id)
-    assert row["status"] is JobStatus.QUEUED and row["fal_request_id"] is None
-    assert row["submitted_at"] is None and row["poll_at"] is None
-    assert app.sent[-1] == (
-        SUBMIT_TASK,
-        [str(job_id)],
-        {"task_id": f"{job_id}/submit-2", "countdown": None},
-    )
-    assert [a["outcome"] for a in attempts_of(deps, job_id)] == [AttemptOutcome.TRANSIENT]
-    to_collecting(deps, job_id)
-    assert collect.run(job_id, deps).summary == "succeeded"
-    assert len(fal.submits) == 2 and job(deps, job_id)["attempts"] == 2
-
-
-def test_a_job_with_a_callback_url_publishes_its_callback_when_it_ends(
-    deps: Deps, fal: FakeFal, app: RecordingApp
-) -> None:
-    quiet = add_job(deps, "no callback")
-    job_id = add_job(deps, callback_url="https://app.example/hook")
-    to_collecting(deps, quiet)
-    to_collecting(deps, job_id)
-    assert CALLBACK_TASK not in app.names()  # nothing ended yet
-    assert collect.run(quiet, deps).summary == "succeeded"
-    assert collect.run(job_id, deps).summary == "succeeded"
-    assert [s for s in app.sent if s[0] == CALLBACK_TASK] == [(CALLBACK_TASK, [str(job_id)], {})]
-
-
-def test_the_fake_reports_a_request_failed_at_fal_as_resubmittable(fal: FakeFal) -> None:
-    class Hooks:
-        sent = 0
-
-        def sending(self) -> None:
-            self.sent += 1
-
-        def not_sent(self) -> None:
-            self.sent -= 1
-
-    hooks = Hooks()
-    fal.then(fake.failed_at_fal("runner_disconnected"), fake.refuse_at_submit("sexual_minors"))
-    request_id = fal.submit("m", {"prompt": "p"}, hooks)
-    failure = fal.status("m", request_id).failure()
-    assert isinstance(failure, TransientFalError) and failure.resubmit
-    with pytest.raises(TransientFalError) as raised:
-        fal.result("m", request_id)
-    assert raised.value.error_type == "runner_disconnected" and raised.value.http_status == 500
-    with pytest.raises(PolicyRefusal) as refused:
-        fal.submit("m", {"prompt": "p"}, hooks)
-    assert refused.value.category == "sexual_minors" and hooks.sent == 2
-
-
-# --- the move table (worker.jobs.state) ------------------------------------------------
-
-OWNER = "owner-a"
-
-
-def row_in(deps: Deps, status: JobStatus, *, owner: str | None, live: bool = True) -> uuid.UUID:
-    now = utcnow()
-    lease = now + timedelta(seconds=60 if live else -60)
-    return add_job(
-        deps,
-        status=status,
-        lease_owner=owner,
-        lease_until=lease,
-        fal_request_id=None if status is JobStatus.QUEUED else "req-1",
-    )
-
-
-@pytest.mark.parametrize("name", sorted(state.MOVES))
-def test_every_move_in_the_table_does_what_it_says(deps: Deps, name: str) -> None:
-    move = state.MOVES[name]
-    holder = OWNER if move.guard is state.Guard.OWNER else None
-    job_id = row_in(deps, move.sources[-1], owner=holder)
-    lease_s = 30.0 if move.leases else None
-    moved = write(
-        deps.settings.database_url,
-        lambda db: state.move(db, job_id, name, owner=OWNER, lease_s=lease_s),
-    )
-    assert moved is not None and moved.job.status is move.target
-    row = job(deps, job_id)
-    assert row["status"] is move.target
-    assert row["lease_owner"] == (OWNER if move.leases else None)
-    assert (row["finished_at"] is not None) == (
-        move.target
-        in (JobStatus.SUCCEEDED, JobStatus.REFUSED, JobStatus.FAILED, JobStatus.CANCELLED)
-    )
-    assert state.allowed(move.sources[-1], move.target)
-
-
-def test_an_illegal_move_returns_none_and_changes_nothing(deps: Deps) -> None:
-    job_id = add_job(deps)
-    before = job(deps, job_id)
-    succeed = lambda db: state.move(db, job_id, "succeed", owner=OWNER)  # noqa: E731
-    assert write(deps.settings.database_url, succeed) is None
-    assert job(deps, job_id) == before
-    assert not state.allowed(JobStatus.QUEUED, JobStatus.SUCCEEDED)
-
-
-def test_the_owner_guard_rejects_another_owner(deps: Deps) -> None:
-    job_id = row_in(deps, JobStatus.SUBMITTING, owner=OWNER)
-    before = job(deps, job_id)
-    theirs = lambda db: state.move(db, job_id, "submitted", owner="owner-b")  # noqa: E731
-    assert write(deps.settings.database_url, theirs) is None
-    assert job(deps, job_id) == before
-    ours = lambda db: state.move(db, job_id, "submitted", owner=OWNER)  # noqa: E731
-    assert write(deps.settings.database_url, ours) is not None
-
-
-def test_the_free_guard_waits_for_a_live_lease_to_run_out(deps: Deps) -> None:
-    held = row_in(deps, JobStatus.SUBMITTING, owner=OWNER)
-    lapsed = row_in(deps, JobStatus.SUBMITTING, owner=OWNER, live=False)
-
-    def claim(job_id: uuid.UUID) -> state.Moved | None:
-        return write(
-            deps.settings.database_url,
-            lambda db: state.move(db, job_id, "claim", owner="owner-b", lease_s=30.0),
-        )
-
-    assert claim(held) is None and job(deps, held)["lease_owner"] == OWNER
-    assert claim(lapsed) is not None and job(deps, lapsed)["lease_owner"] == "owner-b"
-
-
-def test_move_refuses_a_status_value_and_a_missing_owner(deps: Deps) -> None:
-    job_id = add_job(deps)
-    with pytest.raises(ValueError, match="through a move"):
-        write(
-            deps.settings.database_url,
-            lambda db: state.move(db, job_id, "cancel", values={"status": "failed"}),
-        )
-    with pytest.raises(ValueError, match="lease owner"):
-        write(deps.settings.database_url, lambda db: state.move(db, job_id, "claim"))
