@@ -15,6 +15,7 @@ from tests.stages_kit import (
     RecordingApp,
     add_job,
     attempts_of,
+    completed,
     copy_of,
     job,
     make_deps,
@@ -22,11 +23,11 @@ from tests.stages_kit import (
     to_collecting,
 )
 from worker.constants import CALLBACK_TASK, SUBMIT_TASK
-from worker.db import dispose_engines
+from worker.db import dispose_engines, write
 from worker.errors import PolicyRefusal, TransientFalError
-from worker.fal import fake
+from worker.fal import fake, webhook_store
 from worker.fal.fake import FakeFal
-from worker.jobs import collect
+from worker.jobs import collect, submit
 from worker.jobs.deps import Deps
 
 
@@ -138,3 +139,46 @@ def test_the_fake_reports_a_request_failed_at_fal_as_resubmittable(fal: FakeFal)
     with pytest.raises(PolicyRefusal) as refused:
         fal.submit("m", {"prompt": "p"}, hooks)
     assert refused.value.category == "sexual_minors" and hooks.sent == 2
+
+
+WEBHOOK = "https://worker.example/fal/webhook"
+
+
+def test_webhook_mode_reads_fal_s_stored_callback_not_the_result(
+    url: str, fal: FakeFal, app: RecordingApp
+) -> None:
+    deps = make_deps(url, fal, app, IMAGEGEN_WEBHOOK_URL=WEBHOOK)
+    job_id = add_job(deps)
+    assert submit.run(job_id, deps).summary.startswith("at_fal:")
+    (sent,) = fal.submits
+    assert sent.webhook_url == f"{WEBHOOK}?job_id={job_id}" and sent.request_id is not None
+    row = job(deps, job_id)
+    fallback = (row["poll_at"] - row["submitted_at"]).total_seconds()
+    assert fallback == deps.settings.webhook_fallback_s  # the poller only as a fallback
+    images = [{"url": f"{fake.FILES_URL}/{sent.request_id}/0.png"}]
+    body = {"status": "OK", "request_id": sent.request_id, "payload": {"images": images}}
+    request_id = sent.request_id
+    write(url, lambda db: webhook_store.record(db, request_id, body, job_id))
+    completed(deps, job_id)
+    assert collect.run(job_id, deps).summary == "succeeded"
+    assert job(deps, job_id)["images"] == images and fal.results == []
+
+
+def test_webhook_mode_resubmits_a_request_whose_callback_reports_it_failed(
+    url: str, fal: FakeFal, app: RecordingApp
+) -> None:
+    deps = make_deps(url, fal, app, IMAGEGEN_WEBHOOK_URL=WEBHOOK)
+    job_id = add_job(deps)
+    to_collecting(deps, job_id)
+    request_id = fal.submits[0].request_id
+    assert request_id is not None
+    body = {
+        "status": "ERROR",
+        "request_id": request_id,
+        "error": "Invalid status code: 500",
+        "payload": {"detail": "The runner went away", "error_type": "runner_disconnected"},
+    }
+    write(url, lambda db: webhook_store.record(db, request_id, body, job_id))
+    assert collect.run(job_id, deps).summary.startswith("resubmitting: ")
+    assert job(deps, job_id)["status"] is JobStatus.QUEUED and fal.results == []
+    assert app.names()[-1] == SUBMIT_TASK
