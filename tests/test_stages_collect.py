@@ -12,6 +12,7 @@ import pytest
 
 from models import AttemptOutcome, JobStatus
 from tests.stages_kit import (
+    MAX_ATTEMPTS,
     RecordingApp,
     add_job,
     attempts_of,
@@ -81,6 +82,19 @@ def test_a_result_that_cannot_be_read_is_read_again(deps: Deps, fal: FakeFal) ->
     assert row["fal_request_id"] == fal.submits[0].request_id
     assert collect.run(job_id, deps).summary == "succeeded"
     assert len(fal.submits) == 1 and len(fal.results) == 2
+
+
+def test_a_result_that_never_reads_fails_after_max_attempts_reads(deps: Deps, fal: FakeFal) -> None:
+    job_id = add_job(deps)
+    fal.then(fake.Step(results=(fake.Reply(503, {"detail": "Service Unavailable"}),)))
+    to_collecting(deps, job_id)
+    for retries in range(MAX_ATTEMPTS - 1):
+        assert collect.run(job_id, deps, retries=retries).summary == "retry"
+    outcome = collect.run(job_id, deps, retries=MAX_ATTEMPTS - 1)
+    assert outcome.failed and outcome.reason is not None
+    assert "fal's answer could not be read: gave up after 3 attempts" in outcome.reason
+    assert job(deps, job_id)["status"] is JobStatus.FAILED and len(fal.submits) == 1
+    assert len(fal.results) == MAX_ATTEMPTS
 
 
 def test_a_request_that_failed_at_fal_is_submitted_anew(
