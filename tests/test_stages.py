@@ -258,11 +258,6 @@ class CountingChecker:
         return Verdict.passed(self.name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/jobs/submit.py _submit runs the pre-filter before the fleet admission: "
-    "a job waiting for a slot asks the (billable) checkers again on every requeue (reported)",
-)
 def test_a_job_waiting_for_a_slot_is_moderated_once(
     url: str, fal: FakeFal, app: RecordingApp
 ) -> None:
@@ -288,11 +283,6 @@ def test_a_cancel_while_the_post_is_out_cancels_at_fal(deps: Deps, fal: FakeFal)
     assert deps.limiter.in_flight() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/jobs/submit.py _at_fal: a cancel during the POST leaves its attempt "
-    "'submitted' and never closed (reported to the lead)",
-)
 def test_a_cancel_while_the_post_is_out_closes_its_attempt(deps: Deps, fal: FakeFal) -> None:
     job_id = add_job(deps)
     cancel = lambda db: state.move(db, job_id, "cancel")  # noqa: E731
