@@ -7,7 +7,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from worker.db import dispose_engines, get_engine, open_pool, write
+from worker.db import WARM_CONNECTIONS, dispose_engines, get_engine, open_pool, write
 from worker.settings import get_settings
 
 
@@ -38,7 +38,7 @@ def test_open_pool_opens_the_pooled_connections_at_worker_start(database_url: st
     dispose_engines()
     connects: list[int] = []
     event.listen(get_engine(database_url), "connect", lambda *_: connects.append(1))
-    size = get_settings().db_pool_size
+    size = min(WARM_CONNECTIONS, get_settings().db_pool_size)
     assert open_pool(database_url) == size == len(connects)
     assert write(database_url, lambda db: db.execute(text("SELECT 1")).scalar_one()) == 1
     assert len(connects) == size, "a write after the warm-up opened a connection of its own"

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 import migrations
 from worker.errors import ServiceUnavailable
@@ -30,6 +31,10 @@ log = get_logger(__name__)
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
+
+#: Connections a process keeps open while idle (and opens at worker start): a fleet of
+#: workers at rest must fit Postgres' 100-connection default with room to spare.
+WARM_CONNECTIONS = 5
 
 _engines: dict[str, Engine] = {}
 _autocommit: dict[str, Engine] = {}
@@ -59,27 +64,30 @@ def _create_engine(database_url: str) -> Engine:
         engine = create_engine(database_url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # A pool as large as the writes a busy process makes at once: connections opened for a
-    # burst beyond it are closed after it, and opening one costs more than the transaction.
+    # IMAGEGEN_DB_POOL_SIZE is the most a process opens; only WARM_CONNECTIONS stay open idle
+    # (a short task holds one for milliseconds; QueuePool closes overflow ones on return).
     # No pool_pre_ping (it doubles the round trips per transaction): a connection broken by a
     # Postgres restart raises on use, the pool discards it, and worker.db.write retries.
     # hide_parameters: prompts are user data; keep them out of error texts (logs, Flower).
+    most = get_settings().db_pool_size
+    kept = min(WARM_CONNECTIONS, most)
     return create_engine(
         database_url,
-        pool_size=get_settings().db_pool_size,
-        max_overflow=5,
+        pool_size=kept,
+        max_overflow=most - kept,
         pool_recycle=1800,
         hide_parameters=True,
     )
 
 
 def open_pool(database_url: str) -> int:
-    """Open the process's pooled connections now (worker start), not in its first burst of
-    jobs; returns how many the pool holds. Off Postgres it does nothing."""
+    """Open the connections an idle process keeps (worker start), not in its first burst of
+    jobs; returns how many. Off Postgres it does nothing."""
     engine = get_engine(database_url)
     if engine.dialect.name != "postgresql":
         return 0
-    connections = [engine.connect() for _ in range(get_settings().db_pool_size)]
+    kept = engine.pool.size() if isinstance(engine.pool, QueuePool) else WARM_CONNECTIONS
+    connections = [engine.connect() for _ in range(min(WARM_CONNECTIONS, kept))]
     for connection in connections:
         connection.close()  # back to the pool, still open
     return len(connections)

@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     # Task messages a worker process reserves: threads x IMAGEGEN_PREFETCH_MULTIPLIER.
     prefetch_multiplier: int = Field(default=2, ge=1, le=16, alias="IMAGEGEN_PREFETCH_MULTIPLIER")
 
-    # Pooled Postgres connections per process (5 more in a burst, closed after it).
-    db_pool_size: int = Field(default=20, ge=1, le=200, alias="IMAGEGEN_DB_POOL_SIZE")
+    # The most Postgres connections a process opens (5 kept open, the rest closed on return).
+    db_pool_size: int = Field(default=15, ge=1, le=200, alias="IMAGEGEN_DB_POOL_SIZE")
 
     # Leases, the sweeper and deadlines (the job row is the source of truth).
     lease_s: float = Field(default=120.0, gt=0, alias="IMAGEGEN_LEASE_S")

@@ -17,6 +17,10 @@ from worker.db import write
 from worker.fleet import FalLimiter
 from worker.jobs import state
 from worker.jobs.hooks import fire
+from worker.logs import get_logger
+from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
+
+log = get_logger(__name__)
 
 
 def submit_task_id(job_id: uuid.UUID, attempts: int) -> str:
@@ -64,6 +68,9 @@ def heard_completed(
     if moved is None:
         return False
     fire(moved, app)
-    limiter.release(str(job_id))
     send_collect(app, job_id, moved.job.attempts)
+    try:
+        limiter.release(str(job_id))
+    except REDIS_UNAVAILABLE as exc:  # the slot's lease runs out instead
+        log.warning("fleet.slot_not_released", job_id=str(job_id), error=str(exc))
     return True

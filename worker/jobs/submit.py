@@ -102,8 +102,6 @@ def _submit(settle: Settle) -> Outcome:
     deps, job = settle.deps, settle.job
     if job.overdue:
         return settle.fail("the job's deadline passed before it was submitted")
-    if job.attempts == 0:
-        _prefilter(deps, job)
     if job.attempts >= deps.settings.max_attempts:
         raise PermanentFalError(
             f"not submitted again: {job.attempts} submissions already "
@@ -117,6 +115,8 @@ def _submit(settle: Settle) -> Outcome:
         wait = admission.cool_s if admission.cool_s > 0 else 0.5 + 1.5 * random.random()
         return settle.requeue(wait, "waiting for a fal slot (IMAGEGEN_FAL_CONCURRENCY)")
     settle.holds_slot = True
+    if job.attempts == 0:  # after the slot: a job waiting for one is not checked again
+        _prefilter(deps, job)
     return _post(settle)
 
 
@@ -153,8 +153,11 @@ def _at_fal(settle: Settle, request_id: str) -> Outcome:
     values = {"fal_request_id": request_id, "submitted_at": now, "poll_at": poll_at}
 
     def record(db: Connection) -> state.Moved | None:
+        moved = state.move(db, job.id, "submitted", owner=settle.owner, values=values, now=now)
         attempts.submitted(db, job.id, number, request_id)
-        return state.move(db, job.id, "submitted", owner=settle.owner, values=values, now=now)
+        if moved is None:  # cancelled (or expired) while the POST was out
+            attempts.close(db, job.id, number, AttemptOutcome.CANCELLED)
+        return moved
 
     moved = write(deps.settings.database_url, record)
     if moved is None:  # cancelled (or expired) while the POST was out: stop it at fal
