@@ -31,7 +31,7 @@ import redis
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from bench.chaos_checks import check, collect, console, render
+from bench.chaos_checks import Drive, Scenario, check, collect, console, render
 from bench.host import one_run_at_a_time
 from worker.api import enqueue
 
@@ -62,13 +62,6 @@ FAST_ENV = {
 CATEGORIES: tuple[str, ...] = ("celebrity_likeness", "trademark_ip", "violence_named_individual")
 CATEGORIES += ("hate_protected_group", "self_harm_instructions", "chaos_unknown_category")
 TRANSIENT = ("429:1", "503json", "drop", "502", "runner-disconnected", "slow:5", "hang")
-
-
-@dataclass(frozen=True)
-class Scenario:
-    kind: str  # ok | refusal | transient | failing
-    directive: str | None  # what goes inside [[fal:...]], None for none
-    expect: str  # the terminal status the scenario should end in
 
 
 def _latency(rng: random.Random) -> str:
@@ -139,15 +132,6 @@ class Fleet:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
-
-
-@dataclass
-class Drive:
-    sweeps: int = 0
-    republished: int = 0
-    expired: int = 0
-    elapsed_s: float = 0.0
-    timed_out: bool = False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -17,11 +17,32 @@ from sqlalchemy import text
 from worker.db import get_engine
 from worker.emulator import FalEmulator
 
-if TYPE_CHECKING:
-    from bench.chaos import Drive, Fleet, Scenario
-
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 console = Console()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    kind: str  # ok | refusal | transient | failing
+    directive: str | None  # what goes inside [[fal:...]], None for none
+    expect: str  # the terminal status the scenario should end in
+
+
+@dataclass
+class Drive:
+    sweeps: int = 0
+    republished: int = 0
+    expired: int = 0
+    elapsed_s: float = 0.0
+    timed_out: bool = False
+
+
+class Fleet(Protocol):
+    """What the report reads of bench.chaos's worker fleet."""
+
+    started: int
+    kills: int
+    crashes: int
 
 
 @dataclass
