@@ -130,9 +130,10 @@ class Poller:
         await self.aclose()
 
     async def aclose(self) -> None:
-        client = getattr(self.fal, "_client", None)  # fal-client's cached httpx client
-        if client is not None and isinstance(self.fal, fal_client.AsyncClient):
-            await (await client).aclose()
+        """Close fal-client's connections (its cached httpx client; a next run opens anew)."""
+        if isinstance(self.fal, fal_client.AsyncClient) and "_client" in vars(self.fal):
+            await (await self.fal._client).aclose()
+            del self.fal._client
 
     async def _bounded(self, row: due.Due) -> None:
         async with self._slots:
