@@ -130,10 +130,7 @@ class Poller:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close fal-client's connections (its cached httpx client; a next run opens anew)."""
-        if isinstance(self.fal, fal_client.AsyncClient) and "_client" in vars(self.fal):
-            await (await self.fal._client).aclose()
-            del self.fal._client
+        await close_fal(self.fal)
 
     async def _bounded(self, row: due.Due) -> None:
         async with self._slots:
@@ -253,6 +250,16 @@ class Housekeeping:
         if now >= self._count_at:
             self._count_at = now + self.COUNT_EVERY_S
             metrics.IN_FLIGHT.set(await self.poller._db(due.count_at_fal))
+
+
+async def close_fal(fal: object) -> None:
+    """Close fal-client's connections (its cached httpx client: a next use opens anew)."""
+    close = getattr(fal, "aclose", None)
+    if close is not None:
+        await close()
+    elif isinstance(fal, fal_client.AsyncClient) and "_client" in vars(fal):
+        await (await fal._client).aclose()
+        del fal._client
 
 
 async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
