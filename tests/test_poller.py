@@ -78,6 +78,7 @@ def test_probes_bring_the_first_check_down_when_requests_get_faster() -> None:
         job = uuid.uuid4()
         at = schedule.plan(MODEL, job, 1.0)
         if job.int % 8 == 0:
+            assert at is not None
             assert at == pytest.approx(before * PROBE_AT)
             schedule.completed(MODEL, job, at)  # done already at the probe's early check
             probes += 1
@@ -365,3 +366,52 @@ def test_queued_jobs_past_their_deadline_are_failed(stack: Stack) -> None:
     asyncio.run(_run([_poller(stack)], _all(stack, expired, "failed"), timeout_s=3))
     assert _statuses(stack, kept)[kept[0]].status.value == "queued"
     assert all("deadline" in r.error for r in _statuses(stack, expired).values())
+
+
+# -- the process ----------------------------------------------------------------------------
+
+
+def _start_process(stack: Stack) -> tuple[Any, Any]:
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+    from worker.demo import poller_argv
+
+    log = stack.log_dir / f"poller-{uuid.uuid4().hex[:6]}.log"
+    env = {**os.environ, **stack.env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(poller_argv(), cwd=ROOT, env=env, stdout=out, stderr=out)
+    deadline = time.monotonic() + 30
+    while b"poller.ready" not in log.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return proc, log
+
+
+@pytest.mark.slow
+def test_the_poller_process_collects_and_stops_gracefully_on_sigterm(stack: Stack) -> None:
+    import signal
+
+    proc, log = _start_process(stack)
+    ready = next(line for line in log.read_text().splitlines() if "poller.ready" in line)
+    assert "mode=poll" in ready and "concurrency=256" in ready and "hostname=" in ready
+    jobs = _at_fal(stack, 3, 0.3)
+    deadline = time.monotonic() + 15
+    while not _all(stack, list(jobs), "collecting")():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    assert _collect_messages(stack) == Counter({str(job_id): 1 for job_id in jobs})
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert "poller.stopped" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_the_poller_at_once(stack: Stack) -> None:
+    import signal
+
+    proc, _ = _start_process(stack)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=5) == 130
