@@ -132,7 +132,9 @@ class _NoHooks:
         pass
 
 
-def _at_fal(stack: Stack, count: int, latency_s: float, **values: Any) -> dict[uuid.UUID, str]:
+def _at_fal(
+    stack: Stack, count: int, latency_s: float, step: str = "ok", **values: Any
+) -> dict[uuid.UUID, str]:
     """``count`` requests created at the emulator and their job rows at_fal, due now."""
     from models import JobStatus, utcnow
     from worker.fal_gateway import FalGateway
@@ -141,7 +143,7 @@ def _at_fal(stack: Stack, count: int, latency_s: float, **values: Any) -> dict[u
     jobs = {}
     try:
         for _ in range(count):
-            prompt = unique(f"a fox [[fal:ok+latency:{latency_s}]]")
+            prompt = unique(f"a fox [[fal:{step}+latency:{latency_s}]]")
             rid = gateway.submit(MODEL, {"prompt": prompt}, _NoHooks())
             now = utcnow()
             row = {"submitted_at": now, "poll_at": now + timedelta(seconds=0.1), **values}
@@ -346,6 +348,14 @@ def test_a_dead_pollers_rows_come_due_after_its_claim_window(stack: Stack) -> No
         assert sorted(heir.collected) == sorted(jobs)
 
     asyncio.run(scenario())
+
+
+def test_a_status_answer_that_makes_no_sense_fails_the_job(stack: Stack) -> None:
+    jobs = _at_fal(stack, 1, 0.1, step="status-unknown")
+    (job_id,) = list(jobs)
+    asyncio.run(_run([_poller(stack)], _all(stack, [job_id], "failed"), timeout_s=3))
+    error = _statuses(stack, [job_id])[job_id].error
+    assert "malformed" in error and "EXPLODED" in error
 
 
 class _Hangs:

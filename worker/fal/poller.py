@@ -39,6 +39,8 @@ from worker.settings import Settings
 T = TypeVar("T")
 log = get_logger("worker.poller")
 DEADLINE_ERROR = "deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)"
+#: status answers in a row that fal-client could not parse before the job fails on them
+MALFORMED_LIMIT = 3
 
 
 class StatusClient(Protocol):
@@ -151,7 +153,7 @@ class Poller:
             self._plan(row, row.since + timedelta(seconds=later_s))
             return
         self.counts["checks"] += 1
-        answer = await self._status(row)
+        answer, malformed = await self._status(row)
         if answer == "completed":
             self._failures.pop(row.id, None)
             self.schedule.completed(row.model, row.id, planned_s)
@@ -163,28 +165,41 @@ class Poller:
             next_s = self.schedule.next_check_s(row.model, row.id, max(elapsed_s, planned_s))
             self._plan(row, row.since + timedelta(seconds=next_s))
         else:
-            self.counts["failed"] += 1
-            self._failures[row.id] += 1
-            backoff_s = self.settings.poll_initial_s * 2 ** (self._failures[row.id] - 1)
-            self._plan(row, utcnow() + timedelta(seconds=min(backoff_s, self.settings.poll_max_s)))
+            await self._no_answer(row, malformed)
 
-    async def _status(self, row: due.Due) -> str:
-        """completed, waiting or failed (no answer: check again soon)."""
+    async def _no_answer(self, row: due.Due, malformed: str | None) -> None:
+        """Check again soon, later each time; a body that keeps making no sense fails it."""
+        self.counts["failed"] += 1
+        self._failures[row.id] += 1
+        failures = self._failures[row.id]
+        if malformed is not None and failures >= MALFORMED_LIMIT:
+            self._failures.pop(row.id, None)
+            await self._fail(row, f"fal answered the status with a malformed body ({malformed})")
+            return
+        backoff_s = self.settings.poll_initial_s * 2 ** (failures - 1)
+        self._plan(row, utcnow() + timedelta(seconds=min(backoff_s, self.settings.poll_max_s)))
+
+    async def _status(self, row: due.Due) -> tuple[str, str | None]:
+        """completed, waiting or failed (no answer: check again soon), and for an answer
+        that makes no sense (not fal's protocol) what was wrong with it."""
         if row.fal_request_id is None:
-            return "completed"  # nothing to ask about: the collect stage sorts it out
+            return "completed", None  # nothing to ask about: the collect stage sorts it out
         try:
             status = await asyncio.wait_for(
                 self.fal.status(row.model, row.fal_request_id), self.settings.poll_timeout_s
             )
         except fal_client.FalClientHTTPError as exc:
             if exc.status_code == 404:  # fal does not know it: collect classifies that
-                return "completed"
+                return "completed", None
             log.warning("poller.status_error", job_id=str(row.id), http_status=exc.status_code)
-            return "failed"
-        except (httpx.HTTPError, TimeoutError, ValueError, KeyError) as exc:
+            return "failed", None
+        except (httpx.HTTPError, TimeoutError) as exc:
             log.warning("poller.status_error", job_id=str(row.id), error=type(exc).__name__)
-            return "failed"
-        return "completed" if isinstance(status, fal_client.Completed) else "waiting"
+            return "failed", None
+        except (ValueError, KeyError, TypeError) as exc:  # fal-client could not parse it
+            log.warning("poller.status_malformed", job_id=str(row.id), error=str(exc))
+            return "failed", str(exc)
+        return ("completed" if isinstance(status, fal_client.Completed) else "waiting"), None
 
     async def _completed(self, row: due.Due) -> None:
         url = self.settings.database_url
@@ -200,10 +215,15 @@ class Poller:
                 await asyncio.wait_for(self.fal.cancel(row.model, row.fal_request_id), 1.0)
             except (fal_client.FalClientHTTPError, httpx.HTTPError, TimeoutError) as exc:
                 log.info("poller.cancel_failed", job_id=str(row.id), error=type(exc).__name__)
-        moved = await self._db(lambda db: due.fail_at_fal(db, row.id, DEADLINE_ERROR))
-        if moved is not None:
+        if await self._fail(row, DEADLINE_ERROR):
             self.counts["deadline"] += 1
+
+    async def _fail(self, row: due.Due, error: str) -> bool:
+        """at_fal -> failed, its fleet slot given back; False if it had moved on already."""
+        moved = await self._db(lambda db: due.fail_at_fal(db, row.id, error))
+        if moved is not None:
             await asyncio.to_thread(self._after_terminal, moved)
+        return moved is not None
 
     def _after_terminal(self, moved: Any) -> None:
         self.limiter.release(str(moved.job.id))
