@@ -20,7 +20,7 @@ from worker.jobs import state
 JOBS: Table = Job.__table__  # type: ignore[assignment]  # a Table: declared with one
 #: how many queued jobs past their deadline one pass fails
 EXPIRE_BATCH = 200
-QUEUED_DEADLINE_ERROR = "deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)"
+DEADLINE_ERROR = "deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)"
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def expire_queued(db: Connection, now: datetime) -> list[state.Moved]:
         .with_for_update(skip_locked=True)
     ).scalars()
     moved = [
-        state.move(db, job_id, "expire", values={"error": QUEUED_DEADLINE_ERROR}, now=now)
+        state.move(db, job_id, "expire", values={"error": DEADLINE_ERROR}, now=now)
         for job_id in list(ids)
     ]
     return [m for m in moved if m is not None]

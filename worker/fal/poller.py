@@ -38,9 +38,10 @@ from worker.settings import Settings
 
 T = TypeVar("T")
 log = get_logger("worker.poller")
-DEADLINE_ERROR = "deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)"
 #: status answers in a row that fal-client could not parse before the job fails on them
 MALFORMED_LIMIT = 3
+#: jobs whose status calls failed, remembered for their backoff (then forgotten at once)
+FAILURES_KEPT = 100_000
 
 
 class StatusClient(Protocol):
@@ -94,6 +95,7 @@ class Poller:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop``; then let the checks under way finish (``grace_s``)."""
         housekeeping = Housekeeping(self)
+        self._slots = asyncio.Semaphore(self.concurrency)  # this event loop's
         while not stop.is_set():
             more = False
             try:
@@ -106,7 +108,8 @@ class Poller:
         await self._drain()
 
     def _room(self) -> int:
-        """Rows to claim now: checks in progress wait for a slot no longer than a tick."""
+        """Rows to claim now: at most two rounds of checks ahead, so that a claimed row
+        waits for a slot far less than its claim window."""
         return max(2 * self.concurrency - len(self._checks), 0)
 
     async def _tick(self) -> bool:
@@ -170,6 +173,8 @@ class Poller:
     async def _no_answer(self, row: due.Due, malformed: str | None) -> None:
         """Check again soon, later each time; a body that keeps making no sense fails it."""
         self.counts["failed"] += 1
+        if len(self._failures) > FAILURES_KEPT:  # rows another poller took on meanwhile
+            self._failures.clear()
         self._failures[row.id] += 1
         failures = self._failures[row.id]
         if malformed is not None and failures >= MALFORMED_LIMIT:
@@ -215,7 +220,7 @@ class Poller:
                 await asyncio.wait_for(self.fal.cancel(row.model, row.fal_request_id), 1.0)
             except (fal_client.FalClientHTTPError, httpx.HTTPError, TimeoutError) as exc:
                 log.info("poller.cancel_failed", job_id=str(row.id), error=type(exc).__name__)
-        if await self._fail(row, DEADLINE_ERROR):
+        if await self._fail(row, due.DEADLINE_ERROR):
             self.counts["deadline"] += 1
 
     async def _fail(self, row: due.Due, error: str) -> bool:
