@@ -408,10 +408,10 @@ def test_the_poller_process_collects_and_stops_gracefully_on_sigterm(stack: Stac
     assert "mode=poll" in ready and "concurrency=256" in ready and "hostname=" in ready
     jobs = _at_fal(stack, 3, 0.3)
     deadline = time.monotonic() + 15
-    while not _all(stack, list(jobs), "collecting")():
-        assert time.monotonic() < deadline, log.read_text()
+    expected = Counter({str(job_id): 1 for job_id in jobs})
+    while not _all(stack, list(jobs), "collecting")() or _collect_messages(stack) != expected:
+        assert time.monotonic() < deadline, log.read_text()  # (each published after its move)
         time.sleep(0.1)
-    assert _collect_messages(stack) == Counter({str(job_id): 1 for job_id in jobs})
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0
     assert "poller.stopped" in log.read_text()

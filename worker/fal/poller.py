@@ -156,10 +156,11 @@ class Poller:
             self._plan(row, row.since + timedelta(seconds=later_s))
             return
         self.counts["checks"] += 1
+        sent_s = (utcnow() - row.since).total_seconds()
         answer, malformed = await self._status(row)
         if answer == "completed":
             self._failures.pop(row.id, None)
-            self.schedule.completed(row.model, row.id, planned_s)
+            self.schedule.completed(row.model, row.id, planned_s, sent_s)
             await self._completed(row)
         elif answer == "waiting":
             self._failures.pop(row.id, None)

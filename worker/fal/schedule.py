@@ -6,12 +6,13 @@ first checked at the ``FIRST_QUANTILE`` of its model's recent latencies (most ar
 then: about one status call each), and after that in short steps.
 
 A latency here is the planned time of the check that first found the request COMPLETED
-(from its submit), not when the answer came: otherwise every round would start later by
-the time a check takes. It is an upper bound: a request done long before its first check
-looks as slow as the check. So the samples can only say "slower", never "faster"; a few
-probe requests (one in ``PROBE_EVERY``, by job id) are checked earlier, at ``PROBE_AT`` of
-the first-check point, and when most probes are already done there the samples are
-scaled down to that point. Pure: no clock, no I/O; the poller feeds it what it hears.
+(from its submit), not when it was sent: otherwise every round would start later by the
+time a check waits for its tick (until the model is learned, the time it was sent). It
+is an upper bound: a request done long before its first check looks as slow as the
+check. So the samples can only say "slower", never "faster"; a few probe requests (one
+in ``PROBE_EVERY``, by job id) are checked earlier, at ``PROBE_AT`` of the first-check
+point, and when most probes are already done there the samples are scaled down to it.
+Pure: no clock, no I/O; the poller feeds it what it hears.
 """
 
 from __future__ import annotations
@@ -117,10 +118,17 @@ class Schedule:
             return first
         return checked_s + self._step_s(model, checked_s)
 
-    def completed(self, model: str, job_id: uuid.UUID, checked_s: float) -> None:
-        """A check planned ``checked_s`` after the submit found the request COMPLETED."""
+    def completed(
+        self, model: str, job_id: uuid.UUID, checked_s: float, sent_s: float | None = None
+    ) -> None:
+        """A check planned ``checked_s`` after the submit (and sent ``sent_s`` after it)
+        found the request COMPLETED. Until the model is learned the time it was sent is
+        the sample: steps planned before then are coarse, and a late check planned before
+        the request finished would say it was faster than it is."""
         self._heard_probe(job_id, done=True)
-        self._model(model).add(max(checked_s, 0.0))
+        state = self._model(model)
+        sample = checked_s if state.first_s is not None or sent_s is None else sent_s
+        state.add(max(sample, 0.0))
 
     def _remember_probe(self, job_id: uuid.UUID, model: str) -> None:
         if len(self._probes) >= PROBES_PENDING_MAX:
