@@ -176,7 +176,7 @@ def _all(stack: Stack, ids: list[uuid.UUID], status: str) -> Callable[[], bool]:
     return lambda: all(r.status.value == status for r in _statuses(stack, ids).values())
 
 
-def _poller(stack: Stack, concurrency: int = 256, **overrides: Any) -> Any:
+def _poller(stack: Stack, concurrency: int = 64, **overrides: Any) -> Any:
     from worker.fal.poller import Poller
     from worker.fleet import FalLimiter
 
@@ -405,7 +405,7 @@ def test_the_poller_process_collects_and_stops_gracefully_on_sigterm(stack: Stac
 
     proc, log = _start_process(stack)
     ready = next(line for line in log.read_text().splitlines() if "poller.ready" in line)
-    assert "mode=poll" in ready and "concurrency=256" in ready and "hostname=" in ready
+    assert "mode=poll" in ready and "concurrency=64" in ready and "hostname=" in ready
     jobs = _at_fal(stack, 3, 0.3)
     deadline = time.monotonic() + 15
     expected = Counter({str(job_id): 1 for job_id in jobs})

@@ -28,7 +28,7 @@ FORCED_EXIT = 130
 def poller(
     concurrency: Annotated[
         int, typer.Option(min=1, max=4096, help="Status checks at fal at once")
-    ] = 256,
+    ] = 64,
 ) -> None:
     """Watch the requests at fal and start each job's collect when fal has finished it."""
     from worker.logs import configure

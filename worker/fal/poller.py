@@ -29,6 +29,7 @@ from worker import metrics
 from worker.db import write
 from worker.fal import due
 from worker.fal.schedule import Schedule
+from worker.fal.status_client import StatusClients
 from worker.fal_gateway import resolve_key
 from worker.fleet import FalLimiter
 from worker.jobs.dispatch import heard_completed
@@ -44,7 +45,7 @@ MALFORMED_LIMIT = 3
 FAILURES_KEPT = 100_000
 
 
-class StatusClient(Protocol):
+class StatusAPI(Protocol):
     """What the poller needs of fal-client's AsyncClient."""
 
     async def status(self, application: str, request_id: str) -> fal_client.Status: ...
@@ -61,15 +62,17 @@ class Poller:
         *,
         app: Celery,
         limiter: FalLimiter,
-        fal: StatusClient | None = None,
+        fal: StatusAPI | None = None,
         schedule: Schedule | None = None,
-        concurrency: int = 256,
+        concurrency: int = 64,
         tick_s: float = 0.25,
         claim_s: float = 30.0,
         grace_s: float = 5.0,
     ) -> None:
         self.settings, self.app, self.limiter = settings, app, limiter
-        self.fal = fal or fal_client.AsyncClient(key=resolve_key(settings))
+        self.fal = fal or StatusClients(
+            resolve_key(settings), concurrency, keepalive_s=settings.fal_keepalive_s
+        )
         self.schedule = schedule or Schedule(
             initial_s=settings.poll_initial_s,
             max_s=settings.poll_max_s,
