@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Stack, add_jobs, unique
+from worker.constants import CALLBACK_QUEUE
 from worker.fal.schedule import MIN_SAMPLES, PROBE_AT, Schedule
 
 MODEL = "openai/gpt-image-2"
@@ -213,6 +214,13 @@ def _collect_messages(stack: Stack) -> Counter[str]:
     return Counter(h["id"].split("/")[0] for h in headers)
 
 
+def _queued(stack: Stack, queue: str) -> int:
+    import redis
+
+    with redis.Redis.from_url(stack.redis_url) as client:
+        return int(client.llen(queue))
+
+
 def _polls(stack: Stack, rids: list[str]) -> list[int]:
     requests = stack.emulator.stats()["requests"]
     return [requests[rid]["status_polls"] for rid in rids]
@@ -244,7 +252,7 @@ def test_a_deadline_at_fal_cancels_and_fails_the_job_within_two_seconds(stack: S
     from worker.fleet import FalLimiter
 
     deadline = utcnow() + timedelta(seconds=1.5)
-    jobs = _at_fal(stack, 1, 30.0, deadline_at=deadline)
+    jobs = _at_fal(stack, 1, 30.0, deadline_at=deadline, callback_url="https://app.example/hook")
     (job_id,), (rid,) = list(jobs), list(jobs.values())
     # checks far apart: the deadline must be what brings the row due, not a routine check
     poller = _poller(
@@ -259,6 +267,7 @@ def test_a_deadline_at_fal_cancels_and_fails_the_job_within_two_seconds(stack: S
     assert "IMAGEGEN_JOB_DEADLINE_S" in row.error
     assert stack.emulator.stats()["requests"][rid]["cancels"] == 1
     assert limiter.in_flight() == 0  # its fleet slot given back
+    assert _queued(stack, CALLBACK_QUEUE) == 1  # its web app is told
 
 
 @pytest.mark.slow

@@ -236,7 +236,7 @@ class Poller:
 
     def _after_terminal(self, moved: Any) -> None:
         self.limiter.release(str(moved.job.id))
-        fire(moved)
+        fire(moved, self.app)  # the app: a callback to the job's web app, if it asked
 
     def _plan(self, row: due.Due, at: datetime) -> None:
         if row.deadline_at is not None:
@@ -275,7 +275,7 @@ class Housekeeping:
             self._expire_at = now + self.EXPIRE_EVERY_S
             moved = await self.poller._db(lambda db: due.expire_queued(db, utcnow()))
             for one in moved:
-                await asyncio.to_thread(fire, one)
+                await asyncio.to_thread(fire, one, self.poller.app)
         if now >= self._count_at:
             self._count_at = now + self.COUNT_EVERY_S
             metrics.IN_FLIGHT.set(await self.poller._db(due.count_at_fal))
