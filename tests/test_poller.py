@@ -401,6 +401,7 @@ def _start_process(stack: Stack) -> tuple[Any, Any]:
     env = {**os.environ, **stack.env}
     with log.open("wb") as out:
         proc = subprocess.Popen(poller_argv(), cwd=ROOT, env=env, stdout=out, stderr=out)
+    stack.workers.append(proc)  # stopped after the test, whatever it asserted
     deadline = time.monotonic() + 30
     while b"poller.ready" not in log.read_bytes():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -434,3 +435,24 @@ def test_a_second_signal_stops_the_poller_at_once(stack: Stack) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=5) == 130
+
+
+@pytest.mark.slow
+def test_a_stop_does_not_wait_out_a_database_outage(stack: Stack) -> None:
+    from worker.db import dispose_engines
+
+    poller = _poller(stack, DATABASE_URL=stack.database_url.rsplit("/", 1)[0] + "/no_such_db")
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        await asyncio.sleep(1.0)  # its ticks fail: the database is not there
+        stop.set()
+        started = time.monotonic()
+        await task
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(scenario()) < 2.0
+    finally:
+        dispose_engines()

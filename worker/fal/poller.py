@@ -39,6 +39,8 @@ from worker.settings import Settings
 
 T = TypeVar("T")
 log = get_logger("worker.poller")
+#: tries of one of the poller's own database calls (its ticks try again)
+DB_ATTEMPTS = 2
 #: status answers in a row that fal-client could not parse before the job fails on them
 MALFORMED_LIMIT = 3
 #: jobs whose status calls failed, remembered for their backoff (then forgotten at once)
@@ -78,12 +80,8 @@ class Poller:
             max_s=settings.poll_max_s,
             factor=settings.poll_factor,
         )
-        self.concurrency, self.tick_s, self.claim_s, self.grace_s = (
-            concurrency,
-            tick_s,
-            claim_s,
-            grace_s,
-        )
+        self.concurrency, self.tick_s = concurrency, tick_s
+        self.claim_s, self.grace_s = claim_s, grace_s
         self._slots = asyncio.Semaphore(concurrency)
         self._checks: set[asyncio.Task[None]] = set()
         self._plans: list[tuple[uuid.UUID, datetime]] = []
@@ -93,7 +91,11 @@ class Poller:
         self.collected: list[uuid.UUID] = []
 
     async def _db(self, work: Callable[[Any], T]) -> T:
-        return await asyncio.to_thread(write, self.settings.database_url, work)
+        """One short transaction in a thread; retried by the next tick rather than here
+        for long (a stop must not wait out a database outage)."""
+        return await asyncio.to_thread(
+            write, self.settings.database_url, work, attempts=DB_ATTEMPTS
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop``; then let the checks under way finish (``grace_s``)."""
