@@ -456,3 +456,17 @@ def test_a_stop_does_not_wait_out_a_database_outage(stack: Stack) -> None:
         assert asyncio.run(scenario()) < 2.0
     finally:
         dispose_engines()
+
+
+def test_a_request_past_the_generation_timeout_is_given_up() -> None:
+    from datetime import timedelta
+
+    from models import utcnow
+    from worker.fal.due import DEADLINE_ERROR, Due
+
+    now = utcnow()
+    row = Due(uuid.uuid4(), "m", "r", now - timedelta(seconds=50), None, 1, now)
+    assert row.give_up(now, generation_timeout_s=60) is None
+    assert "IMAGEGEN_GENERATION_TIMEOUT_S" in (row.give_up(now, generation_timeout_s=40) or "")
+    late = Due(uuid.uuid4(), "m", "r", now, now - timedelta(seconds=1), 1, now)
+    assert late.give_up(now, generation_timeout_s=60) == DEADLINE_ERROR

@@ -44,6 +44,18 @@ class Due:
     def overdue(self, now: datetime) -> bool:
         return self.deadline_at is not None and self.deadline_at <= now
 
+    def give_up(self, now: datetime, generation_timeout_s: float) -> str | None:
+        """Why to stop waiting for this request (its error), or None."""
+        if self.overdue(now):
+            return DEADLINE_ERROR
+        if self.submitted_at is not None:
+            if (now - self.submitted_at).total_seconds() > generation_timeout_s:
+                return (
+                    f"fal did not finish within {generation_timeout_s:g}s "
+                    "(IMAGEGEN_GENERATION_TIMEOUT_S)"
+                )
+        return None
+
 
 def claim(db: Connection, now: datetime, limit: int, claim_s: float) -> list[Due]:
     """Take up to ``limit`` due rows for ``claim_s`` seconds (the earliest first)."""

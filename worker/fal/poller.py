@@ -151,9 +151,9 @@ class Poller:
                 self._plan(row, utcnow() + timedelta(seconds=self.settings.poll_max_s))
 
     async def _check(self, row: due.Due) -> None:
-        now = utcnow()
-        if row.overdue(now):
-            await self._deadline(row)
+        stop = row.give_up(utcnow(), self.settings.generation_timeout_s)
+        if stop is not None:
+            await self._stop(row, stop)
             return
         planned_s = (row.poll_at - row.since).total_seconds()
         later_s = self.schedule.plan(row.model, row.id, planned_s)
@@ -219,14 +219,14 @@ class Poller:
             self.counts["collected"] += 1
             self.collected.append(row.id)
 
-    async def _deadline(self, row: due.Due) -> None:
-        """Past its deadline at fal: cancel the request (best effort), fail the job."""
+    async def _stop(self, row: due.Due, error: str) -> None:
+        """Past its deadline (or the generation timeout): cancel at fal (best effort), fail."""
         if row.fal_request_id is not None:
             try:
                 await asyncio.wait_for(self.fal.cancel(row.model, row.fal_request_id), 1.0)
             except (fal_client.FalClientHTTPError, httpx.HTTPError, TimeoutError) as exc:
                 log.info("poller.cancel_failed", job_id=str(row.id), error=type(exc).__name__)
-        if await self._fail(row, due.DEADLINE_ERROR):
+        if await self._fail(row, error):
             self.counts["deadline"] += 1
 
     async def _fail(self, row: due.Due, error: str) -> bool:
