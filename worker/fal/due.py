@@ -48,12 +48,10 @@ class Due:
         """Why to stop waiting for this request (its error), or None."""
         if self.overdue(now):
             return DEADLINE_ERROR
-        if self.submitted_at is not None:
-            if (now - self.submitted_at).total_seconds() > generation_timeout_s:
-                return (
-                    f"fal did not finish within {generation_timeout_s:g}s "
-                    "(IMAGEGEN_GENERATION_TIMEOUT_S)"
-                )
+        since = self.submitted_at
+        if since is not None and (now - since).total_seconds() > generation_timeout_s:
+            limit = f"{generation_timeout_s:g}s (IMAGEGEN_GENERATION_TIMEOUT_S)"
+            return f"fal did not finish within {limit}"
         return None
 
 
