@@ -168,6 +168,20 @@ class FalLimiter:
         if self.limit is not None:
             self.try_acquire(token, force=True, lease_s=lease_s)
 
+    def renew_many(self, tokens: list[str], lease_s: float) -> None:
+        """Renew many slots in one round trip (the poller, for the requests still at fal)."""
+        if self.limit is None or not tokens:
+            return
+        until = time.time() + lease_s
+        if self._redis is None:
+            with self._lock:
+                self._local_slots.update(dict.fromkeys(tokens, until))
+            return
+        with self._redis.pipeline(transaction=False) as pipe:
+            for token in tokens:
+                pipe.zadd(FAL_SLOTS_KEY, {token: until})
+            pipe.execute()
+
     def release(self, token: str) -> None:
         if self.limit is None:
             return

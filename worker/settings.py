@@ -120,6 +120,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("IMAGEGEN_WORKER_METRICS_PORT", "IMAGEGEN_METRICS_PORT"),
     )
 
+    # The poller (`imagegen poller`) serves its own metrics (jobs at fal) on this port when set.
+    poller_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, alias="IMAGEGEN_POLLER_METRICS_PORT"
+    )
+
     # Celery / Redis.
     visibility_timeout_s: int = Field(default=3600, gt=0, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
     log_format: str = Field(

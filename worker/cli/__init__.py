@@ -14,7 +14,7 @@ from worker.cli.app import cli, state
 from worker.cli.errors import report
 
 #: The command modules, in the order their commands are listed in ``imagegen --help``.
-COMMAND_MODULES = ("jobs", "ops", "comforts", "serve")
+COMMAND_MODULES = ("jobs", "ops", "comforts", "serve", "poller")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"worker.cli.{_name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -55,6 +56,11 @@ def _root(
     ] = False,
 ) -> None:
     state.debug = debug
+    from worker.logs import configure
+
+    # a command's own output is stdout; the library's log lines (a cancel's job.cancelled)
+    # go to stderr, warnings and up (the serving commands configure their own level)
+    configure(level=logging.WARNING)
 
 
 def app_settings() -> Any:

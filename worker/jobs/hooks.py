@@ -60,7 +60,9 @@ def _log(moved: Moved, _app: Celery | None) -> None:
         fields["error"] = job.error
     if moved.move.name in ("reschedule", "collect", "release", "claim"):
         return  # every few seconds per job: not worth a line each
-    log.info(f"job.{moved.move.name}", status=job.status.value, **fields)
+    # a job's end is logged by its outcome (job.succeeded, job.refused, ...), a step by its move
+    event = job.status.value if job.status in TERMINAL_STATUSES else moved.move.name
+    log.info(f"job.{event}", status=job.status.value, **fields)
 
 
 @listen

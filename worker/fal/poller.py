@@ -1,0 +1,298 @@
+"""One asyncio poller per host: watches every request at fal and starts its collect.
+
+Each tick takes the due rows (``worker.fal.due``), asks fal for their status, many at
+once, and acts on the answer: COMPLETED -> ``heard_completed`` (at_fal -> collecting, the
+fleet slot released, the collect task published); still queued or running -> the next
+check from the learned ``Schedule`` and the slot's lease renewed; past the job's deadline
+-> cancelled at fal and failed. No thread waits on fal; the database and Redis calls are
+short and run in threads. The process may die at any time: what it had claimed comes due
+again after the claim window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+import fal_client
+import httpx
+from celery import Celery
+
+from models import utcnow
+from worker import metrics
+from worker.db import write
+from worker.fal import due
+from worker.fal.schedule import Schedule
+from worker.fal.status_client import StatusClients
+from worker.fal_gateway import resolve_key
+from worker.fleet import FalLimiter
+from worker.jobs.dispatch import heard_completed
+from worker.jobs.hooks import fire
+from worker.logs import get_logger
+from worker.settings import Settings
+
+T = TypeVar("T")
+log = get_logger("worker.poller")
+#: tries of one of the poller's own database calls (its ticks try again)
+DB_ATTEMPTS = 2
+#: status answers in a row that fal-client could not parse before the job fails on them
+MALFORMED_LIMIT = 3
+#: jobs whose status calls failed, remembered for their backoff (then forgotten at once)
+FAILURES_KEPT = 100_000
+
+
+class StatusAPI(Protocol):
+    """What the poller needs of fal-client's AsyncClient."""
+
+    async def status(self, application: str, request_id: str) -> fal_client.Status: ...
+
+    async def cancel(self, application: str, request_id: str) -> None: ...
+
+
+class Poller:
+    """Checks the requests at fal that are due, until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        app: Celery,
+        limiter: FalLimiter,
+        fal: StatusAPI | None = None,
+        schedule: Schedule | None = None,
+        concurrency: int = 64,
+        tick_s: float = 0.25,
+        claim_s: float = 30.0,
+        grace_s: float = 5.0,
+    ) -> None:
+        self.settings, self.app, self.limiter = settings, app, limiter
+        self.fal = fal or StatusClients(
+            resolve_key(settings), concurrency, keepalive_s=settings.fal_keepalive_s
+        )
+        self.schedule = schedule or Schedule(
+            initial_s=settings.poll_initial_s,
+            max_s=settings.poll_max_s,
+            factor=settings.poll_factor,
+        )
+        self.concurrency, self.tick_s = concurrency, tick_s
+        self.claim_s, self.grace_s = claim_s, grace_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._checks: set[asyncio.Task[None]] = set()
+        self._plans: list[tuple[uuid.UUID, datetime]] = []
+        self._failures: Counter[uuid.UUID] = Counter()
+        #: what happened, for logs and tests: checks, collected, waiting, failed, deadline
+        self.counts: Counter[str] = Counter()
+        self.collected: list[uuid.UUID] = []
+
+    async def _db(self, work: Callable[[Any], T]) -> T:
+        """One short transaction in a thread; retried by the next tick rather than here
+        for long (a stop must not wait out a database outage)."""
+        return await asyncio.to_thread(
+            write, self.settings.database_url, work, attempts=DB_ATTEMPTS
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop``; then let the checks under way finish (``grace_s``)."""
+        housekeeping = Housekeeping(self)
+        self._slots = asyncio.Semaphore(self.concurrency)  # this event loop's
+        while not stop.is_set():
+            more = False
+            try:
+                more = await self._tick()
+                await housekeeping.maybe_run()
+            except Exception:  # the database or Redis is away: try again next tick
+                log.exception("poller.tick_failed")
+            if not more:
+                await _wait(stop, self.tick_s)
+        await self._drain()
+
+    def _room(self) -> int:
+        """Rows to claim now: at most two rounds of checks ahead, so that a claimed row
+        waits for a slot far less than its claim window."""
+        return max(2 * self.concurrency - len(self._checks), 0)
+
+    async def _tick(self) -> bool:
+        """Claim and start the due checks; True when more were due than it took."""
+        await self._flush()
+        room = self._room()
+        if room == 0:
+            return False
+        now = utcnow()
+        rows = await self._db(lambda db: due.claim(db, now, room, self.claim_s))
+        for row in rows:
+            task = asyncio.create_task(self._bounded(row))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+        return len(rows) == room
+
+    async def _drain(self) -> None:
+        if self._checks:
+            _, late = await asyncio.wait(set(self._checks), timeout=self.grace_s)
+            for task in late:  # their rows come due again after the claim window
+                task.cancel()
+        await self._flush()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await close_fal(self.fal)
+
+    async def _bounded(self, row: due.Due) -> None:
+        async with self._slots:
+            try:
+                await self._check(row)
+            except Exception:
+                log.exception("poller.check_failed", job_id=str(row.id))
+                self._plan(row, utcnow() + timedelta(seconds=self.settings.poll_max_s))
+
+    async def _check(self, row: due.Due) -> None:
+        stop = row.give_up(utcnow(), self.settings.generation_timeout_s)
+        if stop is not None:
+            await self._stop(row, stop)
+            return
+        planned_s = (row.poll_at - row.since).total_seconds()
+        later_s = self.schedule.plan(row.model, row.id, planned_s)
+        if later_s is not None:  # planned before the model was learned: not worth a call
+            self._plan(row, row.since + timedelta(seconds=later_s))
+            return
+        self.counts["checks"] += 1
+        sent_s = (utcnow() - row.since).total_seconds()
+        answer, malformed = await self._status(row)
+        if answer == "completed":
+            self._failures.pop(row.id, None)
+            self.schedule.completed(row.model, row.id, planned_s, sent_s)
+            await self._completed(row)
+        elif answer == "waiting":
+            self._failures.pop(row.id, None)
+            self.counts["waiting"] += 1
+            elapsed_s = (utcnow() - row.since).total_seconds()
+            next_s = self.schedule.next_check_s(row.model, row.id, max(elapsed_s, planned_s))
+            self._plan(row, row.since + timedelta(seconds=next_s))
+        else:
+            await self._no_answer(row, malformed)
+
+    async def _no_answer(self, row: due.Due, malformed: str | None) -> None:
+        """Check again soon, later each time; a body that keeps making no sense fails it."""
+        self.counts["failed"] += 1
+        if len(self._failures) > FAILURES_KEPT:  # rows another poller took on meanwhile
+            self._failures.clear()
+        self._failures[row.id] += 1
+        failures = self._failures[row.id]
+        if malformed is not None and failures >= MALFORMED_LIMIT:
+            self._failures.pop(row.id, None)
+            await self._fail(row, f"fal answered the status with a malformed body ({malformed})")
+            return
+        backoff_s = self.settings.poll_initial_s * 2 ** (failures - 1)
+        self._plan(row, utcnow() + timedelta(seconds=min(backoff_s, self.settings.poll_max_s)))
+
+    async def _status(self, row: due.Due) -> tuple[str, str | None]:
+        """completed, waiting or failed (no answer: check again soon), and for an answer
+        that makes no sense (not fal's protocol) what was wrong with it."""
+        if row.fal_request_id is None:
+            return "completed", None  # nothing to ask about: the collect stage sorts it out
+        try:
+            status = await asyncio.wait_for(
+                self.fal.status(row.model, row.fal_request_id), self.settings.poll_timeout_s
+            )
+        except fal_client.FalClientHTTPError as exc:
+            if exc.status_code == 404:  # fal does not know it: collect classifies that
+                return "completed", None
+            log.warning("poller.status_error", job_id=str(row.id), http_status=exc.status_code)
+            return "failed", None
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.warning("poller.status_error", job_id=str(row.id), error=type(exc).__name__)
+            return "failed", None
+        except (ValueError, KeyError, TypeError) as exc:  # fal-client could not parse it
+            log.warning("poller.status_malformed", job_id=str(row.id), error=str(exc))
+            return "failed", str(exc)
+        return ("completed" if isinstance(status, fal_client.Completed) else "waiting"), None
+
+    async def _completed(self, row: due.Due) -> None:
+        url = self.settings.database_url
+        won = await asyncio.to_thread(heard_completed, url, self.app, self.limiter, row.id)
+        if won:
+            self.counts["collected"] += 1
+            self.collected.append(row.id)
+
+    async def _stop(self, row: due.Due, error: str) -> None:
+        """Past its deadline (or the generation timeout): cancel at fal (best effort), fail."""
+        if row.fal_request_id is not None:
+            try:
+                await asyncio.wait_for(self.fal.cancel(row.model, row.fal_request_id), 1.0)
+            except (fal_client.FalClientHTTPError, httpx.HTTPError, TimeoutError) as exc:
+                log.info("poller.cancel_failed", job_id=str(row.id), error=type(exc).__name__)
+        if await self._fail(row, error):
+            self.counts["deadline"] += 1
+
+    async def _fail(self, row: due.Due, error: str) -> bool:
+        """at_fal -> failed, its fleet slot given back; False if it had moved on already."""
+        moved = await self._db(lambda db: due.fail_at_fal(db, row.id, error))
+        if moved is not None:
+            await asyncio.to_thread(self._after_terminal, moved)
+        return moved is not None
+
+    def _after_terminal(self, moved: Any) -> None:
+        self.limiter.release(str(moved.job.id))
+        fire(moved, self.app)  # the app: a callback to the job's web app, if it asked
+
+    def _plan(self, row: due.Due, at: datetime) -> None:
+        if row.deadline_at is not None:
+            at = min(at, row.deadline_at)  # a deadline is noticed when it passes
+        self._plans.append((row.id, at))
+
+    async def _flush(self) -> None:
+        """Write the next checks planned since the last flush; renew their fal slots."""
+        plans, self._plans = self._plans, []
+        if not plans:
+            return
+        try:
+            await self._db(lambda db: due.reschedule(db, plans))
+        except Exception:
+            self._plans.extend(plans)  # written next tick; meanwhile the claim window holds
+            raise
+        furthest_s = max((at - utcnow()).total_seconds() for _, at in plans)
+        lease_s = max(self.settings.lease_s, furthest_s + self.claim_s + 10.0)
+        tokens = [str(job_id) for job_id, _ in plans]
+        await asyncio.to_thread(self.limiter.renew_many, tokens, lease_s)
+
+
+class Housekeeping:
+    """Once a second: queued jobs past their deadline; every few: the at-fal gauge."""
+
+    EXPIRE_EVERY_S = 1.0
+    COUNT_EVERY_S = 5.0
+
+    def __init__(self, poller: Poller) -> None:
+        self.poller = poller
+        self._expire_at = self._count_at = 0.0
+
+    async def maybe_run(self) -> None:
+        now = time.monotonic()
+        if now >= self._expire_at:
+            self._expire_at = now + self.EXPIRE_EVERY_S
+            moved = await self.poller._db(lambda db: due.expire_queued(db, utcnow()))
+            for one in moved:
+                await asyncio.to_thread(fire, one, self.poller.app)
+        if now >= self._count_at:
+            self._count_at = now + self.COUNT_EVERY_S
+            metrics.IN_FLIGHT.set(await self.poller._db(due.count_at_fal))
+
+
+async def close_fal(fal: object) -> None:
+    """Close fal-client's connections (its cached httpx client: a next use opens anew)."""
+    close = getattr(fal, "aclose", None)
+    if close is not None:
+        await close()
+    elif isinstance(fal, fal_client.AsyncClient) and "_client" in vars(fal):
+        await (await fal._client).aclose()
+        del fal._client
+
+
+async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout_s)
