@@ -14,9 +14,6 @@ PACKAGES = ("worker", "models", "bench")
 MAX_LINES = 300
 
 #: Cycles known today, each as one edge (importer, imported) to drop, so any other still fails.
-#: bench.report imports bench.throughput (its Run, under TYPE_CHECKING) and bench.throughput
-#: imports bench.report's render: issue 22 names the pair, branch h/bench removes it.
-KNOWN_CYCLES: set[tuple[str, str]] = {("bench.report", "bench.throughput")}
 
 
 def _modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
@@ -120,10 +117,7 @@ def test_the_import_graph_resolves_relative_from_and_package_imports(tmp_path: P
 
 
 def test_there_are_no_import_cycles() -> None:
-    graph = import_graph()
-    for source, target in KNOWN_CYCLES:
-        graph[source].discard(target)
-    found = cycles(graph)
+    found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in found)
 
 
