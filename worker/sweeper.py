@@ -36,6 +36,8 @@ from worker.settings import Settings
 log = get_logger(__name__)
 BATCH = 500
 J = state.JOBS.c
+#: the states a stage task is (to be) working on
+STAGED = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.COLLECTING)
 DEADLINE_ERROR = "deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)"
 
 
@@ -58,7 +60,7 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
     report = SweepReport()
     now = utcnow()
     report.expired = _expire_overdue(settings, app, now)
-    report.republished = _republish(settings, app, now)
+    report.republished = republish(settings, app, now)
     report.checked_at_fal = _check_silent(settings, app, now)
     report.webhooks_purged = _purge_webhooks(settings)
     if report.republished or report.expired or report.checked_at_fal:
@@ -82,12 +84,14 @@ def _lapsed(now: datetime) -> Any:
     return or_(J.lease_until.is_(None), J.lease_until < now)
 
 
-def _republish(settings: Settings, app: Celery, now: datetime) -> list[uuid.UUID]:
-    """Stages whose message was lost (or whose task died): publish them again, once."""
-    stale = or_(
-        and_(J.status == JobStatus.QUEUED, _lapsed(now)),
-        and_(J.status.in_((JobStatus.SUBMITTING, JobStatus.COLLECTING)), _lapsed(now)),
-    )
+def republish(
+    settings: Settings, app: Celery, now: datetime, statuses: tuple[JobStatus, ...] = STAGED
+) -> list[uuid.UUID]:
+    """Stages whose message was lost (or whose task died): publish them again, once.
+
+    queued: past its grace; submitting / collecting: its lease ran out (a collect never
+    published since COMPLETED was heard has the short lease of ``heard_completed``)."""
+    stale = and_(J.status.in_(statuses), _lapsed(now))
     grace = now + timedelta(seconds=max(settings.queued_grace_s, 1.0))
 
     def work(db: Connection) -> list[Any]:

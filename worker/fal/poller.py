@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +24,6 @@ import httpx
 from celery import Celery
 
 from models import utcnow
-from worker import metrics
 from worker.db import write
 from worker.fal import due
 from worker.fal.schedule import Schedule
@@ -99,6 +97,8 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop``; then let the checks under way finish (``grace_s``)."""
+        from worker.fal.housekeeping import Housekeeping
+
         housekeeping = Housekeeping(self)
         self._slots = asyncio.Semaphore(self.concurrency)  # this event loop's
         while not stop.is_set():
@@ -259,28 +259,6 @@ class Poller:
         lease_s = max(self.settings.lease_s, furthest_s + self.claim_s + 10.0)
         tokens = [str(job_id) for job_id, _ in plans]
         await asyncio.to_thread(self.limiter.renew_many, tokens, lease_s)
-
-
-class Housekeeping:
-    """Once a second: queued jobs past their deadline; every few: the at-fal gauge."""
-
-    EXPIRE_EVERY_S = 1.0
-    COUNT_EVERY_S = 5.0
-
-    def __init__(self, poller: Poller) -> None:
-        self.poller = poller
-        self._expire_at = self._count_at = 0.0
-
-    async def maybe_run(self) -> None:
-        now = time.monotonic()
-        if now >= self._expire_at:
-            self._expire_at = now + self.EXPIRE_EVERY_S
-            moved = await self.poller._db(lambda db: due.expire_queued(db, utcnow()))
-            for one in moved:
-                await asyncio.to_thread(fire, one, self.poller.app)
-        if now >= self._count_at:
-            self._count_at = now + self.COUNT_EVERY_S
-            metrics.IN_FLIGHT.set(await self.poller._db(due.count_at_fal))
 
 
 async def close_fal(fal: object) -> None:

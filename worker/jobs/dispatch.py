@@ -8,10 +8,12 @@ n = the attempt), so Flower shows one row per stage run and the last one holds t
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import Connection
 
+from models import utcnow
 from worker.constants import COLLECT_TASK, SUBMIT_TASK
 from worker.db import write
 from worker.fleet import FalLimiter
@@ -21,6 +23,8 @@ from worker.logs import get_logger
 from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 
 log = get_logger(__name__)
+#: how long a collect may take to be picked up before it is published again
+COLLECT_PUBLISH_GRACE_S = 30.0
 
 
 def submit_task_id(job_id: uuid.UUID, attempts: int) -> str:
@@ -62,13 +66,19 @@ def heard_completed(
     def work(db: Connection) -> state.Moved | None:
         if also is not None:
             also(db)
-        return state.move(db, job_id, "completed")
+        # until the collect takes it: past this, the poller or the sweeper publishes it again
+        until = utcnow() + timedelta(seconds=COLLECT_PUBLISH_GRACE_S)
+        return state.move(db, job_id, "completed", values={"lease_until": until})
 
     moved = write(database_url, work)
     if moved is None:
         return False
     fire(moved, app)
-    send_collect(app, job_id, moved.job.attempts)
+    try:
+        send_collect(app, job_id, moved.job.attempts)
+    except Exception as exc:  # Redis is away: the short lease above brings it back
+        log.warning("collect.not_published", job_id=str(job_id), error=str(exc))
+        return True
     try:
         limiter.release(str(job_id))
     except REDIS_UNAVAILABLE as exc:  # the slot's lease runs out instead

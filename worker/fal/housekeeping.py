@@ -1,0 +1,43 @@
+"""What the poller does beside its checks, on short timers: queued jobs past their
+deadline failed, collects that were never published (Redis was away) published again,
+and the at-fal gauge. The sweeper does the same on its longer schedule: a host without
+a poller loses nothing, it only waits longer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from models import JobStatus, utcnow
+from worker import metrics
+from worker.fal import due
+from worker.jobs.hooks import fire
+from worker.sweeper import republish
+
+if TYPE_CHECKING:
+    from worker.fal.poller import Poller
+
+
+class Housekeeping:
+    EXPIRE_EVERY_S = 1.0
+    COUNT_EVERY_S = 5.0
+
+    def __init__(self, poller: Poller) -> None:
+        self.poller = poller
+        self._expire_at = self._count_at = 0.0
+
+    async def maybe_run(self) -> None:
+        now = time.monotonic()
+        poller = self.poller
+        if now >= self._expire_at:
+            self._expire_at = now + self.EXPIRE_EVERY_S
+            moved = await poller._db(lambda db: due.expire_queued(db, utcnow()))
+            for one in moved:
+                await asyncio.to_thread(fire, one, poller.app)
+        if now >= self._count_at:
+            self._count_at = now + self.COUNT_EVERY_S
+            metrics.IN_FLIGHT.set(await poller._db(due.count_at_fal))
+            await asyncio.to_thread(
+                republish, poller.settings, poller.app, utcnow(), (JobStatus.COLLECTING,)
+            )
