@@ -206,12 +206,11 @@ class Stack:
         from worker.demo import poller_argv
 
         env = {**os.environ, **self.env, **(extra_env or {})}
-        log = self.log_dir / f"poller-{len(self.workers)}.log"
+        log = self.log_dir / "poller.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 poller_argv(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        self.workers.append(proc)
         self.poller = proc
         deadline = time.monotonic() + 30
         while b"poller.ready" not in log.read_bytes():
@@ -265,9 +264,10 @@ class Stack:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
 
     def stop(self) -> None:
-        for proc in self.workers:
+        procs = [*self.workers, *([self.poller] if self.poller is not None else [])]
+        for proc in procs:
             proc.terminate()
-        for proc in self.workers:
+        for proc in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
