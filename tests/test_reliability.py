@@ -12,6 +12,7 @@ import redis
 
 from tests.conftest import Stack, unique
 
+TERMINAL = ("succeeded", "refused", "failed", "cancelled")
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 
 
@@ -35,22 +36,27 @@ def _sweep_until_terminal(stack: Stack, ids: list[uuid.UUID], **settings: Any) -
 
     app, conf = stack.app(), stack.settings(**settings)
     deadline = time.monotonic() + 60
-    while any(_job(stack, i)["status"] in ("queued", "running") for i in ids):
+    while any(_job(stack, i)["status"] not in TERMINAL for i in ids):
         assert time.monotonic() < deadline, [_job(stack, i) for i in ids]
         sweep(conf, app)
         time.sleep(0.5)
 
 
-def test_killed_worker_resumes_by_request_id_without_paying_twice(stack: Stack) -> None:
+def test_killed_worker_and_poller_resume_by_request_id_without_paying_twice(
+    stack: Stack,
+) -> None:
     lease = {"IMAGEGEN_LEASE_S": "1.5"}
     stack.env.update(lease)
     stack.start_worker()
     prompt = unique("[[fal:ok+latency:4]] a long generation")
     job_id = stack.enqueue(prompt)
     _wait_for(lambda: _job(stack, job_id)["fal_request_id"] is not None)
-    stack.workers[0].kill()  # SIGKILL while fal is still generating
-    stack.workers[0].wait()
-    stack.start_worker()
+    assert stack.poller is not None
+    for proc in (stack.workers[0], stack.poller):  # SIGKILL while fal is still generating
+        proc.kill()
+        proc.wait()
+    stack.poller = None
+    stack.start_worker()  # and a new poller
     _sweep_until_terminal(stack, [job_id], **lease)
     job = _job(stack, job_id)
     assert job["status"] == "succeeded", job

@@ -5,7 +5,7 @@ of worker threads wait for a connection instead.
 
 Redis going away (a restart, a failover) under a running worker (``patient``): each command is tried
 again with backoff (about 10 s, up to 20 s), one warning line per retry, before its error
-reaches the run (``worker.pipeline`` then leaves the job to its lease and the sweeper).
+reaches the stage (the job is left to its lease, and the poller or the sweeper).
 """
 
 from __future__ import annotations

@@ -53,7 +53,13 @@ async def _serve(concurrency: int) -> None:
         from worker.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings.poller_metrics_port)
-    limiter = FalLimiter.for_settings(settings)
+    # patient, like a worker's: a Redis restart is waited out (worker.redis_client)
+    limiter = FalLimiter.for_url(
+        settings.redis_url,
+        limit=settings.fal_concurrency,
+        lease_s=settings.generation_timeout_s,
+        patient=True,
+    )
     poller = Poller(settings, app=app, limiter=limiter, concurrency=concurrency)
     stop = asyncio.Event()
     _on_signals(stop, log)

@@ -22,6 +22,9 @@ from typing import Any, Protocol, TypeVar
 import fal_client
 import httpx
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from models import utcnow
 from worker.db import write
@@ -33,9 +36,12 @@ from worker.fleet import FalLimiter
 from worker.jobs.dispatch import heard_completed
 from worker.jobs.hooks import fire
 from worker.logs import get_logger
+from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from worker.settings import Settings
 
 T = TypeVar("T")
+#: a service away (Redis, Postgres, the broker): one line a tick, no traceback
+OUTAGES = (*REDIS_UNAVAILABLE, DBAPIError, PoolTimeout, KombuOperationalError)
 log = get_logger("worker.poller")
 #: tries of one of the poller's own database calls (its ticks try again)
 DB_ATTEMPTS = 2
@@ -106,7 +112,9 @@ class Poller:
             try:
                 more = await self._tick()
                 await housekeeping.maybe_run()
-            except Exception:  # the database or Redis is away: try again next tick
+            except OUTAGES as exc:  # the database or Redis is away: the next tick retries
+                log.warning("poller.tick_failed", error=type(exc).__name__, detail=str(exc))
+            except Exception:
                 log.exception("poller.tick_failed")
             if not more:
                 await _wait(stop, self.tick_s)
@@ -151,12 +159,11 @@ class Poller:
                 self._plan(row, utcnow() + timedelta(seconds=self.settings.poll_max_s))
 
     async def _check(self, row: due.Due) -> None:
+        # past its deadline (or the generation timeout): asked once more, since a request
+        # fal finished in time is delivered, then stopped
         stop = row.give_up(utcnow(), self.settings.generation_timeout_s)
-        if stop is not None:
-            await self._stop(row, stop)
-            return
         planned_s = (row.poll_at - row.since).total_seconds()
-        later_s = self.schedule.plan(row.model, row.id, planned_s)
+        later_s = self.schedule.plan(row.model, row.id, planned_s) if stop is None else None
         if later_s is not None:  # planned before the model was learned: not worth a call
             self._plan(row, row.since + timedelta(seconds=later_s))
             return
@@ -167,6 +174,8 @@ class Poller:
             self._failures.pop(row.id, None)
             self.schedule.completed(row.model, row.id, planned_s, sent_s)
             await self._completed(row)
+        elif stop is not None:
+            await self._stop(row, stop)
         elif answer == "waiting":
             self._failures.pop(row.id, None)
             self.counts["waiting"] += 1
