@@ -6,9 +6,8 @@ it is up, so it starts (and is seen to receive the worker's heartbeats) before a
 enqueued. The job table stays the source of truth: each test waits for the row to be
 terminal, then for Flower to agree.
 
-Each stage run is its own task (``worker.jobs.dispatch``): the first submit has the job's id,
-later ones ``<job id>/submit-<n>``, collects ``<job id>/collect-<n>``. The job's outcome in
-Flower is the state of its last stage task (``_outcome_task``).
+Each stage run is its own task (``worker.jobs.dispatch``); a job's outcome in Flower is the
+state of its last stage task (``_outcome_task``).
 """
 
 from __future__ import annotations
@@ -165,12 +164,9 @@ def _task_in_state(flower: Flower, task_id: str, state: str) -> dict[str, Any] |
 
 
 def _stage_order(task_id: str) -> tuple[int, int]:
-    """A stage task's place in its job's life: submit-1 (the job id), collect-1, submit-2..."""
-    _, _, stage = task_id.partition("/")
-    if not stage:
-        return (1, 0)
-    kind, _, number = stage.rpartition("-")
-    return (int(number), 0 if kind == "submit" else 1)
+    """A stage task's place in its job's life: the job id (submit), collect-1, submit-2, ..."""
+    kind, _, number = task_id.partition("/")[2].rpartition("-")
+    return (int(number), 0 if kind == "submit" else 1) if number else (1, 0)
 
 
 def _stage_tasks(flower: Flower, job_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -180,18 +176,14 @@ def _stage_tasks(flower: Flower, job_id: uuid.UUID) -> list[dict[str, Any]]:
     return sorted(mine, key=lambda task: _stage_order(task["uuid"]))
 
 
-#: a result that says the job goes on (at fal, resubmitted) or that the run did nothing
-NOT_AN_OUTCOME = ("at_fal:", "resubmitting:", "skipped")
+NOT_AN_OUTCOME = ("at_fal:", "resubmitting:", "skipped")  # the job goes on, or nothing done
 
 
 def _outcome_task(flower: Flower, job_id: uuid.UUID) -> dict[str, Any] | None:
-    """The job's last stage task once it holds the job's outcome (SUCCESS with
-    ``succeeded`` or ``refused:<category>``, FAILURE or REVOKED); None until then."""
+    """The job's last stage task once it holds the job's outcome; None until then."""
     stages = _stage_tasks(flower, job_id)
-    if not stages:
-        return None
-    last = stages[-1]
-    if last["state"] in ("FAILURE", "REVOKED"):
+    last = stages[-1] if stages else None
+    if last is None or last["state"] in ("FAILURE", "REVOKED"):
         return last
     result = str(last.get("result") or "").strip("'\"")
     final = last["state"] == "SUCCESS" and not result.startswith(NOT_AN_OUTCOME)
@@ -214,12 +206,9 @@ def test_flower_shows_success_and_refusal_with_job_id_only(flower: Flower) -> No
     refused_prompt = unique("[[fal:refuse:celebrity_likeness]] a famous actor")
     ok_id, refused_id = stack.enqueue(ok_prompt), stack.enqueue(refused_prompt)
 
-    assert stack.wait_terminal(ok_id)["status"] == "succeeded"
-    refused_row = stack.wait_terminal(refused_id)
-    assert (refused_row["status"], refused_row["refusal_category"]) == (
-        "refused",
-        "celebrity_likeness",
-    ), refused_row
+    row, refused_row = stack.wait_terminal(ok_id), stack.wait_terminal(refused_id)
+    assert row["status"] == "succeeded", row
+    assert refused_row["refusal_category"] == "celebrity_likeness", refused_row
 
     # The outcome is on the job's last stage task, SUCCESS: a refusal is an outcome the task
     # recorded, not a task failure. fal refuses this one at submit (the job id's task).
@@ -227,16 +216,14 @@ def test_flower_shows_success_and_refusal_with_job_id_only(flower: Flower) -> No
     refused = flower.wait_for("the refusal", partial(_outcome_task, flower, refused_id))
     assert (ok["uuid"], ok["name"]) == (f"{ok_id}/collect-1", COLLECT_TASK), ok
     assert (refused["uuid"], refused["name"]) == (str(refused_id), SUBMIT_TASK), refused
-    assert ok["state"] == refused["state"] == "SUCCESS"
-    assert ok["result"] == repr("succeeded"), ok
-    assert refused["result"] == repr("refused:celebrity_likeness"), refused
+    assert (ok["state"], ok["result"]) == ("SUCCESS", repr("succeeded")), ok
+    assert (refused["state"], refused["result"]) == ("SUCCESS", "'refused:celebrity_likeness'")
     assert refused["retries"] == 0, f"a refusal is never retried: {refused}"
     assert refused["exception"] is None and refused["traceback"] is None, refused
 
     # While the job was at fal, its submit task said so: fal's request id, and since when.
     submitted = _task_in_state(flower, str(ok_id), "SUCCESS")
     assert submitted is not None and submitted["name"] == SUBMIT_TASK, submitted
-    row = stack.wait_terminal(ok_id)
     since = re.fullmatch(r"'at_fal:(\S+) since (\S+)'", submitted["result"] or "")
     assert since is not None, f"the at-fal submit does not show its request: {submitted}"
     assert since.group(1) == row["fal_request_id"], (since.group(1), row)
@@ -308,7 +295,6 @@ def test_flower_reads_the_batched_sent_events_of_enqueue_many(flower: Flower) ->
     for job_id in ids:
         assert stack.wait_terminal(job_id)["status"] == "succeeded"
         task = flower.wait_for(
-            "a batch's job as SUCCESS",
-            lambda job_id=job_id: _task_in_state(flower, str(job_id), "SUCCESS"),
+            "a batch's job as SUCCESS", partial(_task_in_state, flower, str(job_id), "SUCCESS")
         )
         assert task["sent"] and task["received"], f"task-sent/received events missing: {task}"

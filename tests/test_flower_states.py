@@ -151,8 +151,7 @@ def test_flower_shows_every_outcome_of_a_backlog(stack: Stack) -> None:
         for name, job_id in ids:
             _, _, state, result = _BACKLOG[name]
             task = flower.wait_for(
-                f"the {name} job {job_id}'s outcome",
-                lambda job_id=job_id: _outcome_task(flower, job_id),
+                f"the {name} job's outcome", partial(_outcome_task, flower, job_id)
             )
             assert task["state"] == state, task
             if result is not None:
@@ -163,8 +162,8 @@ def test_flower_shows_every_outcome_of_a_backlog(stack: Stack) -> None:
                 assert "JobFailed" in task["exception"], task
         resubmitted = [job_id for name, job_id in ids if name == "retried"]
         for job_id in resubmitted:  # fal's runner failed the first request: a second one
-            task = _outcome_task(flower, job_id)
-            assert task is not None and task["uuid"] == f"{job_id}/collect-2", task
+            last = _outcome_task(flower, job_id)
+            assert last is not None and last["uuid"] == f"{job_id}/collect-2", last
     finally:
         flower.stop()
         print(flower.diagnostics())
