@@ -5,6 +5,9 @@ port, address and state file are the test's. It only knows what it receives as e
 it is up, so it starts (and is seen to receive the worker's heartbeats) before any job is
 enqueued. The job table stays the source of truth: each test waits for the row to be
 terminal, then for Flower to agree.
+
+Each stage run is its own task (``worker.jobs.dispatch``); a job's outcome in Flower is the
+state of its last stage task (``_outcome_task``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +32,7 @@ import yaml
 
 from tests.conftest import ROOT, Stack, unique
 from worker.api import enqueue_many
-from worker.constants import JOB_QUEUE, RUN_JOB_TASK
+from worker.constants import COLLECT_TASK, JOB_QUEUE, SUBMIT_TASK
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 
@@ -159,11 +163,31 @@ def _task_in_state(flower: Flower, task_id: str, state: str) -> dict[str, Any] |
     return info if info.get("state") == state else None
 
 
-def _listed(flower: Flower, job_id: uuid.UUID) -> dict[str, Any] | None:
-    """The task whose args carry this job id, from the task list (as the UI lists them)."""
-    tasks: dict[str, dict[str, Any]] = flower.api("/api/tasks", limit=100)
-    matches = [t for t in tasks.values() if str(job_id) in (t.get("args") or "")]
-    return matches[0] if len(matches) == 1 and matches[0].get("state") == "SUCCESS" else None
+def _stage_order(task_id: str) -> tuple[int, int]:
+    """A stage task's place in its job's life: the job id (submit), collect-1, submit-2, ..."""
+    kind, _, number = task_id.partition("/")[2].rpartition("-")
+    return (int(number), 0 if kind == "submit" else 1) if number else (1, 0)
+
+
+def _stage_tasks(flower: Flower, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The job's stage tasks as Flower lists them (its search covers task ids), in order."""
+    tasks: dict[str, dict[str, Any]] = flower.api("/api/tasks", search=str(job_id))
+    mine = [t for tid, t in tasks.items() if tid == str(job_id) or tid.startswith(f"{job_id}/")]
+    return sorted(mine, key=lambda task: _stage_order(task["uuid"]))
+
+
+NOT_AN_OUTCOME = ("at_fal:", "resubmitting:", "skipped")  # the job goes on, or nothing done
+
+
+def _outcome_task(flower: Flower, job_id: uuid.UUID) -> dict[str, Any] | None:
+    """The job's last stage task once it holds the job's outcome; None until then."""
+    stages = _stage_tasks(flower, job_id)
+    last = stages[-1] if stages else None
+    if last is None or last["state"] in ("FAILURE", "REVOKED"):
+        return last
+    result = str(last.get("result") or "").strip("'\"")
+    final = last["state"] == "SUCCESS" and not result.startswith(NOT_AN_OUTCOME)
+    return last if final else None
 
 
 def _assert_only_the_job_id(task: dict[str, Any], job_id: uuid.UUID, prompt: str) -> None:
@@ -177,40 +201,41 @@ def _assert_only_the_job_id(task: dict[str, Any], job_id: uuid.UUID, prompt: str
 
 def test_flower_shows_success_and_refusal_with_job_id_only(flower: Flower) -> None:
     stack = flower.stack
+    began = datetime.now(UTC)
     ok_prompt = unique("a lighthouse at dawn")
     refused_prompt = unique("[[fal:refuse:celebrity_likeness]] a famous actor")
     ok_id, refused_id = stack.enqueue(ok_prompt), stack.enqueue(refused_prompt)
 
-    assert stack.wait_terminal(ok_id)["status"] == "succeeded"
-    refused_row = stack.wait_terminal(refused_id)
-    assert (refused_row["status"], refused_row["refusal_category"]) == (
-        "refused",
-        "celebrity_likeness",
-    ), refused_row
+    row, refused_row = stack.wait_terminal(ok_id), stack.wait_terminal(refused_id)
+    assert row["status"] == "succeeded", row
+    assert refused_row["refusal_category"] == "celebrity_likeness", refused_row
 
-    # The task id is the job id (worker/api.py publishes it so), and the task ends SUCCESS:
-    # a refusal is an outcome the task recorded, not a task failure.
-    ok = flower.wait_for(
-        "the succeeded job as SUCCESS", lambda: _task_in_state(flower, str(ok_id), "SUCCESS")
-    )
-    refused = flower.wait_for(
-        "the refused job as SUCCESS", lambda: _task_in_state(flower, str(refused_id), "SUCCESS")
-    )
-    assert ok["name"] == refused["name"] == RUN_JOB_TASK
-    assert (ok["uuid"], refused["uuid"]) == (str(ok_id), str(refused_id))
-    assert ok["routing_key"] == refused["routing_key"] == JOB_QUEUE
-    assert ok["sent"] and ok["received"], f"task-sent/received events missing: {ok}"
-    assert "succeeded" in ok["result"], ok
-    assert "refused:celebrity_likeness" in refused["result"], refused
-    assert refused["retries"] == 0, f"a refusal is never retried: {refused}"
-    assert refused["exception"] is None and refused["traceback"] is None, refused
-    _assert_only_the_job_id(ok, ok_id, ok_prompt)
-    _assert_only_the_job_id(refused, refused_id, refused_prompt)
+    # The outcome is on the job's last stage task, SUCCESS: a refusal is an outcome the task
+    # recorded, not a task failure. fal refuses this one at submit (the job id's task).
+    ok = flower.wait_for("the succeeded job's outcome", partial(_outcome_task, flower, ok_id))
+    refused = flower.wait_for("the refusal", partial(_outcome_task, flower, refused_id))
+    assert (ok["uuid"], ok["name"]) == (f"{ok_id}/collect-1", COLLECT_TASK), ok
+    assert (refused["uuid"], refused["name"]) == (str(refused_id), SUBMIT_TASK), refused
+    assert (ok["state"], ok["result"]) == ("SUCCESS", repr("succeeded")), ok
+    assert (refused["state"], refused["result"]) == ("SUCCESS", "'refused:celebrity_likeness'")
+    assert (refused["retries"], refused["exception"], refused["traceback"]) == (0, None, None)
+
+    # While the job was at fal, its submit task said so: fal's request id, and since when.
+    submitted = _task_in_state(flower, str(ok_id), "SUCCESS")
+    assert submitted is not None and submitted["name"] == SUBMIT_TASK, submitted
+    since = re.fullmatch(r"'at_fal:(\S+) since (\S+)'", submitted["result"] or "")
+    assert since is not None, f"the at-fal submit does not show its request: {submitted}"
+    assert since.group(1) == row["fal_request_id"], (since.group(1), row)
+    at = datetime.fromisoformat(since.group(2))
+    assert began - timedelta(seconds=1) <= at <= datetime.now(UTC), (since.group(2), began)
 
     for job_id, prompt in ((ok_id, ok_prompt), (refused_id, refused_prompt)):
-        listed = flower.wait_for(f"job {job_id} in /api/tasks", partial(_listed, flower, job_id))
-        assert listed["uuid"] == str(job_id)
-        _assert_only_the_job_id(listed, job_id, prompt)
+        stages = _stage_tasks(flower, job_id)
+        assert stages and stages[-1]["uuid"] in (str(job_id), f"{job_id}/collect-1"), stages
+        for task in stages:
+            assert task["routing_key"] == JOB_QUEUE, task
+            assert task["sent"] and task["received"], f"task-sent/received missing: {task}"
+            _assert_only_the_job_id(task, job_id, prompt)
 
 
 def test_flower_api_requires_basic_auth(flower: Flower) -> None:
@@ -226,8 +251,8 @@ def test_flower_is_read_only(flower: Flower) -> None:
     job_id = str(uuid.uuid4())
     worker = flower.wait_for("a worker", lambda: _sees_a_worker(flower))
     attempts = [
-        (f"/api/task/async-apply/{RUN_JOB_TASK}", {"args": [job_id]}),
-        (f"/api/task/send-task/{RUN_JOB_TASK}", {"args": [job_id]}),
+        (f"/api/task/async-apply/{SUBMIT_TASK}", {"args": [job_id]}),
+        (f"/api/task/send-task/{SUBMIT_TASK}", {"args": [job_id]}),
         (f"/api/task/revoke/{job_id}", None),
         (f"/api/worker/shutdown/{worker}", None),
     ]
@@ -245,16 +270,18 @@ def test_flower_keeps_its_history_across_a_restart(stack: Stack) -> None:
         first.wait_for("the worker's heartbeat events", lambda: _sees_a_worker(first))
         job_id = stack.enqueue(unique("a quiet harbour"))
         assert stack.wait_terminal(job_id)["status"] == "succeeded"
-        first.wait_for("the job as SUCCESS", lambda: _task_in_state(first, str(job_id), "SUCCESS"))
+        first.wait_for("the job's outcome", partial(_outcome_task, first, job_id))
     finally:
         first.stop()
     assert first.proc.returncode == 0, first.diagnostics()
 
     second = start_flower(stack, name="flower-restarted")
     try:
-        info = _task_in_state(second, str(job_id), "SUCCESS")
+        info = _outcome_task(second, job_id)
         assert info is not None, f"history lost across a restart\n{second.diagnostics()}"
-        assert "succeeded" in info["result"]
+        assert (info["uuid"], info["result"]) == (f"{job_id}/collect-1", repr("succeeded"))
+        at_fal = _task_in_state(second, str(job_id), "SUCCESS")
+        assert at_fal is not None and "at_fal:" in at_fal["result"], at_fal
     finally:
         second.stop()
 
@@ -267,7 +294,6 @@ def test_flower_reads_the_batched_sent_events_of_enqueue_many(flower: Flower) ->
     for job_id in ids:
         assert stack.wait_terminal(job_id)["status"] == "succeeded"
         task = flower.wait_for(
-            "a batch's job as SUCCESS",
-            lambda job_id=job_id: _task_in_state(flower, str(job_id), "SUCCESS"),
+            "a batch's job as SUCCESS", partial(_task_in_state, flower, str(job_id), "SUCCESS")
         )
         assert task["sent"] and task["received"], f"task-sent/received events missing: {task}"

@@ -1,8 +1,8 @@
 """What Flower shows for each way a job ends, against a real Flower (``worker.task_states``).
 
-A failed job's task is FAILURE with the reason, a cancelled one REVOKED, a success after a
-retry shows no exception, and a run that ends without its job's outcome (handed to a
-recorder thread, a duplicate message) leaves the state to the run that records it.
+A failed job's last stage task is FAILURE with the reason, a cancelled one REVOKED, a success
+after a retry shows no exception, a duplicate message for a finished job leaves the state to
+the run that recorded it, and a backlog on a small worker shows every job's outcome.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from tests.conftest import Stack, unique
 from tests.test_flower import (
     WAIT_S,
     Flower,
+    _outcome_task,
     _sees_a_worker,
     _task_in_state,
     flower,
     start_flower,
 )
-from worker.constants import RUN_JOB_TASK
+from worker.constants import COLLECT_TASK, SUBMIT_TASK
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 __all__ = ["flower"]  # the fixture, used by name
@@ -37,11 +38,12 @@ def _listed_in_state(flower: Flower, state: str, task_id: str) -> dict[str, Any]
 
 
 def _counted(flower: Flower, event_type: str) -> float:
-    """Flower's Prometheus count of run_job events of this type (all workers)."""
-    labels = (f'task="{RUN_JOB_TASK}"', f'type="{event_type}"')
+    """Flower's Prometheus count of stage-task events of this type (all workers)."""
+    tasks = (f'task="{SUBMIT_TASK}"', f'task="{COLLECT_TASK}"')
     lines = flower.get("/metrics", auth=False).text.splitlines()
     counts = [line for line in lines if line.startswith("flower_events_total{")]
-    return sum(float(c.rsplit(" ", 1)[1]) for c in counts if all(lb in c for lb in labels))
+    ours = [c for c in counts if f'type="{event_type}"' in c and any(t in c for t in tasks)]
+    return sum(float(c.rsplit(" ", 1)[1]) for c in ours)
 
 
 def _cancel_once_submitted(stack: Stack, job_id: uuid.UUID) -> None:
@@ -56,7 +58,7 @@ def _cancel_once_submitted(stack: Stack, job_id: uuid.UUID) -> None:
                 break
         assert time.monotonic() < deadline, "the job was never submitted"
         time.sleep(0.05)
-    assert cancel(job_id, settings=stack.settings()) == "cancelled"
+    assert cancel(job_id, settings=stack.settings(), app=stack.app()) == "cancelled"
 
 
 def test_flower_shows_failure_revoked_and_a_retried_success_truthfully(flower: Flower) -> None:
@@ -70,22 +72,34 @@ def test_flower_shows_failure_revoked_and_a_retried_success_truthfully(flower: F
     assert stack.wait_terminal(failed_id)["status"] == "failed"
     assert stack.wait_terminal(retried_id)["status"] == "succeeded"
 
-    failed = flower.wait_for(
-        "the failed job as FAILURE", partial(_listed_in_state, flower, "FAILURE", str(failed_id))
-    )
+    # fal rejects the key at submit: the job id's own task fails, saying why
+    failed = flower.wait_for("the failed job's outcome", partial(_outcome_task, flower, failed_id))
+    assert (failed["uuid"], failed["state"]) == (str(failed_id), "FAILURE"), failed
     assert "JobFailed" in failed["exception"] and "FAL_KEY" in failed["exception"], failed
+    listed = flower.wait_for(
+        "the failed job under FAILURE", partial(_listed_in_state, flower, "FAILURE", str(failed_id))
+    )
+    assert listed["exception"] == failed["exception"], listed
+    # cancelled while at fal: the collect the cancel publishes finds it so
     revoked = flower.wait_for(
-        "the cancelled job as REVOKED",
-        partial(_listed_in_state, flower, "REVOKED", str(cancelled_id)),
+        "the cancelled job's outcome", partial(_outcome_task, flower, cancelled_id)
     )
-    assert revoked["uuid"] == str(cancelled_id)
+    assert (revoked["uuid"], revoked["state"]) == (f"{cancelled_id}/collect-1", "REVOKED")
+    flower.wait_for(
+        "the cancelled job under REVOKED",
+        partial(_listed_in_state, flower, "REVOKED", revoked["uuid"]),
+    )
     retried = flower.wait_for(
-        "the retried job as SUCCESS", lambda: _task_in_state(flower, str(retried_id), "SUCCESS")
+        "the retried job's outcome", partial(_outcome_task, flower, retried_id)
     )
-    assert retried["retries"] == 1 and "succeeded" in retried["result"], retried
-    assert retried["exception"] is None and retried["traceback"] is None, (
-        f"a leftover exception from the retry on a task that succeeded: {retried}"
-    )
+    assert (retried["state"], retried["result"]) == ("SUCCESS", repr("succeeded")), retried
+    submitted = _task_in_state(flower, str(retried_id), "SUCCESS")  # the 503 was at submit
+    assert submitted is not None and submitted["retries"] == 1, submitted
+    assert "at_fal:" in submitted["result"], submitted
+    for task in (submitted, retried):
+        assert task["exception"] is None and task["traceback"] is None, (
+            f"a leftover exception from the retry on a task that succeeded: {task}"
+        )
     assert _counted(flower, "task-failed") >= 1 and _counted(flower, "task-revoked") >= 1
     assert _counted(flower, "task-retried") >= 1
     worker_log = (stack.log_dir / "worker-0.log").read_text()
@@ -93,14 +107,15 @@ def test_flower_shows_failure_revoked_and_a_retried_success_truthfully(flower: F
     assert "raised expected: JobFailed" in worker_log, "Celery's one line for the failure"
 
     # A message delivered again for the finished job (a broker reconnect restores unacked
-    # ones) is skipped: the task must not turn SUCCESS over the job's FAILURE.
-    stack.app().send_task(RUN_JOB_TASK, args=[str(failed_id)], task_id=str(failed_id))
+    # ones, the sweeper republishes): the run finds nothing to do, and must not turn the
+    # task SUCCESS ('skipped') over the job's FAILURE.
+    stack.app().send_task(SUBMIT_TASK, args=[str(failed_id)], task_id=str(failed_id))
     flower.wait_for(
         "the duplicate run started",
         lambda: _started_again(flower, str(failed_id), failed["started"]),
     )
-    skipped = re.compile(rf"job\.skipped\b.*\bjob_id={failed_id}")
-    flower.wait_for("the duplicate run skipped", lambda: skipped.search(stack.logs()))
+    done = re.compile(rf"Task {re.escape(SUBMIT_TASK)}\[{failed_id}\] (ignored|succeeded)")
+    flower.wait_for("the duplicate run's end", lambda: done.search(stack.logs()))
     time.sleep(1.0)  # a terminal event would have reached Flower by now (0.1 s windows)
     again = flower.api(f"/api/task/info/{failed_id}")
     assert again["state"] == "FAILURE" and "JobFailed" in again["exception"], again
@@ -111,36 +126,44 @@ def _started_again(flower: Flower, task_id: str, before: float) -> bool | None:
     return True if (info.get("started") or 0) > before else None
 
 
-def test_flower_shows_what_recorder_threads_recorded(stack: Stack) -> None:
-    """A saturated worker (one thread) hands runs to recorder threads: Flower shows each
-    task's recorded outcome, never 'recording'."""
+#: a backlog's kinds of job: prompt, the row's status, Flower's state and result (a regex)
+_BACKLOG = {
+    "ok": ("[[fal:ok+latency:2]] a slow lighthouse", "succeeded", "SUCCESS", "'succeeded'"),
+    "refused": ("[[fal:late-refuse:violence]] a duel", "refused", "SUCCESS", "'refused:violence'"),
+    "failed": ("[[fal:url-404]] a vanished file", "failed", "FAILURE", None),
+    "retried": ("[[fal:runner-disconnected,ok]] a flaky runner", "succeeded", "SUCCESS", None),
+}
+
+
+@pytest.mark.timeout(240)
+def test_flower_shows_every_outcome_of_a_backlog(stack: Stack) -> None:
+    """20 slow, late-refused, failing and resubmitted jobs on a worker with two threads:
+    Flower shows each job's outcome (none missing, none a stage's interim result)."""
     flower = start_flower(stack)
     try:
-        stack.start_worker("--concurrency", "1")
+        stack.start_worker("--concurrency", "2")
         flower.wait_for("the worker's heartbeat events", lambda: _sees_a_worker(flower))
-        prompts = {
-            "ok": unique("a lighthouse at dawn"),
-            "refused": unique("[[fal:late-refuse:violence]] a duel"),
-            "failed": unique("[[fal:url-404]] a vanished file"),
-            "retried": unique("[[fal:runner-disconnected,ok]] a flaky runner"),
-            "ok-again": unique("a quiet harbour"),
-        }
-        ids = {name: stack.enqueue(prompt) for name, prompt in prompts.items()}
-        for job_id in ids.values():
-            stack.wait_terminal(job_id, timeout_s=60)
-        assert "job.handed_to_recorder" in stack.logs(), "no run was handed over"
-        states = {"failed": "FAILURE"}
-        for name, job_id in ids.items():
-            state = states.get(name, "SUCCESS")
+        kinds = [name for _ in range(5) for name in _BACKLOG]
+        ids = [(name, stack.enqueue(unique(_BACKLOG[name][0]))) for name in kinds]
+        for name, job_id in ids:
+            row = stack.wait_terminal(job_id, timeout_s=120)
+            assert row["status"] == _BACKLOG[name][1], row
+        for name, job_id in ids:
+            _, _, state, result = _BACKLOG[name]
             task = flower.wait_for(
-                f"the {name} job as {state}",
-                lambda job_id=job_id, state=state: _task_in_state(flower, str(job_id), state),
+                f"the {name} job's outcome", partial(_outcome_task, flower, job_id)
             )
-            assert "recording" not in (task.get("result") or ""), task
-        refused = _task_in_state(flower, str(ids["refused"]), "SUCCESS")
-        assert refused is not None and "refused:violence" in refused["result"], refused
-        retried = _task_in_state(flower, str(ids["retried"]), "SUCCESS")
-        assert retried is not None and retried["exception"] is None, retried
+            assert task["state"] == state, task
+            if result is not None:
+                assert task["result"] == result, task
+            if state == "SUCCESS":
+                assert task["name"] == COLLECT_TASK and task["exception"] is None, task
+            else:
+                assert "JobFailed" in task["exception"], task
+        resubmitted = [job_id for name, job_id in ids if name == "retried"]
+        for job_id in resubmitted:  # fal's runner failed the first request: a second one
+            last = _outcome_task(flower, job_id)
+            assert last is not None and last["uuid"] == f"{job_id}/collect-2", last
     finally:
         flower.stop()
         print(flower.diagnostics())

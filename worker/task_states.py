@@ -4,7 +4,9 @@
   the summary as the task's result (a refusal is an answer, recorded, never retried);
 * ``failed``: FAILURE, exception ``JobFailed(<the job's error>)``;
 * ``cancelled`` (here, or by ``imagegen cancel`` before or while the stage ran): REVOKED;
-* to be run again later: RETRY, exception ``JobRetrying(<reason>)``.
+* to be run again later: RETRY, exception ``JobRetrying(<reason>)``;
+* ``skipped`` (a duplicate message for a job another run moved on or ended): no state of
+  its own (Celery's Ignore: no terminal event), so Flower keeps what that run recorded.
 
 Each stage run is its own task id (``worker.jobs.dispatch``), so a later stage's state
 never fights an earlier one's in Flower.
@@ -20,7 +22,7 @@ from celery.signals import worker_ready
 from kombu.exceptions import OperationalError
 
 from worker.errors import JobFailed, JobRetrying
-from worker.jobs.outcome import Outcome
+from worker.jobs.outcome import SKIPPED, Outcome
 from worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -46,6 +48,8 @@ def task_result(task: Task, outcome: Outcome) -> str:
         raise Ignore()
     if outcome.failed:
         raise JobFailed(outcome.reason or "the job failed")
+    if outcome == SKIPPED:  # a SUCCESS here would overwrite the same task id's outcome
+        raise Ignore()
     return outcome.summary
 
 
