@@ -304,23 +304,32 @@ def test_cancel_a_running_job(api: httpx.Client, stack: Stack) -> None:
 def test_metrics_from_the_api_and_from_a_worker(stack: Stack) -> None:
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    stack.start_worker(extra_env={"IMAGEGEN_METRICS_PORT": str(port)})
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    port, poller_port = ports
+    stack.start_worker(
+        extra_env={
+            "IMAGEGEN_METRICS_PORT": str(port),
+            "IMAGEGEN_POLLER_METRICS_PORT": str(poller_port),
+        }
+    )
     api = stack.start_api()
     ok = stack.enqueue(unique("a metric teapot"))
     refused = stack.enqueue(unique("[[fal:refuse:hate_protected_group]] a banner"))
     stack.wait_terminal(ok), stack.wait_terminal(refused)
     with httpx.Client(headers=AUTH) as probe:
         worker = probe.get(f"http://127.0.0.1:{port}/metrics").text
+        poller = probe.get(f"http://127.0.0.1:{poller_port}/metrics").text
         table = probe.get(f"{api}/metrics").text
     assert 'imagegen_jobs_finished_total{outcome="succeeded"} 1.0' in worker
     assert 'imagegen_jobs_finished_total{outcome="refused"} 1.0' in worker
     assert 'imagegen_refusals_total{category="hate_protected_group",source="fal"} 1.0' in worker
     assert "imagegen_fal_submissions_total 2.0" in worker
-    assert "imagegen_fal_generation_seconds_count 1.0" in worker
-    assert "imagegen_jobs_in_flight 0.0" in worker
+    assert "imagegen_fal_generation_seconds_count 1.0" in worker  # observed as it succeeds
+    assert "imagegen_jobs_in_flight 0.0" in poller  # the poller counts the rows at fal
     assert 'imagegen_jobs{status="succeeded"} 1.0' in table
     assert 'imagegen_jobs{status="refused"} 1.0' in table
     assert "imagegen_queue_depth 0.0" in table

@@ -88,7 +88,7 @@ def test_config_shows_sources_masks_secrets_and_env_beats_dotenv(tmp_path: Path)
         ("a calm lake", [], 0, "succeeded: https://"),
         ("[[fal:refuse:violence_named_individual]] x", [], 10, "refused (violence_named"),
         ("[[fal:401]] a key problem", [], 11, "failed: "),
-        ("[[fal:slow:30]] a slow one", ["--wait-timeout", "1"], 13, "still running"),
+        ("[[fal:slow:30]] a slow one", ["--wait-timeout", "1"], 13, "still submitting"),
     ],
 )
 def test_enqueue_wait_follows_the_job_and_exits_by_outcome(
@@ -101,7 +101,7 @@ def test_enqueue_wait_follows_the_job_and_exits_by_outcome(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(words), done.stderr
     if code == 13:  # the one case sure to be seen in progress (a refusal may end at once)
-        assert "queued" in done.stderr or "running" in done.stderr
+        assert "queued" in done.stderr or "submitting" in done.stderr
 
 
 @pytest.mark.slow

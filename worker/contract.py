@@ -73,10 +73,12 @@ class Job(BaseModel):
     callback_url: str | None
     retry_of: str | None = Field(description="The failed job this one retries (imagegen retry).")
     deadline_at: datetime | None = Field(description="Failed with a timeout if not done by then.")
-    lease_owner: str | None = Field(description="The run working on it (internal bookkeeping).")
-    lease_until: datetime | None = Field(description="Its run's lease (internal bookkeeping).")
+    lease_owner: str | None = Field(description="The stage task holding it (internal).")
+    lease_until: datetime | None = Field(description="That task's lease (internal).")
     created_at: datetime
     started_at: datetime | None
+    submitted_at: datetime | None = Field(description="at_fal: since when fal has the request.")
+    poll_at: datetime | None = Field(description="at_fal: when it is next checked (internal).")
     finished_at: datetime | None
     updated_at: datetime
 

@@ -41,7 +41,12 @@ from worker.settings import Settings
 
 T = TypeVar("T")
 #: a service away (Redis, Postgres, the broker): one line a tick, no traceback
-OUTAGES = (*REDIS_UNAVAILABLE, DBAPIError, PoolTimeout, KombuOperationalError)
+OUTAGES: tuple[type[Exception], ...] = (
+    *REDIS_UNAVAILABLE,
+    DBAPIError,
+    PoolTimeout,
+    KombuOperationalError,
+)
 log = get_logger("worker.poller")
 #: tries of one of the poller's own database calls (its ticks try again)
 DB_ATTEMPTS = 2

@@ -38,7 +38,9 @@ def fire(moved: Moved, app: Celery | None = None) -> None:
 @listen
 def _count(moved: Moved, _app: Celery | None) -> None:
     job = moved.job
-    if moved.move.name == "completed" and job.submitted_at is not None:
+    if moved.move.name in ("succeed", "refuse", "fail") and job.submitted_at is not None:
+        # a collect ended it (only a request at fal has submitted_at): a worker observes
+        # it, in poll and webhook mode alike
         metrics.FAL_LATENCY.observe(max(0.0, (moved.at - job.submitted_at).total_seconds()))
     if job.status in TERMINAL_STATUSES:
         metrics.JOBS_FINISHED.labels(job.status.value).inc()
