@@ -33,15 +33,15 @@ from sqlalchemy import create_engine, text
 
 from bench.chaos_checks import Drive, Scenario, check, collect, console, render
 from bench.host import one_run_at_a_time
-from worker.api import enqueue
 
-# None of these imports fal-client (worker.tasks and worker.fal_gateway do; never imported here).
+# None of these imports fal-client (worker.tasks and worker.fal.gateway do; never imported here).
 from worker.celery_app import create_app, worker_argv
 from worker.db import dispose_engines, get_engine, upgrade
-from worker.emulator import FalEmulator
+from worker.fal.emulator import FalEmulator
+from worker.jobs.enqueue import enqueue
+from worker.jobs.sweeper import sweep
 from worker.logs import configure
 from worker.settings import Settings
-from worker.sweeper import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -15,7 +15,7 @@ from rich.table import Table
 from sqlalchemy import text
 
 from worker.db import get_engine
-from worker.emulator import FalEmulator
+from worker.fal.emulator import FalEmulator
 
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 console = Console()

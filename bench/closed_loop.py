@@ -16,9 +16,9 @@ from bench.host import POLLER_CMD, ApiServer, Emulator, WorkerHost
 from bench.probe import Probe
 from bench.report import render
 from bench.runs import Context, Run, admin_sql, db_counters, flush_redis, log_events, worker_env
-from worker.api import enqueue_many
 from worker.celery_app import create_app, worker_argv
 from worker.db import dispose_engines, upgrade
+from worker.jobs.enqueue import enqueue_many
 from worker.settings import Settings
 
 WEBHOOK_FALLBACK_S = "600"  # longer than any run here: a lost callback shows as a stuck job

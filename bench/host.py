@@ -26,7 +26,7 @@ from celery import Celery
 
 from bench.proc import cpu_s, free_port, process_tree, rss_kb, stop_process
 from tests.redis_lease import DATABASES, HOST, PORT, lease_free_db, try_lease
-from worker.demo import poller_argv
+from worker.cli.demo import poller_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the poller process of path v2 (`imagegen poller`), started like a worker

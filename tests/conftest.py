@@ -53,7 +53,7 @@ def _port_open(host: str, port: int) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _emulator
-    from worker.emulator import FalEmulator
+    from worker.fal.emulator import FalEmulator
 
     _emulator = FalEmulator(latency_s=0.3).start()
     os.environ.update(_emulator.env())
@@ -179,7 +179,7 @@ class Stack:
         return create_app(self.settings())
 
     def enqueue(self, prompt: str, **kwargs: Any) -> uuid.UUID:
-        from worker.api import enqueue
+        from worker.jobs.enqueue import enqueue
 
         return enqueue(prompt, settings=self.settings(), app=self.app(), **kwargs)
 
@@ -203,7 +203,7 @@ class Stack:
 
     def start_poller(self, extra_env: dict[str, str] | None = None) -> None:
         """``imagegen poller``: it hears fal's COMPLETED and publishes the collects."""
-        from worker.demo import poller_argv
+        from worker.cli.demo import poller_argv
 
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_dir / "poller.log"
@@ -248,7 +248,7 @@ class Stack:
 
     def wait_terminal(self, job_id: uuid.UUID, timeout_s: float = 30) -> dict[str, Any]:
         from worker.db import session_scope
-        from worker.queries import get_job, job_to_dict
+        from worker.jobs.queries import get_job, job_to_dict
 
         deadline = time.monotonic() + timeout_s
         while True:

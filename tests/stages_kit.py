@@ -14,16 +14,16 @@ from celery import Celery
 from sqlalchemy import insert, select
 
 from models import JobAttempt, utcnow
-from worker.account import AccountGuard
-from worker.api import _row
 from worker.db import upgrade, write
+from worker.fal.account import AccountGuard
 from worker.fal.fake import FakeFal
-from worker.fleet import FalLimiter
+from worker.fal.limits import FalLimiter
 from worker.jobs import state, submit
 from worker.jobs.deps import Deps
+from worker.jobs.enqueue import _row
+from worker.jobs.params import validate_request
+from worker.jobs.retry import RetryPolicy
 from worker.moderation import build_chain
-from worker.params import validate_request
-from worker.retry import RetryPolicy
 from worker.settings import Settings
 
 JOBS = state.JOBS
@@ -67,7 +67,7 @@ def make_deps(
 
 
 def add_job(deps: Deps, prompt: str = "a lighthouse at dusk", **overrides: Any) -> uuid.UUID:
-    """A queued job, the row ``worker.api.enqueue`` writes (without publishing it)."""
+    """A queued job, the row ``worker.jobs.enqueue.enqueue`` writes (without publishing it)."""
     request = validate_request({"prompt": prompt}, settings=deps.settings)
     row = {**_row(request, deps.settings, utcnow()), **overrides}
     write(deps.settings.database_url, lambda db: db.execute(insert(JOBS), [row]))

@@ -19,7 +19,7 @@ import pytest
 from models import JobStatus
 from tests.conftest import Stack, add_jobs, unique
 from tests.test_cli import imagegen
-from worker.views import printable
+from worker.cli.views import printable
 
 pytestmark = pytest.mark.timeout(90)
 RICH_STYLE = re.compile(r"\x1b\[[0-9;]*m")

@@ -197,7 +197,7 @@ def test_emulator_is_optional_and_reachable_by_its_service_name(tmp_path: Path) 
     for service in ("fal-emulator", "worker", "api"):
         mounts = [v.split(":")[1] for v in SERVICES[service]["volumes"]]
         assert cert_dir in mounts, f"{service} does not mount the emulator's CA ({cert_dir})"
-    from worker.emulator import FalEmulator
+    from worker.fal.emulator import FalEmulator
 
     with FalEmulator(cert_dir=tmp_path) as running:
         ca_name = Path(running.ca_file).name

@@ -1,4 +1,4 @@
-"""Tests for the fal queue emulator (worker.emulator), over real HTTPS."""
+"""Tests for the fal queue emulator (worker.fal.emulator), over real HTTPS."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.emulator import FalEmulator
+from worker.fal.emulator import FalEmulator
 
 pytestmark = pytest.mark.timeout(30)
 

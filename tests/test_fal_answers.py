@@ -1,4 +1,4 @@
-"""Unit tests for worker.fal_answers: every shape of fal answer becomes the right error."""
+"""Unit tests for worker.fal.answers: every shape of fal answer becomes the right error."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from worker.errors import (
     PolicyRefusal,
     TransientFalError,
 )
-from worker.fal_answers import classify_answer, classify_completed_error, retry_after_s
+from worker.fal.answers import classify_answer, classify_completed_error, retry_after_s
 
 REFUSAL_MSG = "The content could not be processed because it contained flagged material."
 

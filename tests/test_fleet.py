@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.account import AccountGuard
-from worker.fleet import FalLimiter
+from worker.fal.account import AccountGuard
+from worker.fal.limits import FalLimiter
 
 
 @pytest.fixture(params=["redis", "local"])

@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, Stack, unique
-from worker.api import enqueue_many
 from worker.constants import COLLECT_TASK, JOB_QUEUE, SUBMIT_TASK
+from worker.jobs.enqueue import enqueue_many
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 

@@ -47,9 +47,9 @@ def _counted(flower: Flower, event_type: str) -> float:
 
 
 def _cancel_once_submitted(stack: Stack, job_id: uuid.UUID) -> None:
-    from worker.api import cancel
     from worker.db import session_scope
-    from worker.queries import get_job
+    from worker.jobs.enqueue import cancel
+    from worker.jobs.queries import get_job
 
     deadline = time.monotonic() + WAIT_S
     while True:

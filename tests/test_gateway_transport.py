@@ -1,4 +1,4 @@
-"""Unit tests for worker.fal_gateway.FalGateway over an httpx.MockTransport.
+"""Unit tests for worker.fal.gateway.FalGateway over an httpx.MockTransport.
 
 No network: the mock answers every request (but for connection reuse, measured against a
 local HTTP server). fal-client builds URLs from
@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from worker import fal_gateway
 from worker.errors import PermanentFalError, PolicyRefusal, TransientFalError
-from worker.fal_gateway import FalGateway, FalStatus
+from worker.fal import gateway as fal_gateway
+from worker.fal.gateway import FalGateway, FalStatus
 
 MODEL = "openai/gpt-image-2"
 RID = "80e7a3c1-0000-4000-8000-000000000001"

@@ -116,7 +116,7 @@ def test_enqueueing_processes_share_one_label_value(stack: Stack) -> None:
         flower.wait_for("the worker's heartbeat", lambda: online.search(scrape()) and True)
         env = {**os.environ, **stack.env}
         for n in range(3):  # three processes, three PIDs
-            code = f"from worker.api import enqueue; enqueue({unique(f'an owl {n}')!r})"
+            code = f"from worker.jobs.enqueue import enqueue; enqueue({unique(f'an owl {n}')!r})"
             subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
 
         def sent_three() -> str | None:

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 def _job(stack: Stack, job_id: uuid.UUID) -> dict[str, Any]:
     from worker.db import session_scope
-    from worker.queries import get_job, job_to_dict
+    from worker.jobs.queries import get_job, job_to_dict
 
     with session_scope(stack.database_url) as session:
         return job_to_dict(get_job(session=session, job_id=job_id), with_attempts=True)

@@ -1,4 +1,4 @@
-"""Unit tests for worker.params.validate_request: what a job may ask for."""
+"""Unit tests for worker.jobs.params.validate_request: what a job may ask for."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from worker.constants import IMAGE_SIZE_PRESETS, MAX_PROMPT_CHARS
 from worker.errors import ImagegenError, JobRequestError
-from worker.params import JobRequest
-from worker.params import validate_request as _validate
+from worker.jobs.params import JobRequest
+from worker.jobs.params import validate_request as _validate
 from worker.settings import Settings
 
 SETTINGS = Settings(IMAGEGEN_CALLBACK_SECRET="s3cret")

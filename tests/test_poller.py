@@ -138,7 +138,7 @@ def _at_fal(
 ) -> dict[uuid.UUID, str]:
     """``count`` requests created at the emulator and their job rows at_fal, due now."""
     from models import JobStatus, utcnow
-    from worker.fal_gateway import FalGateway
+    from worker.fal.gateway import FalGateway
 
     gateway = FalGateway.from_settings(stack.settings())
     jobs = {}
@@ -178,8 +178,8 @@ def _all(stack: Stack, ids: list[uuid.UUID], status: str) -> Callable[[], bool]:
 
 
 def _poller(stack: Stack, concurrency: int = 64, **overrides: Any) -> Any:
+    from worker.fal.limits import FalLimiter
     from worker.fal.poller import Poller
-    from worker.fleet import FalLimiter
 
     settings = stack.settings(**overrides)
     limiter = FalLimiter.for_settings(settings)
@@ -249,7 +249,7 @@ def test_completed_requests_are_collected_with_few_status_calls(stack: Stack) ->
 @pytest.mark.slow
 def test_a_deadline_at_fal_cancels_and_fails_the_job_within_two_seconds(stack: Stack) -> None:
     from models import utcnow
-    from worker.fleet import FalLimiter
+    from worker.fal.limits import FalLimiter
 
     deadline = utcnow() + timedelta(seconds=1.5)
     jobs = _at_fal(stack, 1, 30.0, deadline_at=deadline, callback_url="https://app.example/hook")
@@ -276,7 +276,7 @@ def test_a_request_still_running_keeps_its_slot_and_comes_due_again(stack: Stack
 
     from worker.db import get_engine
     from worker.fal.due import JOBS
-    from worker.fleet import FalLimiter
+    from worker.fal.limits import FalLimiter
 
     settings = {"IMAGEGEN_FAL_CONCURRENCY": 5, "IMAGEGEN_LEASE_S": 2}
     jobs = _at_fal(stack, 1, 30.0)
@@ -395,7 +395,7 @@ def _start_process(stack: Stack) -> tuple[Any, Any]:
     import subprocess
 
     from tests.conftest import ROOT
-    from worker.demo import poller_argv
+    from worker.cli.demo import poller_argv
 
     log = stack.log_dir / f"poller-{uuid.uuid4().hex[:6]}.log"
     env = {**os.environ, **stack.env}

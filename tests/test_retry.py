@@ -1,4 +1,4 @@
-"""Unit tests for worker.retry.RetryPolicy: backoff bounds, caps, Retry-After, give-up."""
+"""Unit tests for worker.jobs.retry.RetryPolicy: backoff bounds, caps, Retry-After, give-up."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from worker.errors import (
     PolicyRefusal,
     TransientFalError,
 )
-from worker.retry import GiveUp, Retry, RetryPolicy
+from worker.jobs.retry import GiveUp, Retry, RetryPolicy
 from worker.settings import Settings
 
 

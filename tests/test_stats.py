@@ -11,9 +11,8 @@ from sqlalchemy.orm import Session
 
 from models import JobStatus, utcnow
 from tests.conftest import Stack, add_jobs
-from worker import queries
 from worker.db import get_engine, session_scope
-from worker.jobs import attempts, state
+from worker.jobs import attempts, queries, state
 
 
 def _live(session: Session) -> dict[str, object]:
@@ -107,7 +106,7 @@ def test_stats_count_rows_written_before_the_totals_existed(database_url: str) -
 def test_the_sweeper_expires_a_backlog_in_short_batches_and_the_totals_follow(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import sweeper
+    from worker.jobs import sweeper
 
     monkeypatch.setattr(sweeper, "BATCH", 2)
     past = utcnow() - timedelta(hours=1)

@@ -17,16 +17,16 @@ from sqlalchemy import func, select
 
 from models import Job
 from tests.conftest import API_KEY, Stack
-from worker import api
 from worker.db import session_scope
 from worker.errors import JobRequestError
+from worker.jobs import enqueue as api
 from worker.web.app import create_app
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SECRET = {"IMAGEGEN_API_KEY": API_KEY, "IMAGEGEN_CALLBACK_SECRET": "parity-secret"}
 #: a blank secret is no secret (it would sign with an empty key)
 NO_SECRET = {"IMAGEGEN_API_KEY": API_KEY, "IMAGEGEN_CALLBACK_SECRET": " "}
-#: keyword names of worker.api.enqueue where they differ from the body's
+#: keyword names of worker.jobs.enqueue.enqueue where they differ from the body's
 KWARGS = {"image_size": "size"}
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from worker.errors import IdempotencyConflict, ImagegenError, JobRequestError
 
 if TYPE_CHECKING:
-    from worker.api import cancel, enqueue, enqueue_many
     from worker.celery_app import app
+    from worker.jobs.enqueue import cancel, enqueue, enqueue_many
 
 __all__ = [
     "IdempotencyConflict",
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
 
         return app
     if name in ("enqueue", "enqueue_many", "cancel"):
-        from worker import api
+        from worker.jobs import enqueue as api
 
         return getattr(api, name)
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

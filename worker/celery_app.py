@@ -122,7 +122,7 @@ _log_level = logging.INFO
 def _check_configuration(sender: Any = None, **_: Any) -> None:
     """Fail at worker start, not per job, when FAL_KEY is missing for the real fal.ai."""
     from worker.errors import ConfigurationError
-    from worker.fal_gateway import resolve_key
+    from worker.fal.gateway import resolve_key
     from worker.logs import configure, get_logger
 
     global _log_level

@@ -23,7 +23,7 @@ CALLBACK_QUEUE = "imagegen.callbacks"
 #: Redis key set while fal reports the account locked (403 "User is locked"); value: reason.
 ACCOUNT_LOCK_KEY = "imagegen:fal:account-locked"
 
-#: Fleet-wide fal limits (worker/fleet.py): a cool-down after a 429 and the in-flight slots.
+#: Fleet-wide fal limits (worker/fal/limits.py): a cool-down after a 429 and the in-flight slots.
 FAL_COOLDOWN_KEY = "imagegen:fal:cooldown-until"
 FAL_SLOTS_KEY = "imagegen:fal:slots"
 

@@ -2,7 +2,7 @@
 
 FastAPI publishes these in ``/openapi.json``; ``worker.client`` parses answers with them.
 Pydantic only (no FastAPI, SQLAlchemy or Celery), so a web app can use the client without
-the worker's services. ``worker.queries.job_to_dict`` builds the ``Job`` shape that the
+the worker's services. ``worker.jobs.queries.job_to_dict`` builds the ``Job`` shape that the
 CLI's ``--json``, the API and job callbacks all send.
 """
 

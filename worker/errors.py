@@ -2,7 +2,7 @@
 
 ``ImagegenError`` is the root. Input and lookup errors are raised to callers of the
 enqueue API and the CLI; ``FalError`` and its subclasses are what the fal gateway turns
-every answer from fal into. Only ``worker.fal_gateway`` sees fal-client's own exceptions.
+every answer from fal into. Only ``worker.fal.gateway`` sees fal-client's own exceptions.
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ class _TableCollector(Collector):
         self._settings = settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from worker import queries
         from worker.db import session_scope
+        from worker.jobs import queries
 
         jobs = GaugeMetricFamily("imagegen_jobs", "Jobs in the table by status.", labels=["status"])
         with session_scope(self._settings.database_url) as session:

@@ -17,21 +17,21 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from worker import metrics
-from worker.account import AccountGuard
-from worker.callbacks import CallbackFailed, CallbackRejected, deliver
 from worker.celery_app import app
 from worker.constants import CALLBACK_TASK, COLLECT_TASK, SUBMIT_TASK, SWEEP_TASK
 from worker.db import open_pool
 from worker.errors import ConfigurationError, JobFailed
-from worker.fal_gateway import FalGateway
-from worker.fleet import FalLimiter
+from worker.fal.account import AccountGuard
+from worker.fal.gateway import FalGateway
+from worker.fal.limits import FalLimiter
 from worker.jobs import collect, submit
+from worker.jobs.callbacks import CallbackFailed, CallbackRejected, deliver
 from worker.jobs.deps import Deps
+from worker.jobs.retry import RetryPolicy
+from worker.jobs.sweeper import sweep_or_skip
 from worker.logs import get_logger
-from worker.moderation_setup import moderation_chain
-from worker.retry import RetryPolicy
+from worker.moderation.setup import moderation_chain
 from worker.settings import get_settings
-from worker.sweeper import sweep_or_skip
 from worker.task_states import task_result
 
 _lock = threading.Lock()

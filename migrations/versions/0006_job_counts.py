@@ -5,7 +5,7 @@ are now kept as jobs finish: statement triggers on ``jobs`` move jobs' counts be
 terminal statuses (by refusal category and source) and ones on ``job_attempts`` count
 submissions. Spread over 8 shard rows (random per change), so concurrent writers rarely
 wait on one row. Existing rows are counted once here. On SQLite (the demo) the table
-exists but stays empty: ``worker.queries.stats`` counts live there.
+exists but stays empty: ``worker.jobs.queries.stats`` counts live there.
 
 Revision ID: 0006
 Revises: 0005

@@ -54,16 +54,13 @@ def upgrade() -> None:
         "WHERE status = 'running'"
     )
     where = sa.text("status = 'at_fal'")
-    op.create_index(
-        POLL_INDEX, "jobs", ["poll_at"], postgresql_where=where, sqlite_where=where
-    )
+    op.create_index(POLL_INDEX, "jobs", ["poll_at"], postgresql_where=where, sqlite_where=where)
 
 
 def downgrade() -> None:
     op.drop_index(POLL_INDEX, table_name="jobs")
     op.execute(
-        "UPDATE jobs SET status = 'running' "
-        "WHERE status IN ('submitting', 'at_fal', 'collecting')"
+        "UPDATE jobs SET status = 'running' WHERE status IN ('submitting', 'at_fal', 'collecting')"
     )
     with op.batch_alter_table("jobs") as batch:
         batch.drop_constraint("job_status", type_="check")

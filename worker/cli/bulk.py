@@ -16,9 +16,9 @@ from typing import Any
 
 from celery import Celery
 
-from worker.api import enqueue_many
 from worker.errors import JobRequestError
-from worker.params import validate_request
+from worker.jobs.enqueue import enqueue_many
+from worker.jobs.params import validate_request
 from worker.settings import Settings
 
 #: jobs per ``enqueue_many`` call (and progress step)

@@ -154,7 +154,7 @@ def _worker(settings: Settings) -> Check:
 
 
 def _fal() -> Check:
-    from worker.fal_gateway import queue_host, targets_production
+    from worker.fal.gateway import queue_host, targets_production
 
     host = queue_host()
     fix = "check outbound HTTPS" + ("" if targets_production() else ", or FAL_QUEUE_RUN_HOST")
@@ -167,7 +167,7 @@ def _fal() -> Check:
 
 
 def _keys(settings: Settings) -> Check:
-    from worker.fal_gateway import queue_host, targets_production
+    from worker.fal.gateway import queue_host, targets_production
 
     missing: list[str] = []
     present: list[str] = []

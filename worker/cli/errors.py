@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rich.text import Text
 
 from worker.cli.app import err, state
+from worker.cli.views import printable
 from worker.errors import (
     ConfigurationError,
     EnqueueError,
@@ -30,7 +31,6 @@ from worker.errors import (
     NotRetryable,
     ServiceUnavailable,
 )
-from worker.views import printable
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -11,7 +11,7 @@ from rich.text import Text
 from worker.cli.app import account_cli, app_settings, cli, db_cli, err, out
 from worker.cli.errors import errors
 from worker.cli.inputs import read_prompt
-from worker.views import printable
+from worker.cli.views import printable
 
 
 @cli.command()
@@ -19,7 +19,7 @@ def sweep() -> None:
     """Re-publish jobs whose broker message was lost; fail jobs past their deadline."""
     from worker.celery_app import app
     from worker.db import check_database
-    from worker.sweeper import sweep as sweep_jobs
+    from worker.jobs.sweeper import sweep as sweep_jobs
 
     with errors():
         settings = app_settings()
@@ -51,7 +51,7 @@ def db_downgrade(revision: str) -> None:
 @account_cli.command("unlock")
 def account_unlock() -> None:
     """Clear the account-locked switch after fixing the fal account."""
-    from worker.account import AccountGuard
+    from worker.fal.account import AccountGuard
 
     settings = app_settings()
     AccountGuard.for_url(settings.redis_url, settings.account_lock_ttl_s).unlock()
@@ -65,7 +65,7 @@ def moderate(
 ) -> None:
     """The verdict IMAGEGEN_MODERATION's chain gives PROMPT (nothing is enqueued)."""
     from worker.moderation import PASS
-    from worker.moderation_setup import moderation_chain
+    from worker.moderation.setup import moderation_chain
 
     with errors():
         text = read_prompt(prompt, None)

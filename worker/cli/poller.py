@@ -42,8 +42,8 @@ def poller(
 async def _serve(concurrency: int) -> None:
     from worker.celery_app import app
     from worker.db import check_database
+    from worker.fal.limits import FalLimiter
     from worker.fal.poller import Poller
-    from worker.fleet import FalLimiter
     from worker.logs import get_logger
 
     log = get_logger("worker.poller")

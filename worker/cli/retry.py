@@ -17,9 +17,9 @@ from sqlalchemy import bindparam, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from models import Job, JobStatus, UTCDateTime, utcnow
-from worker import api
 from worker.db import session_scope
 from worker.errors import JobNotFound, NotRetryable
+from worker.jobs import enqueue as api
 from worker.jobs import state
 from worker.settings import Settings
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from worker.cli.app import app_settings, cli, err, out, plain
+from worker.cli.demo import IMAGES_DIR
 from worker.cli.errors import errors
-from worker.demo import IMAGES_DIR
 
 
 @cli.command("fal-emulator")
@@ -25,7 +25,7 @@ def fal_emulator(
     ] = 0.0,
 ) -> None:
     """Serve fal's queue protocol over HTTPS locally (prints the env to point workers at it)."""
-    from worker.emulator import serve
+    from worker.fal.emulator import serve
 
     serve(
         host=host,
@@ -80,7 +80,7 @@ def demo(
     """Run a batch of ~20 prompts end to end, print the outcome table and save the images."""
     import os
 
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     real_fal = bool(os.environ.get("FAL_KEY")) if emulator is None else not emulator
     with errors():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.db import session_scope
-from worker.queries import get_job, job_to_dict
+from worker.jobs.queries import get_job, job_to_dict
 from worker.settings import Settings
 
 #: how often the row is read while waiting (one primary-key SELECT)

@@ -1,9 +1,9 @@
-"""An in-memory fal queue for unit tests: the stand-in for ``worker.fal_gateway.FalGateway``.
+"""An in-memory fal queue for unit tests: the stand-in for ``worker.fal.gateway.FalGateway``.
 
 Like dramatiq's ``StubBroker``: it implements what the stages use of fal (the
 ``worker.jobs.deps.Gateway`` protocol, plus ``status``) with no network, no emulator and
 no fal-client, and records every call. Each submission follows a scripted ``Step``; its
-error answers go through ``worker.fal_answers.classify_answer``, the real gateway's
+error answers go through ``worker.fal.answers.classify_answer``, the real gateway's
 classifier, so a test sees the very exceptions a real answer of that shape raises::
 
     fal = FakeFal()
@@ -27,8 +27,8 @@ from typing import Any
 
 from worker.constants import CONTENT_POLICY
 from worker.errors import FalError, PermanentFalError, TransientFalError
-from worker.fal_answers import classify_answer
-from worker.fal_gateway import FalStatus, SubmitHooks
+from worker.fal.answers import classify_answer
+from worker.fal.gateway import FalStatus, SubmitHooks
 
 #: fal's CDN, as the fake's image URLs name it
 FILES_URL = "https://fake.fal.media/files"

@@ -13,7 +13,7 @@ from models import JobStatus, utcnow
 from worker import metrics
 from worker.fal import due
 from worker.jobs.hooks import fire
-from worker.sweeper import republish
+from worker.jobs.sweeper import republish
 
 if TYPE_CHECKING:
     from worker.fal.poller import Poller

@@ -29,10 +29,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from models import utcnow
 from worker.db import write
 from worker.fal import due
+from worker.fal.gateway import resolve_key
+from worker.fal.limits import FalLimiter
 from worker.fal.schedule import Schedule
 from worker.fal.status_client import StatusClients
-from worker.fal_gateway import resolve_key
-from worker.fleet import FalLimiter
 from worker.jobs.dispatch import heard_completed
 from worker.jobs.hooks import fire
 from worker.logs import get_logger

@@ -12,7 +12,6 @@ import uuid
 from typing import Any
 
 from models import AttemptOutcome, JobStatus
-from worker import fal_webhook
 from worker.db import write
 from worker.errors import (
     FalError,
@@ -22,13 +21,14 @@ from worker.errors import (
     TransientFalError,
 )
 from worker.fal import webhook_store
+from worker.fal import webhooks as fal_webhook
 from worker.jobs import state
 from worker.jobs.deps import Deps
 from worker.jobs.dispatch import send_submit
 from worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
+from worker.jobs.retry import GiveUp
 from worker.jobs.settle import Settle
 from worker.logs import get_logger
-from worker.retry import GiveUp
 
 log = get_logger(__name__)
 #: how long a collect task may hold a job (one result GET and the image checks)

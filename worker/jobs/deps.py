@@ -7,16 +7,16 @@ from typing import Any, Protocol
 
 from celery import Celery
 
-from worker.account import AccountGuard
-from worker.fal_gateway import SubmitHooks
-from worker.fleet import FalLimiter
+from worker.fal.account import AccountGuard
+from worker.fal.gateway import SubmitHooks
+from worker.fal.limits import FalLimiter
+from worker.jobs.retry import RetryPolicy
 from worker.moderation import Chain
-from worker.retry import RetryPolicy
 from worker.settings import Settings
 
 
 class Gateway(Protocol):
-    """fal's queue, as the stages use it (worker.fal_gateway.FalGateway, or a fake)."""
+    """fal's queue, as the stages use it (worker.fal.gateway.FalGateway, or a fake)."""
 
     def submit(
         self,

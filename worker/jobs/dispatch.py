@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from models import utcnow
 from worker.constants import COLLECT_TASK, SUBMIT_TASK
 from worker.db import write
-from worker.fleet import FalLimiter
+from worker.fal.limits import FalLimiter
 from worker.jobs import state
 from worker.jobs.hooks import fire
 from worker.logs import get_logger

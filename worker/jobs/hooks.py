@@ -69,7 +69,7 @@ def _log(moved: Moved, _app: Celery | None) -> None:
 
 @listen
 def _callback(moved: Moved, app: Celery | None) -> None:
-    """A job that ended tells its web app, if it asked (``worker.callbacks``)."""
+    """A job that ended tells its web app, if it asked (``worker.jobs.callbacks``)."""
     job = moved.job
     if app is not None and job.callback_url is not None and job.status in TERMINAL_STATUSES:
         app.send_task(CALLBACK_TASK, args=[str(job.id)])

@@ -16,9 +16,9 @@ from worker.jobs import attempts, state
 from worker.jobs.deps import Deps
 from worker.jobs.hooks import fire
 from worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
+from worker.jobs.retry import GiveUp
 from worker.logs import get_logger
 from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
-from worker.retry import GiveUp
 
 log = get_logger(__name__)
 

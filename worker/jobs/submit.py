@@ -44,7 +44,7 @@ UNKNOWN_MESSAGE = (
 
 
 class _Hooks:
-    """Writes the attempt row as the POST leaves (``worker.fal_gateway.SubmitHooks``)."""
+    """Writes the attempt row as the POST leaves (``worker.fal.gateway.SubmitHooks``)."""
 
     def __init__(self, database_url: str, job_id: uuid.UUID) -> None:
         self._url, self._job_id = database_url, job_id

@@ -1,6 +1,6 @@
 """``POST /fal/webhook``: fal's callback in webhook mode (``IMAGEGEN_WEBHOOK_URL``).
 
-The body is verified against fal's ED25519 signature (``worker.fal_webhook``), kept in
+The body is verified against fal's ED25519 signature (``worker.fal.webhooks``), kept in
 ``fal_webhooks``, and the job moves at_fal → collecting (``heard_completed``): its collect
 reads the stored body. Answers 2xx
 only once the callback is stored, so fal redelivers anything we lost.
@@ -18,8 +18,8 @@ from starlette.concurrency import run_in_threadpool
 
 from worker.db import write
 from worker.fal import webhook_store
-from worker.fal_webhook import InvalidWebhook, WebhookEvent, WebhookVerifier
-from worker.fleet import FalLimiter
+from worker.fal.limits import FalLimiter
+from worker.fal.webhooks import InvalidWebhook, WebhookEvent, WebhookVerifier
 from worker.jobs.dispatch import heard_completed
 from worker.logs import get_logger
 from worker.settings import Settings

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
 
 from models import JobStatus
-from worker import api, queries
 from worker.contract import Cancelled, JobDetail, Stats
 from worker.db import session_scope
 from worker.errors import EnqueueError, JobConflict, JobRequestError
-from worker.params import validate_request
+from worker.jobs import enqueue as api
+from worker.jobs import queries
+from worker.jobs.params import validate_request
 from worker.settings import Settings
 
 from .errors import RESPONSES, TOO_LARGE

@@ -1,14 +1,14 @@
 """Request and response bodies of the HTTP API (they are also its OpenAPI schema).
 
 The responses live in ``worker.contract`` (shared with ``worker.client``); the request is
-``worker.params.JobInput`` itself, so the HTTP API and ``worker.enqueue`` accept and refuse
+``worker.jobs.params.JobInput`` itself, so the HTTP API and ``worker.enqueue`` accept and refuse
 exactly the same requests.
 """
 
 from __future__ import annotations
 
 from worker.contract import ErrorBody, JobCreated, JobPage, Problem, ValidationErrorBody
-from worker.params import JobInput
+from worker.jobs.params import JobInput
 
 JobIn = JobInput
 

@@ -11,9 +11,9 @@ protocol, but give its ``SyncClient`` our own httpx transport, ``_FalTransport``
   the call (the job's attempt row is written before the request leaves);
 * every error answer (HTTP >= 400) and every transport failure is raised as
   ``_Answered`` / ``_NoAnswer``, which are not httpx errors, so fal-client's retry loop lets
-  them through at once; this module classifies them (``worker.fal_answers``).
+  them through at once; this module classifies them (``worker.fal.answers``).
 
-So one ``submit()`` sends exactly one POST, and only ``worker.retry.RetryPolicy`` decides
+So one ``submit()`` sends exactly one POST, and only ``worker.jobs.retry.RetryPolicy`` decides
 whether another is sent. Status and result polls get their own short timeout. fal-client
 reads ``FAL_QUEUE_RUN_HOST`` at import; ``SSL_CERT_FILE`` is honoured by httpx.
 """
@@ -34,7 +34,7 @@ from fal_client import client as fal_client_module
 
 from worker.constants import FAL_PRODUCTION_QUEUE_HOST
 from worker.errors import ConfigurationError, FalError, PermanentFalError, TransientFalError
-from worker.fal_answers import classify_answer, classify_completed_error
+from worker.fal.answers import classify_answer, classify_completed_error
 from worker.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """What a job may ask GPT Image 2 for, validated before anything is written.
 
-``validate_request`` is the one gate: ``worker.api.enqueue`` (and so the CLI) and the
+``validate_request`` is the one gate: ``worker.jobs.enqueue.enqueue`` (and so the CLI) and the
 HTTP API's ``POST /jobs`` both call it, so a request passes or fails the same way
 whichever door it comes through. Types are strict (``"2"`` is not a number, ``true`` is
 not 1) and ``None`` (JSON ``null``) means "the default".
@@ -38,7 +38,7 @@ from worker.constants import (
     SIZE_MULTIPLE_PX,
 )
 from worker.errors import JobRequestError
-from worker.input_rules import SURROGATE, check_callback_url, check_text, printable, shown
+from worker.jobs.input_rules import SURROGATE, check_callback_url, check_text, printable, shown
 from worker.settings import Settings, get_settings
 
 _SIZE_RE = re.compile(r"^\s*([0-9]{1,6})\s*[xX\u00d7]\s*([0-9]{1,6})\s*$")
@@ -142,7 +142,7 @@ class JobInput(BaseModel):
         description="Fail the job if not done this many seconds from now "
         "(default IMAGEGEN_JOB_DEADLINE_S).",
     )
-    #: not a model input: where the job's JSON is POSTed when it ends (worker.callbacks)
+    #: not a model input: where the job's JSON is POSTed when it ends (worker.jobs.callbacks)
     callback_url: str | None = Field(
         None,
         description="POSTed the job's JSON (signed) when it ends; needs "

@@ -29,8 +29,8 @@ from rich.text import Text
 from sqlalchemy import select
 
 from models import TERMINAL_STATUSES, Job
+from worker.cli.views import STATUS_STYLE, printable, write_tsv
 from worker.errors import ConfigurationError, ImagegenError
-from worker.views import STATUS_STYLE, printable, write_tsv
 
 #: (prompt, what the emulator is steered to do). The directive is stripped for display.
 DEMO_BATCH: list[tuple[str, dict[str, Any]]] = [
@@ -118,7 +118,7 @@ def _confirm_spending(assume_yes: bool) -> None:
 def _start_emulator(console: Console) -> Any:
     if "fal_client" in sys.modules:
         raise ConfigurationError("fal_client was imported before the demo could point it")
-    from worker.emulator import FalEmulator
+    from worker.fal.emulator import FalEmulator
 
     emulator = FalEmulator(latency_s=1.0).start()
     os.environ.update(emulator.env())
@@ -137,9 +137,9 @@ class _Output:
 
 
 def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], output: _Output) -> None:
-    from worker.api import enqueue
     from worker.celery_app import app
     from worker.db import upgrade
+    from worker.jobs.enqueue import enqueue
     from worker.logs import configure
 
     configure(settings.log_format, level=40)
@@ -157,7 +157,7 @@ def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], output: _Output
     _show_outcomes(output, jobs)
     where = _absolute_sqlite(settings.database_url)
     output.err.print(f"job table: {where}  (try `imagegen stats`, `imagegen jobs`)", soft_wrap=True)
-    from worker.demo_images import save_images
+    from worker.cli.demo_images import save_images
 
     save_images(jobs, output.images_dir, output.err)
     if not finished:

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from worker import queries
 from worker.db import session_scope
 from worker.errors import ConfigurationError, JobNotFound
+from worker.jobs import queries
 from worker.settings import Settings
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the standard prefix, not a secret)

@@ -142,8 +142,8 @@ def _check_silent(settings: Settings, app: Celery, now: datetime) -> int:
     rows = write(settings.database_url, lambda db: list(db.execute(query).all()))
     if not rows:
         return 0
-    from worker.fal_gateway import FalGateway
-    from worker.fleet import FalLimiter
+    from worker.fal.gateway import FalGateway
+    from worker.fal.limits import FalLimiter
 
     gateway, limiter = FalGateway.from_settings(settings), FalLimiter.for_settings(settings)
     try:
@@ -181,8 +181,8 @@ def _purge_webhooks(settings: Settings) -> int:
 
 
 def _cancel_at_fal(settings: Settings, job: state.JobRow) -> None:
-    from worker.fal_gateway import FalGateway
-    from worker.fleet import FalLimiter
+    from worker.fal.gateway import FalGateway
+    from worker.fal.limits import FalLimiter
 
     assert job.fal_request_id is not None
     gateway = FalGateway.from_settings(settings)

@@ -25,8 +25,8 @@ from worker import metrics
 from worker.constants import SUBMIT_TASK
 from worker.db import session_scope
 from worker.errors import EnqueueError, FalError, IdempotencyConflict, JobNotFound, JobRequestError
+from worker.jobs.params import ImageSize, JobRequest, validate_request
 from worker.logs import get_logger
-from worker.params import ImageSize, JobRequest, validate_request
 from worker.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -48,13 +48,13 @@ def enqueue(
     """Queue one generation and return its job id.
 
     Raises ``JobRequestError`` (a ``ValueError``) with a clear message for invalid input,
-    before anything is written or published: ``worker.params.validate_request`` checks it,
+    before anything is written or published: ``worker.jobs.params.validate_request`` checks it,
     as it does the HTTP API's (strict types: ``num_images="2"`` is refused); a
     ``callback_url`` needs IMAGEGEN_CALLBACK_SECRET. ``IdempotencyConflict`` (a subclass) when
     the key names a job with other parameters. With a known key and the same parameters,
     returns the existing job's id. ``deadline_s`` (default IMAGEGEN_JOB_DEADLINE_S) bounds
     how long the job may take from now; past it the job ends ``failed``. ``callback_url``
-    gets the job's JSON, HMAC-signed, when it ends (see ``worker.callbacks``).
+    gets the job's JSON, HMAC-signed, when it ends (see ``worker.jobs.callbacks``).
     """
     settings = settings or get_settings()
     fields = {
@@ -282,8 +282,8 @@ def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Set
     """fal's cancel call, and the job's fleet slot given back at once: nobody else will (the
     row is terminal, so a COMPLETED heard later moves nothing). A cancel fal refused is a
     request that already finished there."""
-    from worker.fal_gateway import FalGateway
-    from worker.fleet import FalLimiter
+    from worker.fal.gateway import FalGateway
+    from worker.fal.limits import FalLimiter
 
     gateway = FalGateway.from_settings(settings)
     try:

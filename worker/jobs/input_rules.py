@@ -1,4 +1,4 @@
-"""Rules for the free text and URLs a job request carries (used by ``worker.params``).
+"""Rules for the free text and URLs a job request carries (used by ``worker.jobs.params``).
 
 Text must encode as UTF-8 (a lone surrogate does not, and would fail later at the
 database) and carry no control characters but tab and newline: an ESC sequence stored in

@@ -18,8 +18,8 @@ from functools import lru_cache
 
 import redis
 
-from worker.account import AccountGuard
 from worker.constants import ACCOUNT_LOCK_KEY, FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
+from worker.fal.account import AccountGuard
 from worker.redis_client import shared_redis
 from worker.settings import Settings
 
