@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from worker.errors import PermanentFalError, PolicyRefusal, TransientFalError
-from worker.fal import gateway as fal_gateway
+from worker.fal import transport
 from worker.fal.gateway import FalGateway, FalStatus
 
 MODEL = "openai/gpt-image-2"
@@ -181,7 +181,7 @@ def test_submit_sets_the_submit_timeout() -> None:
 
 def test_hooks_are_unset_after_submit() -> None:
     gateway(Mock(submit_answer)).submit(MODEL, ARGS, Recorder())
-    assert fal_gateway._hooks.get() is None
+    assert transport.HOOKS.get() is None
 
 
 # --- status --------------------------------------------------------------------------------
@@ -273,13 +273,13 @@ def test_status_result_cancel_never_call_hooks() -> None:
     gw = gateway(mock)
     hooks = Recorder()
     # Even with hooks in scope (as during a submit), polls must not be counted as submits.
-    token = fal_gateway._hooks.set(hooks)
+    token = transport.HOOKS.set(hooks)
     try:
         gw.status(MODEL, RID)
         gw.result(MODEL, RID)
         gw.cancel(MODEL, RID)
     finally:
-        fal_gateway._hooks.reset(token)
+        transport.HOOKS.reset(token)
     assert mock.methods() == ["GET", "GET", "PUT"]  # result() does not re-poll the status
     assert hooks.calls == []
 
@@ -382,14 +382,14 @@ def test_fal_clients_keep_no_cookies() -> None:
     assert [r.headers.get("cookie") for r in mock.requests] == [None, None]
     assert all(r.headers["authorization"] == "Key k" for r in mock.requests)
     with pytest.raises(ValueError, match="no cookies"):
-        fal_gateway._Client().cookies = {"a": "b"}
+        transport.FilesClient().cookies = {"a": "b"}
 
 
 # --- fal's backup domains ------------------------------------------------------------------
 
 
 def backup_domains(mock: Mock) -> httpx.Client:
-    return httpx.Client(transport=fal_gateway._BackupDomains(httpx.MockTransport(mock)))
+    return httpx.Client(transport=transport.BackupDomains(httpx.MockTransport(mock)))
 
 
 def test_a_connect_error_on_fal_is_tried_once_on_its_backup_domain() -> None:

@@ -5,12 +5,12 @@ How fal-client is kept under our retry policy
 fal-client 1.0.3 retries 408/409/429, nginx-style 502-504, transport errors and timeouts
 up to 10 times inside every call, and re-POSTs a submit whose answer timed out, which
 orphans a request fal still runs and bills. We keep the official client and its queue
-protocol, but give its ``SyncClient`` our own httpx transport, ``_FalTransport``:
+protocol, but give its ``SyncClient`` our own httpx transport, ``FalTransport``:
 
 * every submit POST is counted at the moment it is sent, through the ``SubmitHooks`` of
   the call (the job's attempt row is written before the request leaves);
 * every error answer (HTTP >= 400) and every transport failure is raised as
-  ``_Answered`` / ``_NoAnswer``, which are not httpx errors, so fal-client's retry loop lets
+  ``Answered`` / ``NoAnswer``, which are not httpx errors, so fal-client's retry loop lets
   them through at once; this module classifies them (``worker.fal.answers``).
 
 So one ``submit()`` sends exactly one POST, and only ``worker.jobs.retry.RetryPolicy`` decides
@@ -20,13 +20,11 @@ reads ``FAL_QUEUE_RUN_HOST`` at import; ``SSL_CERT_FILE`` is honoured by httpx.
 
 from __future__ import annotations
 
-import contextvars
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
 import fal_client
 import httpx
@@ -35,154 +33,17 @@ from fal_client import client as fal_client_module
 from worker.constants import FAL_PRODUCTION_QUEUE_HOST
 from worker.errors import ConfigurationError, FalError, PermanentFalError, TransientFalError
 from worker.fal.answers import classify_answer, classify_completed_error
-from worker.settings import Settings
-
-
-class SubmitHooks(Protocol):
-    """Told about each submit POST, where it is sent."""
-
-    def sending(self) -> None:
-        """The POST is about to leave: persist the count now."""
-
-    def not_sent(self) -> None:
-        """The connection could not be opened: the POST never reached fal."""
-
-
-_hooks: contextvars.ContextVar[SubmitHooks | None] = contextvars.ContextVar(
-    "imagegen_submit_hooks", default=None
+from worker.fal.transport import (
+    HOOKS,
+    Answered,
+    BackupDomains,
+    FalTransport,
+    FilesClient,
+    NoAnswer,
+    QueueClient,
+    SubmitHooks,
 )
-
-
-class _Answered(Exception):
-    """fal answered with an error status; carries the (read) response."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
-class _NoAnswer(Exception):
-    """No answer came back (timeout, refused or dropped connection)."""
-
-    def __init__(self, cause: httpx.TransportError) -> None:
-        super().__init__(str(cause) or type(cause).__name__)
-        self.cause = cause
-
-
-def _is_submit(request: httpx.Request) -> bool:
-    return request.method == "POST" and "/requests/" not in request.url.path
-
-
-class _FalTransport(httpx.BaseTransport):
-    """Counts submits where they are sent; surfaces failures past fal-client's retry loop."""
-
-    def __init__(self, inner: httpx.BaseTransport, *, submit_s: float, poll_s: float) -> None:
-        self._inner = inner
-        self._submit_timeout = httpx.Timeout(submit_s, connect=min(submit_s, 10.0)).as_dict()
-        self._poll_timeout = httpx.Timeout(poll_s, connect=min(poll_s, 10.0)).as_dict()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        submit = _is_submit(request)
-        request.extensions["timeout"] = self._submit_timeout if submit else self._poll_timeout
-        hooks = _hooks.get() if submit else None
-        if hooks is not None:
-            hooks.sending()
-        try:
-            response = self._inner.handle_request(request)
-        except httpx.ConnectError as exc:
-            if hooks is not None:
-                hooks.not_sent()
-            raise _NoAnswer(exc) from exc
-        except httpx.TransportError as exc:
-            raise _NoAnswer(exc) from exc
-        if response.status_code >= 400:
-            try:
-                response.read()
-            except httpx.TransportError as exc:
-                raise _NoAnswer(exc) from exc
-            finally:
-                response.close()
-            raise _Answered(response)
-        return response
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class _BackupDomains(httpx.BaseTransport):
-    """fal-client's failover to fal's backup domains, straight on the transport.
-
-    fal-client's ``BackupDomainTransport`` does this through an inner ``httpx.Client``: a
-    second request/response layer and a cookie jar on every call. This does what it does,
-    with its own helpers (pinned fal-client 1.0.3): the connect timeout is capped for fal's
-    domains, and a connection that could not be made to the primary host is tried once on
-    its backup host (the primary's error wins if that fails too).
-    """
-
-    def __init__(self, transport: httpx.BaseTransport) -> None:
-        self._transport = transport
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        fal_client_module._limit_connect_timeout(request)
-        try:
-            return self._transport.handle_request(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            backup = fal_client_module._fallback_url(request.url)
-            if backup is None:
-                raise
-            fal_client_module._log_backup(request.url, backup.host, exc)
-            try:
-                return self._transport.handle_request(fal_client_module._backup_request(request))
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                raise exc from None
-
-    def close(self) -> None:
-        self._transport.close()
-
-
-class _NoCookies(httpx.Cookies):
-    """A jar that keeps nothing: fal's API authenticates with a header, not cookies."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class _Client(httpx.Client):
-    """An httpx client that does not parse answers for cookies.
-
-    httpx runs every response through ``http.cookiejar`` (a ``urllib`` request built from
-    the URL and headers, a lock): ~80 us of CPU a call, a third of httpx's own share, on
-    five calls a job, for cookies neither fal's queue nor its file host needs.
-    """
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        if cookies:
-            raise ValueError("this client keeps no cookies")
-
-
-_NO_COOKIES = _NoCookies()
-
-
-class _SyncClient(fal_client.SyncClient):
-    """fal-client's SyncClient on our transport (``_client`` is the one seam it offers)."""
-
-    transport: httpx.BaseTransport | None = None
-
-    @cached_property
-    def _client(self) -> httpx.Client:
-        return _Client(
-            transport=self.transport,
-            headers={
-                "Authorization": self._auth.header_value,
-                "User-Agent": fal_client_module.USER_AGENT,
-            },
-            follow_redirects=True,
-        )
+from worker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -245,11 +106,11 @@ class FalGateway:
         # A connection the server closed meanwhile is noticed before reuse and replaced.
         limits = httpx.Limits(keepalive_expiry=keepalive_s)
         plain = httpx.HTTPTransport(retries=0, verify=verify, limits=limits)
-        inner = inner_transport or _BackupDomains(plain)
-        transport = _FalTransport(inner, submit_s=submit_timeout_s, poll_s=poll_timeout_s)
-        self._client = _SyncClient(key=key)
+        inner = inner_transport or BackupDomains(plain)
+        transport = FalTransport(inner, submit_s=submit_timeout_s, poll_s=poll_timeout_s)
+        self._client = QueueClient(key=key)
         object.__setattr__(self._client, "transport", transport)
-        self._files = _Client(
+        self._files = FilesClient(
             timeout=poll_timeout_s, follow_redirects=True, verify=verify, limits=limits
         )
 
@@ -273,12 +134,12 @@ class FalGateway:
         webhook_url: str | None = None,
     ) -> str:
         """Send one submit POST and return fal's request id (``fal_webhook`` if given)."""
-        token = _hooks.set(hooks)
+        token = HOOKS.set(hooks)
         try:
             with _translated("submit"):
                 return self._client.submit(model, arguments, webhook_url=webhook_url).request_id
         finally:
-            _hooks.reset(token)
+            HOOKS.reset(token)
 
     def status(self, model: str, request_id: str) -> FalStatus:
         with _translated("status"):
@@ -345,10 +206,10 @@ def _translated(call: str) -> Iterator[None]:
     """Wrap fal-client and httpx errors at the boundary, chaining the cause."""
     try:
         yield
-    except _Answered as exc:
+    except Answered as exc:
         r = exc.response
         raise classify_answer(r.status_code, r.headers, r.content) from exc
-    except _NoAnswer as exc:
+    except NoAnswer as exc:
         kind = type(exc.cause).__name__
         raise TransientFalError(f"no answer from fal to the {call} ({kind}: {exc})") from exc
     except fal_client.FalClientHTTPError as exc:  # only if a call bypassed our transport
