@@ -12,6 +12,8 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY worker ./worker
 COPY models ./models
 COPY migrations ./migrations
+# imagegen/: the namespace, symlinks to the three folders above
+COPY imagegen ./imagegen
 # The tested versions (constraints.txt), not whatever is newest on the day of the build.
 RUN pip install --constraint=constraints.txt .
 
@@ -28,7 +30,7 @@ RUN groupadd --system --gid 10001 imagegen \
     && chown -R imagegen:imagegen /var/lib/imagegen
 COPY --from=build /opt/imagegen /opt/imagegen
 USER imagegen
-# No sources in the working directory: `celery -A worker` imports the installed package.
+# No sources in the working directory: `celery -A imagegen.worker` imports the installed package.
 WORKDIR /home/imagegen
 # Every role is a command on the PATH (imagegen, celery); the default prints the CLI help.
 CMD ["imagegen", "--help"]

@@ -18,9 +18,9 @@ from sqlalchemy.pool import NullPool
 
 from bench import naive
 from bench.open_figures import TICK_S, arrivals_due
-from models import Job, JobStatus, utcnow
-from worker.jobs.enqueue import enqueue_many
-from worker.settings import Settings
+from imagegen.models import Job, JobStatus, utcnow
+from imagegen.worker.jobs.enqueue import enqueue_many
+from imagegen.worker.settings import Settings
 
 #: sends one batch of prompts, returns the job ids (as strings) in order
 Send = Callable[[list[str]], list[str]]

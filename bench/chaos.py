@@ -35,13 +35,13 @@ from bench.chaos_checks import Drive, Scenario, check, collect, console, render
 from bench.host import one_run_at_a_time
 
 # None of these imports fal-client (worker.tasks and worker.fal.gateway do; never imported here).
-from worker.celery_app import create_app, worker_argv
-from worker.db import dispose_engines, get_engine, upgrade
-from worker.fal.emulator import FalEmulator
-from worker.jobs.enqueue import enqueue
-from worker.jobs.sweeper import sweep
-from worker.logs import configure
-from worker.settings import Settings
+from imagegen.worker.celery_app import create_app, worker_argv
+from imagegen.worker.db import dispose_engines, get_engine, upgrade
+from imagegen.worker.fal.emulator import FalEmulator
+from imagegen.worker.jobs.enqueue import enqueue
+from imagegen.worker.jobs.sweeper import sweep
+from imagegen.worker.logs import configure
+from imagegen.worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

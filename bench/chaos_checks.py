@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
 
-from worker.db import get_engine
-from worker.fal.emulator import FalEmulator
+from imagegen.worker.db import get_engine
+from imagegen.worker.fal.emulator import FalEmulator
 
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 console = Console()

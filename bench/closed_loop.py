@@ -16,10 +16,10 @@ from bench.host import POLLER_CMD, ApiServer, Emulator, WorkerHost
 from bench.probe import Probe
 from bench.report import render
 from bench.runs import Context, Run, admin_sql, db_counters, flush_redis, log_events, worker_env
-from worker.celery_app import create_app, worker_argv
-from worker.db import dispose_engines, upgrade
-from worker.jobs.enqueue import enqueue_many
-from worker.settings import Settings
+from imagegen.worker.celery_app import create_app, worker_argv
+from imagegen.worker.db import dispose_engines, upgrade
+from imagegen.worker.jobs.enqueue import enqueue_many
+from imagegen.worker.settings import Settings
 
 WEBHOOK_FALLBACK_S = "600"  # longer than any run here: a lost callback shows as a stuck job
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)

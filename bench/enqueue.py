@@ -27,10 +27,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from bench.host import one_run_at_a_time
-from worker.celery_app import create_app
-from worker.db import dispose_engines, upgrade
-from worker.jobs.enqueue import enqueue, enqueue_many
-from worker.settings import Settings
+from imagegen.worker.celery_app import create_app
+from imagegen.worker.db import dispose_engines, upgrade
+from imagegen.worker.jobs.enqueue import enqueue, enqueue_many
+from imagegen.worker.settings import Settings
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

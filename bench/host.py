@@ -25,8 +25,8 @@ import redis
 from celery import Celery
 
 from bench.proc import cpu_s, free_port, process_tree, rss_kb, stop_process
+from imagegen.worker.cli.demo import poller_argv
 from tests.redis_lease import DATABASES, HOST, PORT, lease_free_db, try_lease
-from worker.cli.demo import poller_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the poller process of path v2 (`imagegen poller`), started like a worker

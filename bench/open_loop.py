@@ -29,9 +29,9 @@ from bench.host import Emulator, active
 from bench.open_figures import TERMINAL, JobFacts, Outcome, Tick, flower_outcomes_missing, summary
 from bench.proc import CpuLedger, tree_cpu, tree_rss_mb
 from bench.runs import admin_sql, db_url, flush_redis, worker_env
-from worker.celery_app import create_app
-from worker.db import dispose_engines, upgrade
-from worker.settings import Settings
+from imagegen.worker.celery_app import create_app
+from imagegen.worker.db import dispose_engines, upgrade
+from imagegen.worker.settings import Settings
 
 SAMPLE_EVERY_S = 1.0
 BENCH_APP = "imagegen-bench"  # application_name of the bench's own connections

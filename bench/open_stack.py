@@ -23,7 +23,7 @@ from celery import Celery
 from bench import naive
 from bench.host import POLLER_CMD, POLLER_READY, ROOT, ApiServer, WorkerHost
 from bench.proc import free_port, stop_process
-from worker.celery_app import worker_argv
+from imagegen.worker.celery_app import worker_argv
 
 NAIVE_CMD = [sys.executable, "-m", "celery", "-A", "bench.naive", "worker", "-Q", naive.QUEUE]
 
@@ -46,7 +46,7 @@ class Flower:
         self.port = free_port()
         env = {k: v for k, v in self.env.items() if not k.startswith("FLOWER_")}
         env["FLOWER_UNAUTHENTICATED_API"] = "true"  # no auth: its API is off without this
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "flower"]
+        cmd = [sys.executable, "-m", "celery", "-A", "imagegen.worker", "flower"]
         cmd += [f"--port={self.port}", "--address=127.0.0.1", "--persistent=False"]
         cmd += [f"--max_tasks={self.max_tasks}", "--read_only=True"]
         with self.log_path.open("wb") as out:

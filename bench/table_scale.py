@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from models import JobStatus
-from worker.db import dispose_engines, session_scope, upgrade
-from worker.jobs.queries import list_jobs, live_counts, stats
+from imagegen.models import JobStatus
+from imagegen.worker.db import dispose_engines, session_scope, upgrade
+from imagegen.worker.jobs.queries import list_jobs, live_counts, stats
 
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -27,7 +27,7 @@ from types import FrameType
 
 from bench import closed_loop, open_loop
 from bench.host import one_run_at_a_time
-from worker.logs import configure
+from imagegen.worker.logs import configure
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from models import Base
-from worker.settings import get_settings
+from imagegen.models import Base
+from imagegen.worker.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -53,7 +53,7 @@ def _port_open(host: str, port: int) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _emulator
-    from worker.fal.emulator import FalEmulator
+    from imagegen.worker.fal.emulator import FalEmulator
 
     _emulator = FalEmulator(latency_s=0.3).start()
     os.environ.update(_emulator.env())
@@ -94,7 +94,7 @@ def pg_template() -> Iterator[str]:
         pytest.exit("Postgres is not reachable on 127.0.0.1:5432 (see README: Services)", 2)
     from sqlalchemy import create_engine, text
 
-    from worker.db import upgrade
+    from imagegen.worker.db import upgrade
 
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -102,7 +102,7 @@ def pg_template() -> Iterator[str]:
         conn.execute(text(f"CREATE DATABASE {TEMPLATE_DB}"))
     upgrade(_db_url(TEMPLATE_DB))
     yield TEMPLATE_DB
-    from worker.db import dispose_engines
+    from imagegen.worker.db import dispose_engines
 
     dispose_engines()
     with admin.connect() as conn:
@@ -124,7 +124,7 @@ def database_url(pg_template: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {pg_template}"))
     yield _db_url(name)
-    from worker.db import dispose_engines
+    from imagegen.worker.db import dispose_engines
 
     dispose_engines()
     with admin.connect() as conn:
@@ -168,18 +168,18 @@ class Stack:
     poller: subprocess.Popen[bytes] | None = None
 
     def settings(self, **overrides: Any) -> Any:
-        from worker.settings import Settings
+        from imagegen.worker.settings import Settings
 
         values = {**self.env, **{k.upper(): str(v) for k, v in overrides.items()}}
         return Settings(**{k: v for k, v in values.items()})  # aliases are env names
 
     def app(self) -> Any:
-        from worker.celery_app import create_app
+        from imagegen.worker.celery_app import create_app
 
         return create_app(self.settings())
 
     def enqueue(self, prompt: str, **kwargs: Any) -> uuid.UUID:
-        from worker.jobs.enqueue import enqueue
+        from imagegen.worker.jobs.enqueue import enqueue
 
         return enqueue(prompt, settings=self.settings(), app=self.app(), **kwargs)
 
@@ -192,7 +192,7 @@ class Stack:
             self.start_poller(extra_env=extra_env)
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_dir / f"worker-{len(self.workers)}.log"
-        from worker.celery_app import worker_argv
+        from imagegen.worker.celery_app import worker_argv
 
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
         cmd = [*worker_argv(concurrency=8, name=name), *args]
@@ -203,7 +203,7 @@ class Stack:
 
     def start_poller(self, extra_env: dict[str, str] | None = None) -> None:
         """``imagegen poller``: it hears fal's COMPLETED and publishes the collects."""
-        from worker.cli.demo import poller_argv
+        from imagegen.worker.cli.demo import poller_argv
 
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_dir / "poller.log"
@@ -225,7 +225,7 @@ class Stack:
             port = sock.getsockname()[1]
         env = {**os.environ, "IMAGEGEN_API_KEY": API_KEY, **self.env, **(extra_env or {})}
         log = self.log_dir / f"api-{port}.log"
-        cmd = [sys.executable, "-m", "worker.cli", "api", "--port", str(port)]
+        cmd = [sys.executable, "-m", "imagegen.worker.cli", "api", "--port", str(port)]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)
@@ -247,8 +247,8 @@ class Stack:
         raise RuntimeError(f"worker not ready after 30 s:\n{log.read_text()}")
 
     def wait_terminal(self, job_id: uuid.UUID, timeout_s: float = 30) -> dict[str, Any]:
-        from worker.db import session_scope
-        from worker.jobs.queries import get_job, job_to_dict
+        from imagegen.worker.db import session_scope
+        from imagegen.worker.jobs.queries import get_job, job_to_dict
 
         deadline = time.monotonic() + timeout_s
         while True:
@@ -299,9 +299,9 @@ def add_jobs(database_url: str, count: int, status: Any, **values: object) -> li
     """Job rows written straight into the table (tests of the table itself)."""
     from sqlalchemy import insert  # imported here: the settings are exported first
 
-    from models import utcnow
-    from worker.db import get_engine
-    from worker.jobs import state
+    from imagegen.models import utcnow
+    from imagegen.worker.db import get_engine
+    from imagegen.worker.jobs import state
 
     now = utcnow()
     ids = [uuid.uuid4() for _ in range(count)]

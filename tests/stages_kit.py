@@ -13,18 +13,18 @@ from typing import Any, cast
 from celery import Celery
 from sqlalchemy import insert, select
 
-from models import JobAttempt, utcnow
-from worker.db import upgrade, write
-from worker.fal.account import AccountGuard
-from worker.fal.fake import FakeFal
-from worker.fal.limits import FalLimiter
-from worker.jobs import state, submit
-from worker.jobs.deps import Deps
-from worker.jobs.enqueue import _row
-from worker.jobs.params import validate_request
-from worker.jobs.retry import RetryPolicy
-from worker.moderation import build_chain
-from worker.settings import Settings
+from imagegen.models import JobAttempt, utcnow
+from imagegen.worker.db import upgrade, write
+from imagegen.worker.fal.account import AccountGuard
+from imagegen.worker.fal.fake import FakeFal
+from imagegen.worker.fal.limits import FalLimiter
+from imagegen.worker.jobs import state, submit
+from imagegen.worker.jobs.deps import Deps
+from imagegen.worker.jobs.enqueue import _row
+from imagegen.worker.jobs.params import validate_request
+from imagegen.worker.jobs.retry import RetryPolicy
+from imagegen.worker.moderation import build_chain
+from imagegen.worker.settings import Settings
 
 JOBS = state.JOBS
 ATTEMPTS = JobAttempt.__table__

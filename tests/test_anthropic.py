@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Stack, unique
-from worker.moderation import (
+from imagegen.worker.moderation import (
     CATEGORIES,
     TRADEMARK_IP,
     AnthropicModerator,
@@ -31,13 +30,14 @@ from worker.moderation import (
     build_chain,
     parse_spec,
 )
-from worker.moderation.anthropic_api import (
+from imagegen.worker.moderation.anthropic_api import (
     DEFAULT_MODEL,
     NO_CATEGORY,
     PROMPT_FILE,
     TOOL_NAME,
     SystemPrompt,
 )
+from tests.conftest import Stack, unique
 
 API_KEY = "sk-ant-test-DO-NOT-LEAK-4242"
 SECRET_PROMPT = "secret prompt text"
@@ -347,7 +347,7 @@ def test_anthropic_joins_the_chain_in_any_order_and_needs_a_key() -> None:
 
 
 def test_settings_read_the_anthropic_block() -> None:
-    from worker.settings import Settings
+    from imagegen.worker.settings import Settings
 
     settings = Settings(
         IMAGEGEN_MODERATION="anthropic, rules",

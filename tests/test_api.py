@@ -17,9 +17,9 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from models import JobStatus
+from imagegen.models import JobStatus
+from imagegen.worker import contract
 from tests.conftest import API_KEY, Stack, add_jobs, unique
-from worker import contract
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # every test here runs real processes
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -187,7 +187,7 @@ def test_cancelling_an_ended_job_is_a_409(bare: httpx.Client, stack: Stack) -> N
 def test_an_unforeseen_error_is_a_json_500(stack: Stack) -> None:
     import asyncio
 
-    from worker.web import create_app
+    from imagegen.worker.web import create_app
 
     app = create_app(stack.settings(imagegen_api_key=API_KEY), celery=stack.app())
 
@@ -223,7 +223,7 @@ class _FullPostgres(socketserver.BaseRequestHandler):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_database_trouble_is_a_503_naming_the_dsn_without_its_password(stack: Stack) -> None:
-    from worker.db import downgrade
+    from imagegen.worker.db import downgrade
 
     full = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _FullPostgres)
     full.daemon_threads = True

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from worker.errors import ConfigurationError
-from worker.jobs.callbacks import event_id, signing_key, webhook_headers
+from imagegen.worker.errors import ConfigurationError
+from imagegen.worker.jobs.callbacks import event_id, signing_key, webhook_headers
 
 JOB = {"id": str(uuid.uuid4()), "status": "succeeded", "finished_at": "2026-01-02T03:04:05+00:00"}
 Forge = Callable[[dict[str, str], bytes], tuple[dict[str, str], bytes]]

@@ -27,7 +27,7 @@ def imagegen(
     """The real command in a subprocess (stdout and stderr are pipes, not a terminal)."""
     full_env = {**os.environ, **(stack.env if stack else {}), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "imagegen.worker.cli", *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -50,8 +50,8 @@ def one_line_error(done: subprocess.CompletedProcess[str], code: int, *words: st
 def _count_jobs(stack: Stack) -> int:
     from sqlalchemy import func, select
 
-    from models import Job
-    from worker.db import session_scope
+    from imagegen.models import Job
+    from imagegen.worker.db import session_scope
 
     with session_scope(stack.database_url) as session:
         return session.execute(select(func.count()).select_from(Job)).scalar_one()
@@ -153,7 +153,18 @@ def test_worker_refuses_to_start_against_real_fal_without_a_key(stack: Stack) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "SSL_CERT"))}
     env.update(REDIS_URL=stack.redis_url, DATABASE_URL=stack.database_url)
     done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads", "-c", "1"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "imagegen.worker",
+            "worker",
+            "--pool",
+            "threads",
+            "-c",
+            "1",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -44,8 +44,8 @@ def _job(stack: Stack, job_id: str) -> dict[str, object]:
 def _count_jobs(stack: Stack) -> int:
     from sqlalchemy import func, select
 
-    from models import Job
-    from worker.db import session_scope
+    from imagegen.models import Job
+    from imagegen.worker.db import session_scope
 
     with session_scope(stack.database_url) as session:
         return session.execute(select(func.count()).select_from(Job)).scalar_one()
@@ -108,7 +108,14 @@ def test_enqueue_wait_follows_the_job_and_exits_by_outcome(
 def test_enqueue_wait_exits_12_when_the_job_is_cancelled(running: Stack) -> None:
     env = {**os.environ, **running.env}
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "enqueue", unique("[[fal:slow:30]] x"), "--wait"],
+        [
+            sys.executable,
+            "-m",
+            "imagegen.worker.cli",
+            "enqueue",
+            unique("[[fal:slow:30]] x"),
+            "--wait",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

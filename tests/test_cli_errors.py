@@ -30,7 +30,7 @@ def test_in_an_empty_folder_read_commands_say_migrate_and_create_nothing(
     job_id = str(uuid.uuid4())
     for args in (["jobs"], ["job", job_id], ["stats"], ["cancel", job_id], ["enqueue", "a fox"]):
         done = subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args],
+            [sys.executable, "-m", "imagegen.worker.cli", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -99,7 +99,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(stack: St
 def test_prompt_bytes_that_are_not_utf8_exit_2_and_write_nothing(stack: Stack) -> None:
     one_line_error(imagegen(stack, "enqueue", b"caf\xe9"), 2, "prompt is not valid UTF-8")
     stdin = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "enqueue", "-"],
+        [sys.executable, "-m", "imagegen.worker.cli", "enqueue", "-"],
         input=b"caf\xe9 au lait",
         capture_output=True,
         env={**os.environ, **stack.env},
@@ -149,7 +149,7 @@ def test_enqueue_reads_the_prompt_from_stdin_or_a_file(stack: Stack, tmp_path: P
 
 
 def test_cancel_of_an_ended_job_exits_4_and_changes_nothing(stack: Stack) -> None:
-    from models import JobStatus
+    from imagegen.models import JobStatus
     from tests.conftest import add_jobs
 
     (done_id,) = add_jobs(stack.database_url, 1, JobStatus.SUCCEEDED)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from models import JobStatus
+from imagegen.models import JobStatus
+from imagegen.worker.cli.views import printable
 from tests.conftest import Stack, add_jobs, unique
 from tests.test_cli import imagegen
-from worker.cli.views import printable
 
 pytestmark = pytest.mark.timeout(90)
 RICH_STYLE = re.compile(r"\x1b\[[0-9;]*m")
@@ -32,7 +32,7 @@ def on_a_terminal(stack: Stack, *args: str, columns: int = 80) -> str:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {**os.environ, **stack.env, "COLUMNS": str(columns), "TERM": "xterm-256color"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "imagegen.worker.cli", *args],
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,
@@ -122,7 +122,7 @@ def test_the_demo_runs_on_embedded_defaults_and_saves_its_images(tmp_path: Path)
         if not k.startswith(("FAL_", "SSL_CERT", "DATABASE_URL", "REDIS_URL", "IMAGEGEN_"))
     }
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo", "--emulator"],
+        [sys.executable, "-m", "imagegen.worker.cli", "demo", "--emulator"],
         capture_output=True,
         text=True,
         env=env,

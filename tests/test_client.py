@@ -11,11 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from models import JobStatus
-from tests.conftest import API_KEY, ROOT, Stack, add_jobs, unique
-from worker import contract
-from worker.client import Client
-from worker.errors import (
+from imagegen.models import JobStatus
+from imagegen.worker import contract
+from imagegen.worker.client import Client
+from imagegen.worker.errors import (
     ConfigurationError,
     IdempotencyConflict,
     JobConflict,
@@ -23,6 +22,7 @@ from worker.errors import (
     JobRequestError,
     ServiceUnavailable,
 )
+from tests.conftest import API_KEY, ROOT, Stack, add_jobs, unique
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,8 +34,8 @@ def client(stack: Stack) -> Iterator[Client]:
 
 
 def test_importing_the_client_loads_no_database_broker_or_settings() -> None:
-    heavy = ("sqlalchemy", "celery", "kombu", "fastapi", "fal_client", "worker.settings")
-    code = f"import sys, worker.client; print([m for m in {heavy!r} if m in sys.modules])"
+    heavy = ("sqlalchemy", "celery", "kombu", "fastapi", "fal_client", "imagegen.worker.settings")
+    code = f"import sys, imagegen.worker.client; print([m for m in {heavy!r} if m in sys.modules])"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert loaded.stdout.strip() == "[]", loaded.stderr
 

@@ -20,8 +20,8 @@ import pytest
 import typer.main
 import yaml
 
+from imagegen.worker.constants import JOB_QUEUE
 from tests.conftest import ROOT
-from worker.constants import JOB_QUEUE
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -128,7 +128,7 @@ def test_worker_scales() -> None:
 
 
 def test_each_worker_serves_its_metrics_inside_the_network() -> None:
-    from worker.settings import Settings
+    from imagegen.worker.settings import Settings
 
     port = environment("worker")["IMAGEGEN_WORKER_METRICS_PORT"]
     settings = Settings(**{"IMAGEGEN_WORKER_METRICS_PORT": port})
@@ -139,7 +139,7 @@ def test_each_worker_serves_its_metrics_inside_the_network() -> None:
 
 
 def test_worker_command_is_worker_argv() -> None:
-    from worker.celery_app import worker_argv
+    from imagegen.worker.celery_app import worker_argv
 
     code = worker_argv(concurrency=1)
     assert code[:3] == [sys.executable, "-m", "celery"]
@@ -149,20 +149,22 @@ def test_worker_command_is_worker_argv() -> None:
     expected[expected.index("--concurrency") + 1] = threads
     assert actual == expected, "docker-compose.yml's worker and worker_argv() disagree"
     pairs = list(itertools.pairwise(actual))
-    for pair in (("-A", "worker"), ("--pool", "threads")):
+    for pair in (("-A", "imagegen.worker"), ("--pool", "threads")):
         assert pair in pairs, f"worker command lacks {' '.join(pair)}"
     queues = actual[actual.index("-Q") + 1].split(",")
     assert JOB_QUEUE in queues, f"the worker does not consume {JOB_QUEUE!r}: {queues}"
 
 
 def test_beat_runs_the_sweeper_schedule() -> None:
-    assert argv("beat")[:5] == ["celery", "-A", "worker", "--quiet", "beat"], "JSON lines only"
+    assert argv("beat")[:5] == ["celery", "-A", "imagegen.worker", "--quiet", "beat"], (
+        "JSON lines only"
+    )
     assert "replicas" not in (SERVICES["beat"].get("deploy") or {}), "one beat per fleet"
 
 
 def test_flower_is_persistent_behind_basic_auth() -> None:
     args = argv("flower")
-    assert args[:4] == ["celery", "-A", "worker", "flower"]
+    assert args[:4] == ["celery", "-A", "imagegen.worker", "flower"]
     assert "--port=5555" in args
     assert "--persistent=True" in args
     assert "--read_only=True" in args, "Flower must not send, revoke or kill tasks"
@@ -197,7 +199,7 @@ def test_emulator_is_optional_and_reachable_by_its_service_name(tmp_path: Path) 
     for service in ("fal-emulator", "worker", "api"):
         mounts = [v.split(":")[1] for v in SERVICES[service]["volumes"]]
         assert cert_dir in mounts, f"{service} does not mount the emulator's CA ({cert_dir})"
-    from worker.fal.emulator import FalEmulator
+    from imagegen.worker.fal.emulator import FalEmulator
 
     with FalEmulator(cert_dir=tmp_path) as running:
         ca_name = Path(running.ca_file).name
@@ -205,7 +207,7 @@ def test_emulator_is_optional_and_reachable_by_its_service_name(tmp_path: Path) 
 
 
 def test_shared_environment_is_valid_settings() -> None:
-    from worker.settings import Settings
+    from imagegen.worker.settings import Settings
 
     shared = COMPOSE["x-imagegen-env"]
     assert shared["DATABASE_URL"].startswith("postgresql://postgres:${POSTGRES_PASSWORD:?")
@@ -251,7 +253,7 @@ def test_every_role_is_an_imagegen_or_celery_command() -> None:
 @pytest.mark.parametrize("service", [s for s in IMAGEGEN_SERVICES if argv(s)[0] == "imagegen"])
 def test_imagegen_commands_exist(service: str) -> None:
     """`imagegen api` comes from the HTTP API work; this fails until it exists."""
-    from worker.cli import cli
+    from imagegen.worker.cli import cli
 
     command, rest = _walk(typer.main.get_command(cli), argv(service)[1:])
     assert not hasattr(command, "commands"), f"{service}: {argv(service)} names a group"
@@ -263,7 +265,9 @@ def test_celery_commands_exist(service: str) -> None:
     from celery.bin.celery import celery
 
     args = argv(service)
-    assert args[1:3] == ["-A", "worker"], f"{service} must load the app with -A worker"
+    assert args[1:3] == ["-A", "imagegen.worker"], (
+        f"{service} must load the app with -A imagegen.worker"
+    )
     tail = args[3:]
     global_options = list(itertools.takewhile(lambda a: a.startswith("-"), tail))
     _assert_options_exist(celery, global_options, f"{service} (celery's own options)")

@@ -7,8 +7,8 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from worker.db import WARM_CONNECTIONS, dispose_engines, get_engine, open_pool, write
-from worker.settings import get_settings
+from imagegen.worker.db import WARM_CONNECTIONS, dispose_engines, get_engine, open_pool, write
+from imagegen.worker.settings import get_settings
 
 
 def test_a_pool_with_every_connection_busy_delays_the_write_instead_of_losing_it(

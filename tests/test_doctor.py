@@ -37,7 +37,7 @@ def test_all_green_with_the_running_stack(stack: Stack) -> None:
 
 
 def test_no_worker_and_an_old_schema_fail_with_the_fix(stack: Stack) -> None:
-    from worker.db import downgrade
+    from imagegen.worker.db import downgrade
 
     downgrade(stack.database_url, "0007")
     done = imagegen(stack, "doctor")
@@ -46,13 +46,13 @@ def test_no_worker_and_an_old_schema_fail_with_the_fix(stack: Stack) -> None:
     assert lines["database"].startswith("✓ ")
     from alembic.script import ScriptDirectory
 
-    from worker.db import alembic_config
+    from imagegen.worker.db import alembic_config
 
     head = ScriptDirectory.from_config(alembic_config(stack.database_url)).get_current_head()
     assert lines["migrations"].startswith(f"✗ migrations at 0007, head is {head}")
     assert "imagegen db upgrade" in lines["migrations"]
     assert lines["worker"].startswith("✗ worker     no worker consumes the queue 'imagegen'")
-    assert "celery -A worker worker" in lines["worker"]
+    assert "celery -A imagegen.worker worker" in lines["worker"]
 
 
 def test_redis_at_a_closed_port(stack: Stack) -> None:

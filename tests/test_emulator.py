@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.fal.emulator import FalEmulator
+from imagegen.worker.fal.emulator import FalEmulator
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,11 +7,11 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from models import Job
+from imagegen.models import Job
+from imagegen.worker.db import session_scope
+from imagegen.worker.errors import EnqueueError
+from imagegen.worker.jobs.enqueue import enqueue_many
 from tests.conftest import Stack, unique
-from worker.db import session_scope
-from worker.errors import EnqueueError
-from worker.jobs.enqueue import enqueue_many
 
 
 def _count(stack: Stack) -> int:
@@ -61,8 +61,8 @@ def test_a_big_batch_reaches_workers_while_it_is_still_being_published(
     the first 100 are already on the queue for workers to take."""
     import redis
 
-    from worker.constants import JOB_QUEUE
-    from worker.jobs import enqueue as api
+    from imagegen.worker.constants import JOB_QUEUE
+    from imagegen.worker.jobs import enqueue as api
 
     app = stack.app()
     queue = redis.Redis.from_url(stack.settings().redis_url)

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from worker.errors import (
+from imagegen.worker.errors import (
     AccountLocked,
     FalError,
     PermanentFalError,
     PolicyRefusal,
     TransientFalError,
 )
-from worker.fal.answers import classify_answer, classify_completed_error, retry_after_s
+from imagegen.worker.fal.answers import classify_answer, classify_completed_error, retry_after_s
 
 REFUSAL_MSG = "The content could not be processed because it contained flagged material."
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.fal.account import AccountGuard
-from worker.fal.limits import FalLimiter
+from imagegen.worker.fal.account import AccountGuard
+from imagegen.worker.fal.limits import FalLimiter
 
 
 @pytest.fixture(params=["redis", "local"])

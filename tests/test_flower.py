@@ -30,9 +30,9 @@ import httpx
 import pytest
 import yaml
 
+from imagegen.worker.constants import COLLECT_TASK, JOB_QUEUE, SUBMIT_TASK
+from imagegen.worker.jobs.enqueue import enqueue_many
 from tests.conftest import ROOT, Stack, unique
-from worker.constants import COLLECT_TASK, JOB_QUEUE, SUBMIT_TASK
-from worker.jobs.enqueue import enqueue_many
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here runs real processes
 
@@ -105,7 +105,7 @@ def compose_options(state_file: Path) -> list[str]:
     """Flower's options as docker-compose.yml runs it, with this test's state file."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     command = [str(arg) for arg in compose["services"]["flower"]["command"]]
-    assert command[:4] == ["celery", "-A", "worker", "flower"], command
+    assert command[:4] == ["celery", "-A", "imagegen.worker", "flower"], command
     local = ("--port=", "--address=", "--db=")
     return [arg for arg in command[4:] if not arg.startswith(local)] + [f"--db={state_file}"]
 
@@ -115,7 +115,7 @@ def start_flower(stack: Stack, *, name: str = "flower") -> Flower:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     env.update(stack.env, FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
-    cmd = [sys.executable, "-m", "celery", "-A", "worker", "flower"]
+    cmd = [sys.executable, "-m", "celery", "-A", "imagegen.worker", "flower"]
     cmd += [f"--port={port}", "--address=127.0.0.1"]
     cmd += compose_options(stack.log_dir / "flower-state")
     log = stack.log_dir / f"{name}.log"

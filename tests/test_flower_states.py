@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from imagegen.worker.constants import COLLECT_TASK, SUBMIT_TASK
 from tests.conftest import Stack, unique
 from tests.test_flower import (
     WAIT_S,
@@ -25,7 +26,6 @@ from tests.test_flower import (
     flower,
     start_flower,
 )
-from worker.constants import COLLECT_TASK, SUBMIT_TASK
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 __all__ = ["flower"]  # the fixture, used by name
@@ -47,9 +47,9 @@ def _counted(flower: Flower, event_type: str) -> float:
 
 
 def _cancel_once_submitted(stack: Stack, job_id: uuid.UUID) -> None:
-    from worker.db import session_scope
-    from worker.jobs.enqueue import cancel
-    from worker.jobs.queries import get_job
+    from imagegen.worker.db import session_scope
+    from imagegen.worker.jobs.cancel import cancel
+    from imagegen.worker.jobs.queries import get_job
 
     deadline = time.monotonic() + WAIT_S
     while True:

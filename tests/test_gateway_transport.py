@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.errors import PermanentFalError, PolicyRefusal, TransientFalError
-from worker.fal import transport
-from worker.fal.gateway import FalGateway, FalStatus
+from imagegen.worker.errors import PermanentFalError, PolicyRefusal, TransientFalError
+from imagegen.worker.fal import transport
+from imagegen.worker.fal.gateway import FalGateway, FalStatus
 
 MODEL = "openai/gpt-image-2"
 RID = "80e7a3c1-0000-4000-8000-000000000001"

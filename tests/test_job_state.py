@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from models import TERMINAL_STATUSES, JobStatus, utcnow
+from imagegen.models import TERMINAL_STATUSES, JobStatus, utcnow
+from imagegen.worker.db import dispose_engines, write
+from imagegen.worker.fal.fake import FakeFal
+from imagegen.worker.jobs import state
+from imagegen.worker.jobs.deps import Deps
 from tests.stages_kit import (
     RecordingApp,
     add_job,
@@ -20,10 +24,6 @@ from tests.stages_kit import (
     make_deps,
     migrate,
 )
-from worker.db import dispose_engines, write
-from worker.fal.fake import FakeFal
-from worker.jobs import state
-from worker.jobs.deps import Deps
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from imagegen.worker import celery_app
+from imagegen.worker.logs import configure, get_logger
 from tests.conftest import API_KEY, ROOT, Stack, unique
-from worker import celery_app
-from worker.logs import configure, get_logger
 
 JSON_ENV = {"IMAGEGEN_LOG_FORMAT": "json"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -20,10 +20,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from imagegen.worker import metrics
+from imagegen.worker.events import client_nodename
 from tests.conftest import API_KEY, ROOT, Stack, unique
 from tests.test_flower import Flower
-from worker import metrics
-from worker.events import client_nodename
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 WORKER_ONLY = {family.name for family in metrics.WORKER.collect()}
@@ -96,7 +96,7 @@ def _plain_flower(stack: Stack) -> Flower:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     env.update(stack.env)
-    cmd = [sys.executable, "-m", "celery", "-A", "worker", "flower"]
+    cmd = [sys.executable, "-m", "celery", "-A", "imagegen.worker", "flower"]
     cmd += [f"--port={port}", "--address=127.0.0.1"]
     log = stack.log_dir / "flower.log"
     with log.open("ab") as out:
@@ -116,7 +116,7 @@ def test_enqueueing_processes_share_one_label_value(stack: Stack) -> None:
         flower.wait_for("the worker's heartbeat", lambda: online.search(scrape()) and True)
         env = {**os.environ, **stack.env}
         for n in range(3):  # three processes, three PIDs
-            code = f"from worker.jobs.enqueue import enqueue; enqueue({unique(f'an owl {n}')!r})"
+            code = f"from imagegen import enqueue; enqueue({unique(f'an owl {n}')!r})"
             subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
 
         def sent_three() -> str | None:

@@ -7,7 +7,7 @@ from alembic import command
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from worker.db import alembic_config, downgrade, upgrade
+from imagegen.worker.db import alembic_config, downgrade, upgrade
 
 
 @pytest.mark.timeout(60)

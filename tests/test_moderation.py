@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.moderation import (
+from imagegen.worker.moderation import (
     CATEGORIES,
     CELEBRITY_LIKENESS,
     HATE_PROTECTED_GROUP,
@@ -37,7 +37,7 @@ from worker.moderation import (
     build_chain,
     parse_spec,
 )
-from worker.moderation.rules import join_single_letters, text_variants
+from imagegen.worker.moderation.rules import join_single_letters, text_variants
 
 API_KEY = "sk-test-DO-NOT-LEAK-4242"
 OPENAI_CATEGORIES = (

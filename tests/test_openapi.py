@@ -25,10 +25,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from schemathesis import GenerationMode, checks
 
-from models import Job as JobRow
-from models import JobAttempt, JobStatus
+from imagegen.models import Job as JobRow
+from imagegen.models import JobAttempt, JobStatus
+from imagegen.worker import contract
 from tests.conftest import API_KEY, ROOT, Stack, add_jobs, unique
-from worker import contract
 
 pytestmark = pytest.mark.timeout(120)
 RESPONSE_CHECKS = [
@@ -134,7 +134,7 @@ def test_the_job_json_is_the_same_from_the_api_and_the_cli(api: httpx.Client, st
     env = {**os.environ, **stack.env}
 
     def cli(*args: str) -> Any:
-        cmd = [sys.executable, "-m", "worker.cli", *args, "--json"]
+        cmd = [sys.executable, "-m", "imagegen.worker.cli", *args, "--json"]
         done_ = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, check=True)
         return json.loads(done_.stdout)
 

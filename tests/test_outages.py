@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 def _job(stack: Stack, job_id: uuid.UUID) -> dict[str, Any]:
-    from worker.db import session_scope
-    from worker.jobs.queries import get_job, job_to_dict
+    from imagegen.worker.db import session_scope
+    from imagegen.worker.jobs.queries import get_job, job_to_dict
 
     with session_scope(stack.database_url) as session:
         return job_to_dict(get_job(session=session, job_id=job_id), with_attempts=True)
@@ -90,8 +90,8 @@ def _terminate_backends(database_url: str) -> int:
     this process (the test) then opens new ones."""
     from sqlalchemy import create_engine, text
 
+    from imagegen.worker.db import dispose_engines
     from tests.conftest import PG_ADMIN_URL
-    from worker.db import dispose_engines
 
     name = database_url.rsplit("/", 1)[1]
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -130,9 +130,9 @@ def test_a_sweep_pass_on_terminated_connections_waits_them_out_in_a_line(
 ) -> None:
     """The worker's pooled connections are terminated: the sweep pass's writes are tried
     again (one line each, no traceback) and it republishes the job whose message was lost."""
-    from models import JobStatus
+    from imagegen.models import JobStatus
+    from imagegen.worker.constants import SWEEP_TASK
     from tests.conftest import add_jobs
-    from worker.constants import SWEEP_TASK
 
     stack.start_worker("--concurrency", "2")  # its pool is open (worker.warmed)
     (lost,) = add_jobs(stack.database_url, 1, JobStatus.QUEUED, lease_until=None)

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.constants import IMAGE_SIZE_PRESETS, MAX_PROMPT_CHARS
-from worker.errors import ImagegenError, JobRequestError
-from worker.jobs.params import JobRequest
-from worker.jobs.params import validate_request as _validate
-from worker.settings import Settings
+from imagegen.worker.constants import IMAGE_SIZE_PRESETS, MAX_PROMPT_CHARS
+from imagegen.worker.errors import ImagegenError, JobRequestError
+from imagegen.worker.jobs.params import JobRequest
+from imagegen.worker.jobs.params import validate_request as _validate
+from imagegen.worker.settings import Settings
 
 SETTINGS = Settings(IMAGEGEN_CALLBACK_SECRET="s3cret")
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, event, make_url, text
 
+from imagegen.worker.db import WARM_CONNECTIONS, dispose_engines, get_engine, open_pool
+from imagegen.worker.settings import get_settings
 from tests.conftest import PG_ADMIN_URL, Stack, unique
-from worker.db import WARM_CONNECTIONS, dispose_engines, get_engine, open_pool
-from worker.settings import get_settings
 
 #: A worker process at rest holds at most this many (issue 22, item 5).
 AT_REST = 5

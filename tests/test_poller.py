@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from imagegen.worker.constants import CALLBACK_QUEUE
+from imagegen.worker.fal.schedule import MIN_SAMPLES, PROBE_AT, Schedule
 from tests.conftest import Stack, add_jobs, unique
-from worker.constants import CALLBACK_QUEUE
-from worker.fal.schedule import MIN_SAMPLES, PROBE_AT, Schedule
 
 MODEL = "openai/gpt-image-2"
 
@@ -137,8 +137,8 @@ def _at_fal(
     stack: Stack, count: int, latency_s: float, step: str = "ok", **values: Any
 ) -> dict[uuid.UUID, str]:
     """``count`` requests created at the emulator and their job rows at_fal, due now."""
-    from models import JobStatus, utcnow
-    from worker.fal.gateway import FalGateway
+    from imagegen.models import JobStatus, utcnow
+    from imagegen.worker.fal.gateway import FalGateway
 
     gateway = FalGateway.from_settings(stack.settings())
     jobs = {}
@@ -165,8 +165,8 @@ def _at_fal(
 def _statuses(stack: Stack, ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
     from sqlalchemy import select
 
-    from worker.db import get_engine
-    from worker.fal.due import JOBS
+    from imagegen.worker.db import get_engine
+    from imagegen.worker.fal.due import JOBS
 
     with get_engine(stack.database_url).connect() as db:
         rows = db.execute(select(JOBS.c.id, JOBS.c.status, JOBS.c.error).where(JOBS.c.id.in_(ids)))
@@ -178,8 +178,8 @@ def _all(stack: Stack, ids: list[uuid.UUID], status: str) -> Callable[[], bool]:
 
 
 def _poller(stack: Stack, concurrency: int = 64, **overrides: Any) -> Any:
-    from worker.fal.limits import FalLimiter
-    from worker.fal.poller import Poller
+    from imagegen.worker.fal.limits import FalLimiter
+    from imagegen.worker.fal.poller import Poller
 
     settings = stack.settings(**overrides)
     limiter = FalLimiter.for_settings(settings)
@@ -205,7 +205,7 @@ def _collect_messages(stack: Stack) -> Counter[str]:
     """Collect task messages in the leased Redis db's imagegen queue, by job id."""
     import redis
 
-    from worker.constants import COLLECT_TASK, JOB_QUEUE
+    from imagegen.worker.constants import COLLECT_TASK, JOB_QUEUE
 
     with redis.Redis.from_url(stack.redis_url) as client:
         messages = [json.loads(m) for m in client.lrange(JOB_QUEUE, 0, -1)]
@@ -248,8 +248,8 @@ def test_completed_requests_are_collected_with_few_status_calls(stack: Stack) ->
 
 @pytest.mark.slow
 def test_a_deadline_at_fal_cancels_and_fails_the_job_within_two_seconds(stack: Stack) -> None:
-    from models import utcnow
-    from worker.fal.limits import FalLimiter
+    from imagegen.models import utcnow
+    from imagegen.worker.fal.limits import FalLimiter
 
     deadline = utcnow() + timedelta(seconds=1.5)
     jobs = _at_fal(stack, 1, 30.0, deadline_at=deadline, callback_url="https://app.example/hook")
@@ -274,9 +274,9 @@ def test_a_deadline_at_fal_cancels_and_fails_the_job_within_two_seconds(stack: S
 def test_a_request_still_running_keeps_its_slot_and_comes_due_again(stack: Stack) -> None:
     from sqlalchemy import select
 
-    from worker.db import get_engine
-    from worker.fal.due import JOBS
-    from worker.fal.limits import FalLimiter
+    from imagegen.worker.db import get_engine
+    from imagegen.worker.fal.due import JOBS
+    from imagegen.worker.fal.limits import FalLimiter
 
     settings = {"IMAGEGEN_FAL_CONCURRENCY": 5, "IMAGEGEN_LEASE_S": 2}
     jobs = _at_fal(stack, 1, 30.0)
@@ -315,7 +315,7 @@ class _Watched:
         await self.inner.cancel(application, request_id)
 
     async def aclose(self) -> None:
-        from worker.fal.poller import close_fal
+        from imagegen.worker.fal.poller import close_fal
 
         await close_fal(self.inner)
 
@@ -338,7 +338,7 @@ def test_two_pollers_collect_every_job_exactly_once(stack: Stack) -> None:
 
 @pytest.mark.slow
 def test_a_dead_pollers_rows_come_due_after_its_claim_window(stack: Stack) -> None:
-    from worker.fal.poller import Poller
+    from imagegen.worker.fal.poller import Poller
 
     jobs = _at_fal(stack, 5, 0.2)
     dead = _poller(stack)
@@ -376,7 +376,7 @@ class _Hangs:
 
 
 def test_queued_jobs_past_their_deadline_are_failed(stack: Stack) -> None:
-    from models import JobStatus, utcnow
+    from imagegen.models import JobStatus, utcnow
 
     past = utcnow() - timedelta(seconds=1)
     expired = add_jobs(stack.database_url, 2, JobStatus.QUEUED, deadline_at=past, lease_until=None)
@@ -394,8 +394,8 @@ def _start_process(stack: Stack) -> tuple[Any, Any]:
     import os
     import subprocess
 
+    from imagegen.worker.cli.demo import poller_argv
     from tests.conftest import ROOT
-    from worker.cli.demo import poller_argv
 
     log = stack.log_dir / f"poller-{uuid.uuid4().hex[:6]}.log"
     env = {**os.environ, **stack.env}
@@ -439,7 +439,7 @@ def test_a_second_signal_stops_the_poller_at_once(stack: Stack) -> None:
 
 @pytest.mark.slow
 def test_a_stop_does_not_wait_out_a_database_outage(stack: Stack) -> None:
-    from worker.db import dispose_engines
+    from imagegen.worker.db import dispose_engines
 
     poller = _poller(stack, DATABASE_URL=stack.database_url.rsplit("/", 1)[0] + "/no_such_db")
 
@@ -461,8 +461,8 @@ def test_a_stop_does_not_wait_out_a_database_outage(stack: Stack) -> None:
 def test_a_request_past_the_generation_timeout_is_given_up() -> None:
     from datetime import timedelta
 
-    from models import utcnow
-    from worker.fal.due import DEADLINE_ERROR, Due
+    from imagegen.models import utcnow
+    from imagegen.worker.fal.due import DEADLINE_ERROR, Due
 
     now = utcnow()
     row = Due(uuid.uuid4(), "m", "r", now - timedelta(seconds=50), None, 1, now)

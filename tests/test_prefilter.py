@@ -86,7 +86,7 @@ def test_rules_refuse_before_fal_and_stats_tell_the_sources_apart(stack: Stack) 
     env = {**stack.env, "IMAGEGEN_MODERATION": "rules"}
     stats = json.loads(
         subprocess.run(
-            [sys.executable, "-m", "worker.cli", "stats", "--json"],
+            [sys.executable, "-m", "imagegen.worker.cli", "stats", "--json"],
             cwd=ROOT,
             env={**os.environ, **env},
             capture_output=True,
@@ -138,7 +138,7 @@ def test_imagegen_moderate_prints_the_verdict_without_enqueueing() -> None:
 
     def moderate(prompt: str) -> dict[str, Any]:
         done = subprocess.run(
-            [sys.executable, "-m", "worker.cli", "moderate", prompt, "--json"],
+            [sys.executable, "-m", "imagegen.worker.cli", "moderate", prompt, "--json"],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]  # every test here run
 
 
 def _job(stack: Stack, job_id: uuid.UUID) -> dict[str, Any]:
-    from worker.db import session_scope
-    from worker.jobs.queries import get_job, job_to_dict
+    from imagegen.worker.db import session_scope
+    from imagegen.worker.jobs.queries import get_job, job_to_dict
 
     with session_scope(stack.database_url) as session:
         return job_to_dict(get_job(session=session, job_id=job_id), with_attempts=True)
@@ -32,7 +32,7 @@ def _wait_for(predicate: Any, timeout_s: float = 20) -> None:
 
 
 def _sweep_until_terminal(stack: Stack, ids: list[uuid.UUID], **settings: Any) -> None:
-    from worker.jobs.sweeper import sweep
+    from imagegen.worker.jobs.sweeper import sweep
 
     app, conf = stack.app(), stack.settings(**settings)
     deadline = time.monotonic() + 60
@@ -72,7 +72,7 @@ def test_lost_redis_queue_is_recovered_by_the_sweeper_without_duplicates(stack: 
     redis.Redis.from_url(stack.redis_url).flushdb()  # Redis restarted without persistence
     stack.start_worker()
     _sweep_until_terminal(stack, ids, **grace)
-    from worker.jobs.sweeper import sweep
+    from imagegen.worker.jobs.sweeper import sweep
 
     assert sweep(stack.settings(**grace), stack.app()).republished == []
     counts = stack.emulator.stats()["submissions_by_prompt"]
@@ -129,7 +129,7 @@ def test_a_429_cools_down_every_worker(stack: Stack) -> None:
 
 
 def test_cancel_a_queued_job_never_reaches_fal(stack: Stack) -> None:
-    from worker.jobs.enqueue import cancel
+    from imagegen.worker.jobs.cancel import cancel
 
     prompt = unique("cancel me before any worker")
     job_id = stack.enqueue(prompt)
@@ -142,7 +142,7 @@ def test_cancel_a_queued_job_never_reaches_fal(stack: Stack) -> None:
 
 
 def test_cancel_a_running_job_cancels_it_at_fal(running: Stack) -> None:
-    from worker.jobs.enqueue import cancel
+    from imagegen.worker.jobs.cancel import cancel
 
     job_id = running.enqueue(unique("[[fal:ok+latency:5]] cancel me mid-flight"))
     _wait_for(lambda: _job(running, job_id)["fal_request_id"] is not None)
@@ -205,8 +205,8 @@ def test_a_submit_whose_worker_died_mid_post_is_not_blindly_repeated(
 ) -> None:
     from sqlalchemy import update
 
-    from models import AttemptOutcome, Job, JobAttempt
-    from worker.db import session_scope
+    from imagegen.models import AttemptOutcome, Job, JobAttempt
+    from imagegen.worker.db import session_scope
 
     prompt = unique("a submit in flight when the worker died")
     job_id = stack.enqueue(prompt)

@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from worker.errors import (
+from imagegen.worker.errors import (
     AccountLocked,
     FalError,
     PermanentFalError,
     PolicyRefusal,
     TransientFalError,
 )
-from worker.jobs.retry import GiveUp, Retry, RetryPolicy
-from worker.settings import Settings
+from imagegen.worker.jobs.retry import GiveUp, Retry, RetryPolicy
+from imagegen.worker.settings import Settings
 
 
 def policy(rand: float, **kwargs: float) -> RetryPolicy:

@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from models import AttemptOutcome, JobStatus, utcnow
+from imagegen.models import AttemptOutcome, JobStatus, utcnow
+from imagegen.worker.constants import COLLECT_TASK
+from imagegen.worker.db import dispose_engines, write
+from imagegen.worker.fal import fake
+from imagegen.worker.fal.fake import FakeFal
+from imagegen.worker.jobs import collect, dispatch, state, submit
+from imagegen.worker.jobs.deps import Deps
+from imagegen.worker.moderation import Chain, Verdict
 from tests.stages_kit import (
     JOBS,
     MAX_ATTEMPTS,
@@ -29,13 +36,6 @@ from tests.stages_kit import (
     make_deps,
     migrate,
 )
-from worker.constants import COLLECT_TASK
-from worker.db import dispose_engines, write
-from worker.fal import fake
-from worker.fal.fake import FakeFal
-from worker.jobs import collect, dispatch, state, submit
-from worker.jobs.deps import Deps
-from worker.moderation import Chain, Verdict
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from models import AttemptOutcome, JobStatus
+from imagegen.models import AttemptOutcome, JobStatus
+from imagegen.worker.constants import CALLBACK_TASK, SUBMIT_TASK
+from imagegen.worker.db import dispose_engines, write
+from imagegen.worker.errors import PolicyRefusal, TransientFalError
+from imagegen.worker.fal import fake, webhook_store
+from imagegen.worker.fal.fake import FakeFal
+from imagegen.worker.jobs import collect, submit
+from imagegen.worker.jobs.deps import Deps
 from tests.stages_kit import (
     MAX_ATTEMPTS,
     RecordingApp,
@@ -23,13 +30,6 @@ from tests.stages_kit import (
     migrate,
     to_collecting,
 )
-from worker.constants import CALLBACK_TASK, SUBMIT_TASK
-from worker.db import dispose_engines, write
-from worker.errors import PolicyRefusal, TransientFalError
-from worker.fal import fake, webhook_store
-from worker.fal.fake import FakeFal
-from worker.jobs import collect, submit
-from worker.jobs.deps import Deps
 
 
 @pytest.fixture(scope="module")

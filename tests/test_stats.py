@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import delete, event, update
 from sqlalchemy.orm import Session
 
-from models import JobStatus, utcnow
+from imagegen.models import JobStatus, utcnow
+from imagegen.worker.db import get_engine, session_scope
+from imagegen.worker.jobs import attempts, queries, state
 from tests.conftest import Stack, add_jobs
-from worker.db import get_engine, session_scope
-from worker.jobs import attempts, queries, state
 
 
 def _live(session: Session) -> dict[str, object]:
@@ -92,7 +92,7 @@ def test_kept_totals_follow_every_change_a_job_goes_through(database_url: str) -
 
 def test_stats_count_rows_written_before_the_totals_existed(database_url: str) -> None:
     """Migration 0006 counts the rows already there (here: re-run on a filled table)."""
-    from worker.db import downgrade, upgrade
+    from imagegen.worker.db import downgrade, upgrade
 
     add_jobs(database_url, 3, JobStatus.REFUSED, refusal_category="trademark_ip")
     add_jobs(database_url, 2, JobStatus.QUEUED)
@@ -106,7 +106,7 @@ def test_stats_count_rows_written_before_the_totals_existed(database_url: str) -
 def test_the_sweeper_expires_a_backlog_in_short_batches_and_the_totals_follow(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.jobs import sweeper
+    from imagegen.worker.jobs import sweeper
 
     monkeypatch.setattr(sweeper, "BATCH", 2)
     past = utcnow() - timedelta(hours=1)

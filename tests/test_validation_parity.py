@@ -15,12 +15,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from models import Job
+from imagegen.models import Job
+from imagegen.worker.db import session_scope
+from imagegen.worker.errors import JobRequestError
+from imagegen.worker.jobs import enqueue as api
+from imagegen.worker.web.app import create_app
 from tests.conftest import API_KEY, Stack
-from worker.db import session_scope
-from worker.errors import JobRequestError
-from worker.jobs import enqueue as api
-from worker.web.app import create_app
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SECRET = {"IMAGEGEN_API_KEY": API_KEY, "IMAGEGEN_CALLBACK_SECRET": "parity-secret"}

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from imagegen.worker.errors import PolicyRefusal, TransientFalError
+from imagegen.worker.fal.emulator.webhooks import jwks_for, signed_headers
+from imagegen.worker.fal.webhooks import InvalidWebhook, WebhookEvent, WebhookVerifier, outcome
 from tests.conftest import Stack, unique
-from worker.errors import PolicyRefusal, TransientFalError
-from worker.fal.emulator.webhooks import jwks_for, signed_headers
-from worker.fal.webhooks import InvalidWebhook, WebhookEvent, WebhookVerifier, outcome
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,8 +74,8 @@ def _webhook_stack(stack: Stack, fallback_s: float = 30) -> str:
 
 
 def _status(stack: Stack, job_id: Any) -> str:
-    from worker.db import session_scope
-    from worker.jobs.queries import get_job
+    from imagegen.worker.db import session_scope
+    from imagegen.worker.jobs.queries import get_job
 
     with session_scope(stack.database_url) as session:
         return get_job(session=session, job_id=job_id).status.value
@@ -132,8 +132,8 @@ def test_forged_or_unsigned_callbacks_are_refused(stack: Stack) -> None:
 
 @pytest.mark.slow
 def test_cancelling_a_job_at_fal_frees_its_fleet_slot_at_once(stack: Stack) -> None:
-    from worker.fal.limits import FalLimiter
-    from worker.jobs.enqueue import cancel
+    from imagegen.worker.fal.limits import FalLimiter
+    from imagegen.worker.jobs.cancel import cancel
 
     stack.env["IMAGEGEN_FAL_CONCURRENCY"] = "3"
     _webhook_stack(stack)

@@ -32,7 +32,7 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from worker.constants import (
+from imagegen.worker.constants import (
     CALLBACK_QUEUE,
     CALLBACK_TASK,
     COLLECT_TASK,
@@ -41,7 +41,7 @@ from worker.constants import (
     SUBMIT_TASK,
     SWEEP_TASK,
 )
-from worker.settings import Settings, get_settings
+from imagegen.worker.settings import Settings, get_settings
 
 
 def create_app(settings: Settings) -> Celery:
@@ -49,8 +49,8 @@ def create_app(settings: Settings) -> Celery:
     app = Celery(
         "imagegen",
         broker=settings.redis_url,
-        include=["worker.tasks"],
-        events="worker.events:Events",
+        include=["imagegen.worker.tasks"],
+        events="imagegen.worker.events:Events",
     )
     redis = settings.redis_url.startswith(("redis", "unix"))
     transport = {"visibility_timeout": settings.visibility_timeout_s} if redis else {}
@@ -107,7 +107,7 @@ def _quiet_reconnects(**_: Any) -> None:
 
 def worker_argv(*, concurrency: int, name: str | None = None, loglevel: str = "INFO") -> list[str]:
     """The documented way to start a worker process, as an argv (demo, tests, benchmarks)."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads"]
+    argv = [sys.executable, "-m", "celery", "-A", "imagegen.worker", "worker", "--pool", "threads"]
     argv += ["--concurrency", str(concurrency), "-Q", f"{JOB_QUEUE},{CALLBACK_QUEUE}"]
     argv += ["--without-gossip"]
     argv += ["--without-mingle", "-l", loglevel]
@@ -121,9 +121,9 @@ _log_level = logging.INFO
 @worker_init.connect
 def _check_configuration(sender: Any = None, **_: Any) -> None:
     """Fail at worker start, not per job, when FAL_KEY is missing for the real fal.ai."""
-    from worker.errors import ConfigurationError
-    from worker.fal.gateway import resolve_key
-    from worker.logs import configure, get_logger
+    from imagegen.worker.errors import ConfigurationError
+    from imagegen.worker.fal.gateway import resolve_key
+    from imagegen.worker.logs import configure, get_logger
 
     global _log_level
     level = getattr(sender, "loglevel", None)
@@ -131,7 +131,7 @@ def _check_configuration(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     configure(settings.log_format, _log_level)
     if settings.worker_metrics_port is not None:
-        from worker.metrics import serve_worker_metrics
+        from imagegen.worker.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings.worker_metrics_port)
     try:
@@ -143,7 +143,7 @@ def _check_configuration(sender: Any = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def _per_process(**_: Any) -> None:
-    from worker.logs import configure
+    from imagegen.worker.logs import configure
 
     configure(get_settings().log_format, _log_level)
 
@@ -152,7 +152,7 @@ def _per_process(**_: Any) -> None:
 def _logging(loglevel: Any = None, **_: Any) -> None:
     """Celery's own lines (worker and beat) through our renderer: with a receiver connected
     here Celery installs no handler of its own and does not redirect stdout."""
-    from worker.logs import configure
+    from imagegen.worker.logs import configure
 
     global _log_level
     _log_level = loglevel if isinstance(loglevel, int) else _log_level
@@ -163,7 +163,7 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
 def _worker_starting(instance: Any = None, **_: Any) -> None:
     """Before Celery's first words: our logging (its warnings too); in JSON mode no banner
     (lines of plain text) and its signal handlers' lines ("Warm shutdown") as JSON."""
-    from worker.logs import celery_says_json, configure
+    from imagegen.worker.logs import celery_says_json, configure
 
     settings = get_settings()
     configure(settings.log_format, _log_level)
@@ -174,6 +174,6 @@ def _worker_starting(instance: Any = None, **_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _metrics_process_gone(**_: Any) -> None:
-    from worker.metrics import process_gone
+    from imagegen.worker.metrics import process_gone
 
     process_gone()

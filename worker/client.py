@@ -26,8 +26,17 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from worker.contract import Cancelled, Health, Job, JobCreated, JobDetail, JobPage, Stats, Status
-from worker.errors import (
+from imagegen.worker.contract import (
+    Cancelled,
+    Health,
+    Job,
+    JobCreated,
+    JobDetail,
+    JobPage,
+    Stats,
+    Status,
+)
+from imagegen.worker.errors import (
     ApiError,
     ConfigurationError,
     IdempotencyConflict,

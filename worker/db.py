@@ -21,10 +21,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-import migrations
-from worker.errors import ServiceUnavailable
-from worker.logs import get_logger
-from worker.settings import get_settings
+from imagegen import migrations
+from imagegen.worker.errors import ServiceUnavailable
+from imagegen.worker.logs import get_logger
+from imagegen.worker.settings import get_settings
 
 T = TypeVar("T")
 log = get_logger(__name__)

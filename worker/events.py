@@ -59,7 +59,7 @@ class EventDispatcher(CeleryEventDispatcher):
 class Events(CeleryEvents):
     """``app.events``, making ``worker.events.EventDispatcher``s."""
 
-    dispatcher_cls = "worker.events:EventDispatcher"
+    dispatcher_cls = "imagegen.worker.events:EventDispatcher"
 
 
 def client_nodename() -> str:

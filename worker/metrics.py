@@ -31,8 +31,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.constants import JOB_QUEUE
-from worker.settings import Settings
+from imagegen.worker.constants import JOB_QUEUE
+from imagegen.worker.settings import Settings
 
 #: what a worker's runs count
 WORKER = CollectorRegistry()
@@ -111,8 +111,8 @@ class _TableCollector(Collector):
         self._settings = settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from worker.db import session_scope
-        from worker.jobs import queries
+        from imagegen.worker.db import session_scope
+        from imagegen.worker.jobs import queries
 
         jobs = GaugeMetricFamily("imagegen_jobs", "Jobs in the table by status.", labels=["status"])
         with session_scope(self._settings.database_url) as session:
@@ -155,7 +155,7 @@ def role_registry(owned: CollectorRegistry) -> CollectorRegistry:
 def queue_depth(settings: Settings) -> int | None:
     if not settings.redis_url.startswith(("redis", "unix")):
         return None
-    from worker.redis_client import shared_redis
+    from imagegen.worker.redis_client import shared_redis
 
     return int(shared_redis(settings.redis_url).llen(JOB_QUEUE))
 

@@ -18,7 +18,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from worker.logs import get_logger
+from imagegen.worker.logs import get_logger
 
 T = TypeVar("T")
 log = get_logger(__name__)

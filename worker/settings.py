@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from worker.constants import (
+from imagegen.worker.constants import (
     DEFAULT_DATABASE_URL,
     DEFAULT_MODEL,
     DEFAULT_REDIS_URL,
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     @field_validator("moderation")
     @classmethod
     def _moderation(cls, value: str) -> str:
-        from worker.moderation import parse_spec  # a ValueError naming the valid values
+        from imagegen.worker.moderation import parse_spec  # a ValueError naming the valid values
 
         return ",".join(parse_spec(value)) or "off"
 

@@ -21,9 +21,9 @@ from celery.exceptions import Ignore
 from celery.signals import worker_ready
 from kombu.exceptions import OperationalError
 
-from worker.errors import JobFailed, JobRetrying
-from worker.jobs.outcome import SKIPPED, Outcome
-from worker.logs import get_logger
+from imagegen.worker.errors import JobFailed, JobRetrying
+from imagegen.worker.jobs.outcome import SKIPPED, Outcome
+from imagegen.worker.logs import get_logger
 
 log = get_logger(__name__)
 

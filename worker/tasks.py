@@ -16,23 +16,23 @@ from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from worker import metrics
-from worker.celery_app import app
-from worker.constants import CALLBACK_TASK, COLLECT_TASK, SUBMIT_TASK, SWEEP_TASK
-from worker.db import open_pool
-from worker.errors import ConfigurationError, JobFailed
-from worker.fal.account import AccountGuard
-from worker.fal.gateway import FalGateway
-from worker.fal.limits import FalLimiter
-from worker.jobs import collect, submit
-from worker.jobs.callbacks import CallbackFailed, CallbackRejected, deliver
-from worker.jobs.deps import Deps
-from worker.jobs.retry import RetryPolicy
-from worker.jobs.sweeper import sweep_or_skip
-from worker.logs import get_logger
-from worker.moderation.setup import moderation_chain
-from worker.settings import get_settings
-from worker.task_states import task_result
+from imagegen.worker import metrics
+from imagegen.worker.celery_app import app
+from imagegen.worker.constants import CALLBACK_TASK, COLLECT_TASK, SUBMIT_TASK, SWEEP_TASK
+from imagegen.worker.db import open_pool
+from imagegen.worker.errors import ConfigurationError, JobFailed
+from imagegen.worker.fal.account import AccountGuard
+from imagegen.worker.fal.gateway import FalGateway
+from imagegen.worker.fal.limits import FalLimiter
+from imagegen.worker.jobs import collect, submit
+from imagegen.worker.jobs.callbacks import CallbackFailed, CallbackRejected, deliver
+from imagegen.worker.jobs.deps import Deps
+from imagegen.worker.jobs.retry import RetryPolicy
+from imagegen.worker.jobs.sweeper import sweep_or_skip
+from imagegen.worker.logs import get_logger
+from imagegen.worker.moderation.setup import moderation_chain
+from imagegen.worker.settings import get_settings
+from imagegen.worker.task_states import task_result
 
 _lock = threading.Lock()
 

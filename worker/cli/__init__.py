@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-from worker.cli.app import cli, state
-from worker.cli.errors import report
+from imagegen.worker.cli.app import cli, state
+from imagegen.worker.cli.errors import report
 
 #: The command modules, in the order their commands are listed in ``imagegen --help``.
 COMMAND_MODULES = ("jobs", "ops", "comforts", "serve", "poller")
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"worker.cli.{_name}")
+    importlib.import_module(f"imagegen.worker.cli.{_name}")
 
 __all__ = ["cli", "main"]
 

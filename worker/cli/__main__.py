@@ -1,5 +1,5 @@
 """``python -m worker.cli``: the same as the ``imagegen`` console script."""
 
-from worker.cli import main
+from imagegen.worker.cli import main
 
 main()

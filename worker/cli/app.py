@@ -39,7 +39,7 @@ state = State()
 
 def _version(value: bool) -> None:
     if value:
-        from worker.cli.config_view import imagegen_version
+        from imagegen.worker.cli.config_view import imagegen_version
 
         typer.echo(f"imagegen {imagegen_version()}")
         raise typer.Exit()
@@ -56,7 +56,7 @@ def _root(
     ] = False,
 ) -> None:
     state.debug = debug
-    from worker.logs import configure
+    from imagegen.worker.logs import configure
 
     # a command's own output is stdout; the library's log lines (a cancel's job.cancelled)
     # go to stderr, warnings and up (the serving commands configure their own level)
@@ -64,7 +64,7 @@ def _root(
 
 
 def app_settings() -> Any:
-    from worker.settings import get_settings
+    from imagegen.worker.settings import get_settings
 
     return get_settings()
 
@@ -72,7 +72,7 @@ def app_settings() -> Any:
 def db_session() -> Any:
     """A session on DATABASE_URL, after checking the database answers and is migrated
     (``ServiceUnavailable`` otherwise; a missing SQLite file is never created)."""
-    from worker.db import check_database, session_scope
+    from imagegen.worker.db import check_database, session_scope
 
     url = app_settings().database_url
     check_database(url)

@@ -16,10 +16,10 @@ from typing import Any
 
 from celery import Celery
 
-from worker.errors import JobRequestError
-from worker.jobs.enqueue import enqueue_many
-from worker.jobs.params import validate_request
-from worker.settings import Settings
+from imagegen.worker.errors import JobRequestError
+from imagegen.worker.jobs.enqueue import enqueue_many
+from imagegen.worker.jobs.params import validate_request
+from imagegen.worker.settings import Settings
 
 #: jobs per ``enqueue_many`` call (and progress step)
 CHUNK = 500

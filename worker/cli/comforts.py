@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from worker.cli.app import app_settings, cli, err
-from worker.cli.errors import EXIT_ERROR, EXIT_USAGE, errors
-from worker.cli.inputs import job_uuid
-from worker.errors import ImagegenError, JobRequestError
+from imagegen.worker.cli.app import app_settings, cli, err
+from imagegen.worker.cli.errors import EXIT_ERROR, EXIT_USAGE, errors
+from imagegen.worker.cli.inputs import job_uuid
+from imagegen.worker.errors import ImagegenError, JobRequestError
 
 #: bad lines of an enqueue-bulk file reported one by one; the rest are counted
 BAD_LINES_SHOWN = 50
@@ -22,7 +22,7 @@ BAD_LINES_SHOWN = 50
 @cli.command()
 def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The settings in force (secrets masked) and where each came from: env, .env, default."""
-    from worker.cli.config_view import settings_in_force
+    from imagegen.worker.cli.config_view import settings_in_force
 
     with errors():
         shown = settings_in_force(app_settings())
@@ -37,7 +37,7 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @cli.command()
 def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check Postgres, migrations, Redis, a worker, fal and the keys; non-zero if one fails."""
-    from worker.cli.doctor import run_checks
+    from imagegen.worker.cli.doctor import run_checks
 
     with errors():
         checks = run_checks(app_settings())
@@ -55,7 +55,7 @@ def enqueue_bulk(
     file: Annotated[Path, typer.Argument(help="JSON Lines, a POST /jobs body a line; - is stdin")],
 ) -> None:
     """Queue one job per line of FILE; prints the ids in line order. Bad lines: nothing queued."""
-    from worker.cli.bulk import parse_lines
+    from imagegen.worker.cli.bulk import parse_lines
 
     with errors():
         items, bad = parse_lines(_read_lines(file))
@@ -81,7 +81,7 @@ def _read_lines(file: Path) -> list[str]:
 def _enqueue_with_progress(items: list[dict[str, Any]]) -> None:
     from rich.progress import Progress
 
-    from worker.cli.bulk import enqueue_items
+    from imagegen.worker.cli.bulk import enqueue_items
 
     done = 0
     with errors(), Progress(console=err, transient=True) as progress:
@@ -103,7 +103,7 @@ def retry(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the new job's outcome")] = False,
 ) -> None:
     """Try a failed job again, as a new job (retry_of links them); prints the new id."""
-    from worker.cli.retry import retry as retry_job
+    from imagegen.worker.cli.retry import retry as retry_job
 
     with errors():
         new_id = retry_job(job_uuid(job_id), settings=app_settings())
@@ -115,7 +115,7 @@ def retry(
 def wait_and_report(job_id: uuid.UUID, timeout_s: float | None) -> int:
     """Follow the job on stderr (a spinner on a terminal, a line per change otherwise);
     print its outcome; return the exit code (``WaitExit``)."""
-    from worker.cli.waiting import Progress, outcome_line, progress_text, wait_for_outcome
+    from imagegen.worker.cli.waiting import Progress, outcome_line, progress_text, wait_for_outcome
 
     last: list[tuple[str, int]] = [("", 0)]
     status = err.status("queued") if err.is_terminal else None

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dotenv import dotenv_values
 from pydantic import SecretStr
 
-from worker.settings import Settings
+from imagegen.worker.settings import Settings
 
 MASK = "********"
 

@@ -28,9 +28,9 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
 
-from models import TERMINAL_STATUSES, Job
-from worker.cli.views import STATUS_STYLE, printable, write_tsv
-from worker.errors import ConfigurationError, ImagegenError
+from imagegen.models import TERMINAL_STATUSES, Job
+from imagegen.worker.cli.views import STATUS_STYLE, printable, write_tsv
+from imagegen.worker.errors import ConfigurationError, ImagegenError
 
 #: (prompt, what the emulator is steered to do). The directive is stripped for display.
 DEMO_BATCH: list[tuple[str, dict[str, Any]]] = [
@@ -94,7 +94,7 @@ def run_demo(
     for name, value in DEMO_ENV.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("REDIS_URL", EMBEDDED_BROKER)
-    from worker.settings import get_settings
+    from imagegen.worker.settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
@@ -118,7 +118,7 @@ def _confirm_spending(assume_yes: bool) -> None:
 def _start_emulator(console: Console) -> Any:
     if "fal_client" in sys.modules:
         raise ConfigurationError("fal_client was imported before the demo could point it")
-    from worker.fal.emulator import FalEmulator
+    from imagegen.worker.fal.emulator import FalEmulator
 
     emulator = FalEmulator(latency_s=1.0).start()
     os.environ.update(emulator.env())
@@ -137,10 +137,10 @@ class _Output:
 
 
 def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], output: _Output) -> None:
-    from worker.celery_app import app
-    from worker.db import upgrade
-    from worker.jobs.enqueue import enqueue
-    from worker.logs import configure
+    from imagegen.worker.celery_app import app
+    from imagegen.worker.db import upgrade
+    from imagegen.worker.jobs.enqueue import enqueue
+    from imagegen.worker.logs import configure
 
     configure(settings.log_format, level=40)
     upgrade(settings.database_url)
@@ -157,7 +157,7 @@ def _run(settings: Any, batch: list[tuple[str, dict[str, Any]]], output: _Output
     _show_outcomes(output, jobs)
     where = _absolute_sqlite(settings.database_url)
     output.err.print(f"job table: {where}  (try `imagegen stats`, `imagegen jobs`)", soft_wrap=True)
-    from worker.cli.demo_images import save_images
+    from imagegen.worker.cli.demo_images import save_images
 
     save_images(jobs, output.images_dir, output.err)
     if not finished:
@@ -170,7 +170,7 @@ def _start(settings: Any, role: str) -> subprocess.Popen[bytes]:
     """A real Celery worker (``celery -A worker worker``) or the poller (``imagegen poller``)
     on this run's broker and database."""
     log = Path(tempfile.gettempdir()) / f"imagegen-demo-{role}.log"
-    from worker.celery_app import worker_argv
+    from imagegen.worker.celery_app import worker_argv
 
     cmd = worker_argv(concurrency=16) if role == "worker" else poller_argv()
     env = {
@@ -186,7 +186,7 @@ def _start(settings: Any, role: str) -> subprocess.Popen[bytes]:
 
 def poller_argv() -> list[str]:
     """The documented way to start the poller (``imagegen poller``), as an argv."""
-    return [sys.executable, "-m", "worker.cli", "poller"]
+    return [sys.executable, "-m", "imagegen.worker.cli", "poller"]
 
 
 def _absolute_sqlite(url: str) -> str:
@@ -198,7 +198,7 @@ def _absolute_sqlite(url: str) -> str:
 
 
 def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: float = 180) -> bool:
-    from worker.db import session_scope
+    from imagegen.worker.db import session_scope
 
     deadline = time.monotonic() + timeout_s
     with Progress(console=console, transient=True) as progress:
@@ -216,7 +216,7 @@ def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: floa
 
 
 def _jobs(settings: Any, ids: list[uuid.UUID]) -> list[Job]:
-    from worker.db import session_scope
+    from imagegen.worker.db import session_scope
 
     with session_scope(settings.database_url) as session:
         jobs = {j.id: j for j in session.execute(select(Job).where(Job.id.in_(ids))).scalars()}

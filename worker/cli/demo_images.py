@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from models import Job, JobStatus
+from imagegen.models import Job, JobStatus
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _NOT_A_WORD = re.compile(r"[^a-z0-9]+")

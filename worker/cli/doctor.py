@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from worker.constants import JOB_QUEUE
-from worker.settings import Settings
+from imagegen.worker.constants import JOB_QUEUE
+from imagegen.worker.settings import Settings
 
 #: seconds each network check may take (Celery's ping waits this long for replies)
 TIMEOUT_S = 3.0
@@ -104,7 +104,7 @@ def _current_revision(connection: Any) -> str | None:
 def _head_revision(database_url: str) -> str | None:
     from alembic.script import ScriptDirectory
 
-    from worker.db import alembic_config
+    from imagegen.worker.db import alembic_config
 
     return ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
 
@@ -113,7 +113,7 @@ def _redis(redis_url: str) -> Check:
     from redis import Redis
     from redis.exceptions import RedisError
 
-    from worker.cli.config_view import mask_url
+    from imagegen.worker.cli.config_view import mask_url
 
     shown = mask_url(redis_url)
     if redis_url.startswith("sqla+"):
@@ -129,7 +129,7 @@ def _redis(redis_url: str) -> Check:
 
 
 def _worker(settings: Settings) -> Check:
-    from worker.celery_app import create_app
+    from imagegen.worker.celery_app import create_app
 
     app = create_app(settings)
     try:
@@ -146,7 +146,8 @@ def _worker(settings: Settings) -> Check:
             "worker",
             False,
             f"no worker consumes the queue {JOB_QUEUE!r}",
-            "start one: celery -A worker worker --pool threads -Q imagegen,imagegen.callbacks",
+            "start one: celery -A imagegen.worker worker --pool threads "
+            "-Q imagegen,imagegen.callbacks",
         )
     return Check(
         "worker", True, f"{len(consuming)} consuming {JOB_QUEUE!r}: {', '.join(consuming)}"
@@ -154,7 +155,7 @@ def _worker(settings: Settings) -> Check:
 
 
 def _fal() -> Check:
-    from worker.fal.gateway import queue_host, targets_production
+    from imagegen.worker.fal.gateway import queue_host, targets_production
 
     host = queue_host()
     fix = "check outbound HTTPS" + ("" if targets_production() else ", or FAL_QUEUE_RUN_HOST")
@@ -167,7 +168,7 @@ def _fal() -> Check:
 
 
 def _keys(settings: Settings) -> Check:
-    from worker.fal.gateway import queue_host, targets_production
+    from imagegen.worker.fal.gateway import queue_host, targets_production
 
     missing: list[str] = []
     present: list[str] = []

@@ -18,9 +18,9 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from worker.cli.app import err, state
-from worker.cli.views import printable
-from worker.errors import (
+from imagegen.worker.cli.app import err, state
+from imagegen.worker.cli.views import printable
+from imagegen.worker.errors import (
     ConfigurationError,
     EnqueueError,
     IdempotencyConflict,
@@ -83,12 +83,12 @@ def _ours(exc: BaseException) -> BaseException:
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
-        from worker.cli.app import app_settings
-        from worker.db import database_unavailable
+        from imagegen.worker.cli.app import app_settings
+        from imagegen.worker.db import database_unavailable
 
         return database_unavailable(app_settings().database_url, exc)
     if isinstance(exc, RedisConnectionError | RedisTimeout):
-        from worker.cli.app import app_settings
+        from imagegen.worker.cli.app import app_settings
 
         dsn = _without_password(app_settings().redis_url)
         return ServiceUnavailable(

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from worker.constants import MAX_PROMPT_CHARS
-from worker.errors import JobRequestError
+from imagegen.worker.constants import MAX_PROMPT_CHARS
+from imagegen.worker.errors import JobRequestError
 
 #: A prompt read from stdin or a file beyond this many bytes is not read further (UTF-8
 #: takes at most 4 bytes a character; validation names the real limit).

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from models import TERMINAL_STATUSES, JobStatus
-from worker.cli.app import app_settings, cli, db_session, out, plain
-from worker.cli.errors import errors
-from worker.cli.inputs import job_uuid, parse_since, read_prompt, strict_utf8
-from worker.errors import JobConflict
+from imagegen.models import TERMINAL_STATUSES, JobStatus
+from imagegen.worker.cli.app import app_settings, cli, db_session, out, plain
+from imagegen.worker.cli.errors import errors
+from imagegen.worker.cli.inputs import job_uuid, parse_since, read_prompt, strict_utf8
+from imagegen.worker.errors import JobConflict
 
 
 @cli.command()
@@ -32,8 +32,8 @@ def enqueue(
     wait_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds to wait")] = None,
 ) -> None:
     """Queue a generation; prints the job id alone (--wait: then follows it on stderr)."""
-    from worker.db import check_database
-    from worker.jobs.enqueue import enqueue as enqueue_job
+    from imagegen.worker.db import check_database
+    from imagegen.worker.jobs.enqueue import enqueue as enqueue_job
 
     with errors():
         text = read_prompt(prompt, prompt_file)
@@ -53,7 +53,7 @@ def enqueue(
         )
     typer.echo(str(job_id))
     if wait:
-        from worker.cli.comforts import wait_and_report
+        from imagegen.worker.cli.comforts import wait_and_report
 
         raise typer.Exit(wait_and_report(job_id, wait_timeout))
 
@@ -61,8 +61,8 @@ def enqueue(
 @cli.command()
 def job(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """One job, with every submission to fal."""
-    from worker.cli.views import show_job
-    from worker.jobs.queries import get_job, job_to_dict
+    from imagegen.worker.cli.views import show_job
+    from imagegen.worker.jobs.queries import get_job, job_to_dict
 
     with errors():
         uid = job_uuid(job_id)
@@ -83,8 +83,8 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent jobs, newest first, filtered by status, refusal category and age."""
-    from worker.cli.views import show_jobs
-    from worker.jobs.queries import job_to_dict, list_jobs
+    from imagegen.worker.cli.views import show_jobs
+    from imagegen.worker.jobs.queries import job_to_dict, list_jobs
 
     with errors():
         since_at = parse_since(since) if since else None
@@ -104,8 +104,8 @@ def jobs(
 @cli.command()
 def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts by status and by refusal category."""
-    from worker.cli.views import show_stats
-    from worker.jobs.queries import stats as job_stats
+    from imagegen.worker.cli.views import show_stats
+    from imagegen.worker.jobs.queries import stats as job_stats
 
     with errors(), db_session() as session:
         data = job_stats(session=session)
@@ -121,8 +121,8 @@ def cancel(job_id: str) -> None:
 
     Exits 4 when the job had already ended (nothing was cancelled), 3 when there is no such job.
     """
-    from worker.jobs.enqueue import cancel as cancel_job
-    from worker.jobs.queries import get_job
+    from imagegen.worker.jobs.cancel import cancel as cancel_job
+    from imagegen.worker.jobs.queries import get_job
 
     with errors():
         uid = job_uuid(job_id)

@@ -8,18 +8,18 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from worker.cli.app import account_cli, app_settings, cli, db_cli, err, out
-from worker.cli.errors import errors
-from worker.cli.inputs import read_prompt
-from worker.cli.views import printable
+from imagegen.worker.cli.app import account_cli, app_settings, cli, db_cli, err, out
+from imagegen.worker.cli.errors import errors
+from imagegen.worker.cli.inputs import read_prompt
+from imagegen.worker.cli.views import printable
 
 
 @cli.command()
 def sweep() -> None:
     """Re-publish jobs whose broker message was lost; fail jobs past their deadline."""
-    from worker.celery_app import app
-    from worker.db import check_database
-    from worker.jobs.sweeper import sweep as sweep_jobs
+    from imagegen.worker.celery_app import app
+    from imagegen.worker.db import check_database
+    from imagegen.worker.jobs.sweeper import sweep as sweep_jobs
 
     with errors():
         settings = app_settings()
@@ -31,7 +31,7 @@ def sweep() -> None:
 @db_cli.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Migrate the job table to the latest schema."""
-    from worker.db import upgrade
+    from imagegen.worker.db import upgrade
 
     with errors():
         upgrade(app_settings().database_url, revision)
@@ -41,7 +41,7 @@ def db_upgrade(revision: str = "head") -> None:
 @db_cli.command("downgrade")
 def db_downgrade(revision: str) -> None:
     """Migrate down to REVISION (``base`` drops every table)."""
-    from worker.db import downgrade
+    from imagegen.worker.db import downgrade
 
     with errors():
         downgrade(app_settings().database_url, revision)
@@ -51,7 +51,7 @@ def db_downgrade(revision: str) -> None:
 @account_cli.command("unlock")
 def account_unlock() -> None:
     """Clear the account-locked switch after fixing the fal account."""
-    from worker.fal.account import AccountGuard
+    from imagegen.worker.fal.account import AccountGuard
 
     settings = app_settings()
     AccountGuard.for_url(settings.redis_url, settings.account_lock_ttl_s).unlock()
@@ -64,8 +64,8 @@ def moderate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The verdict IMAGEGEN_MODERATION's chain gives PROMPT (nothing is enqueued)."""
-    from worker.moderation import PASS
-    from worker.moderation.setup import moderation_chain
+    from imagegen.worker.moderation import PASS
+    from imagegen.worker.moderation.setup import moderation_chain
 
     with errors():
         text = read_prompt(prompt, None)

@@ -17,8 +17,8 @@ from typing import Annotated
 import typer
 from structlog.stdlib import BoundLogger
 
-from worker.cli.app import app_settings, cli
-from worker.cli.errors import errors
+from imagegen.worker.cli.app import app_settings, cli
+from imagegen.worker.cli.errors import errors
 
 #: exit code of a second signal (as a shell reports a process killed by SIGINT)
 FORCED_EXIT = 130
@@ -31,7 +31,7 @@ def poller(
     ] = 64,
 ) -> None:
     """Watch the requests at fal and start each job's collect when fal has finished it."""
-    from worker.logs import configure
+    from imagegen.worker.logs import configure
 
     with errors():
         settings = app_settings()
@@ -40,17 +40,17 @@ def poller(
 
 
 async def _serve(concurrency: int) -> None:
-    from worker.celery_app import app
-    from worker.db import check_database
-    from worker.fal.limits import FalLimiter
-    from worker.fal.poller import Poller
-    from worker.logs import get_logger
+    from imagegen.worker.celery_app import app
+    from imagegen.worker.db import check_database
+    from imagegen.worker.fal.limits import FalLimiter
+    from imagegen.worker.fal.poller import Poller
+    from imagegen.worker.logs import get_logger
 
     log = get_logger("worker.poller")
     settings = app_settings()
     check_database(settings.database_url)
     if settings.poller_metrics_port is not None:
-        from worker.metrics import serve_worker_metrics
+        from imagegen.worker.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings.poller_metrics_port)
     # patient, like a worker's: a Redis restart is waited out (worker.redis_client)

@@ -16,12 +16,12 @@ from celery import Celery
 from sqlalchemy import bindparam, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 
-from models import Job, JobStatus, UTCDateTime, utcnow
-from worker.db import session_scope
-from worker.errors import JobNotFound, NotRetryable
-from worker.jobs import enqueue as api
-from worker.jobs import state
-from worker.settings import Settings
+from imagegen.models import Job, JobStatus, UTCDateTime, utcnow
+from imagegen.worker.db import session_scope
+from imagegen.worker.errors import JobNotFound, NotRetryable
+from imagegen.worker.jobs import enqueue as api
+from imagegen.worker.jobs import state
+from imagegen.worker.settings import Settings
 
 JOBS = state.JOBS
 

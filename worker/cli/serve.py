@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from worker.cli.app import app_settings, cli, err, out, plain
-from worker.cli.demo import IMAGES_DIR
-from worker.cli.errors import errors
+from imagegen.worker.cli.app import app_settings, cli, err, out, plain
+from imagegen.worker.cli.demo import IMAGES_DIR
+from imagegen.worker.cli.errors import errors
 
 
 @cli.command("fal-emulator")
@@ -25,7 +25,7 @@ def fal_emulator(
     ] = 0.0,
 ) -> None:
     """Serve fal's queue protocol over HTTPS locally (prints the env to point workers at it)."""
-    from worker.fal.emulator import serve
+    from imagegen.worker.fal.emulator import serve
 
     serve(
         host=host,
@@ -46,14 +46,14 @@ def api(
     """Serve the HTTP API (needs IMAGEGEN_API_KEY; OpenAPI at /docs)."""
     import uvicorn
 
-    from worker.logs import configure, uvicorn_log_config
-    from worker.web import create_app
+    from imagegen.worker.logs import configure, uvicorn_log_config
+    from imagegen.worker.web import create_app
 
     with errors():
         create_app()  # fail here, with one line, when the configuration is incomplete
         configure(app_settings().log_format)
         uvicorn.run(
-            "worker.web:create_app",
+            "imagegen.worker.web:create_app",
             factory=True,
             host=host,
             port=port,
@@ -80,7 +80,7 @@ def demo(
     """Run a batch of ~20 prompts end to end, print the outcome table and save the images."""
     import os
 
-    from worker.cli.demo import run_demo
+    from imagegen.worker.cli.demo import run_demo
 
     real_fal = bool(os.environ.get("FAL_KEY")) if emulator is None else not emulator
     with errors():

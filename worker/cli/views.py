@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from worker.constants import SOFT_BLOCK_CATEGORIES
+from imagegen.worker.constants import SOFT_BLOCK_CATEGORIES
 
 STATUS_STYLE = {
     "queued": "dim",

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.db import session_scope
-from worker.jobs.queries import get_job, job_to_dict
-from worker.settings import Settings
+from imagegen.worker.db import session_scope
+from imagegen.worker.jobs.queries import get_job, job_to_dict
+from imagegen.worker.settings import Settings
 
 #: how often the row is read while waiting (one primary-key SELECT)
 POLL_INTERVAL_S = 0.5

@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from worker.constants import ACCOUNT_LOCK_KEY
-from worker.logs import get_logger
-from worker.redis_client import shared_redis
+from imagegen.worker.constants import ACCOUNT_LOCK_KEY
+from imagegen.worker.logs import get_logger
+from imagegen.worker.redis_client import shared_redis
 
 log = get_logger(__name__)
 

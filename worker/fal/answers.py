@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from worker.constants import CONTENT_POLICY, SOFT_BLOCK_CATEGORIES, UNSPECIFIED_CATEGORY
-from worker.errors import (
+from imagegen.worker.constants import CONTENT_POLICY, SOFT_BLOCK_CATEGORIES, UNSPECIFIED_CATEGORY
+from imagegen.worker.errors import (
     AccountLocked,
     FalError,
     PermanentFalError,

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Table, bindparam, func, select, update
 
-from models import Job, JobStatus, UTCDateTime
-from worker.jobs import state
+from imagegen.models import Job, JobStatus, UTCDateTime
+from imagegen.worker.jobs import state
 
 JOBS: Table = Job.__table__  # type: ignore[assignment]  # a Table: declared with one
 #: how many queued jobs past their deadline one pass fails

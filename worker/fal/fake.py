@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.constants import CONTENT_POLICY
-from worker.errors import FalError, PermanentFalError, TransientFalError
-from worker.fal.answers import classify_answer
-from worker.fal.gateway import FalStatus, SubmitHooks
+from imagegen.worker.constants import CONTENT_POLICY
+from imagegen.worker.errors import FalError, PermanentFalError, TransientFalError
+from imagegen.worker.fal.answers import classify_answer
+from imagegen.worker.fal.gateway import FalStatus, SubmitHooks
 
 #: fal's CDN, as the fake's image URLs name it
 FILES_URL = "https://fake.fal.media/files"

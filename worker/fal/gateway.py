@@ -30,10 +30,15 @@ import fal_client
 import httpx
 from fal_client import client as fal_client_module
 
-from worker.constants import FAL_PRODUCTION_QUEUE_HOST
-from worker.errors import ConfigurationError, FalError, PermanentFalError, TransientFalError
-from worker.fal.answers import classify_answer, classify_completed_error
-from worker.fal.transport import (
+from imagegen.worker.constants import FAL_PRODUCTION_QUEUE_HOST
+from imagegen.worker.errors import (
+    ConfigurationError,
+    FalError,
+    PermanentFalError,
+    TransientFalError,
+)
+from imagegen.worker.fal.answers import classify_answer, classify_completed_error
+from imagegen.worker.fal.transport import (
     HOOKS,
     Answered,
     BackupDomains,
@@ -43,7 +48,7 @@ from worker.fal.transport import (
     QueueClient,
     SubmitHooks,
 )
-from worker.settings import Settings
+from imagegen.worker.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from models import JobStatus, utcnow
-from worker import metrics
-from worker.fal import due
-from worker.jobs.hooks import fire
-from worker.jobs.sweeper import republish
+from imagegen.models import JobStatus, utcnow
+from imagegen.worker import metrics
+from imagegen.worker.fal import due
+from imagegen.worker.jobs.hooks import fire
+from imagegen.worker.jobs.sweeper import republish
 
 if TYPE_CHECKING:
-    from worker.fal.poller import Poller
+    from imagegen.worker.fal.poller import Poller
 
 
 class Housekeeping:

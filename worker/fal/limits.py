@@ -18,10 +18,10 @@ from functools import lru_cache
 
 import redis
 
-from worker.constants import ACCOUNT_LOCK_KEY, FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
-from worker.fal.account import AccountGuard
-from worker.redis_client import shared_redis
-from worker.settings import Settings
+from imagegen.worker.constants import ACCOUNT_LOCK_KEY, FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
+from imagegen.worker.fal.account import AccountGuard
+from imagegen.worker.redis_client import shared_redis
+from imagegen.worker.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -26,18 +26,18 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from models import utcnow
-from worker.db import write
-from worker.fal import due
-from worker.fal.gateway import resolve_key
-from worker.fal.limits import FalLimiter
-from worker.fal.schedule import Schedule
-from worker.fal.status_client import StatusClients
-from worker.jobs.dispatch import heard_completed
-from worker.jobs.hooks import fire
-from worker.logs import get_logger
-from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
-from worker.settings import Settings
+from imagegen.models import utcnow
+from imagegen.worker.db import write
+from imagegen.worker.fal import due
+from imagegen.worker.fal.gateway import resolve_key
+from imagegen.worker.fal.limits import FalLimiter
+from imagegen.worker.fal.schedule import Schedule
+from imagegen.worker.fal.status_client import StatusClients
+from imagegen.worker.jobs.dispatch import heard_completed
+from imagegen.worker.jobs.hooks import fire
+from imagegen.worker.logs import get_logger
+from imagegen.worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
+from imagegen.worker.settings import Settings
 
 T = TypeVar("T")
 #: a service away (Redis, Postgres, the broker): one line a tick, no traceback
@@ -108,7 +108,7 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop``; then let the checks under way finish (``grace_s``)."""
-        from worker.fal.housekeeping import Housekeeping
+        from imagegen.worker.fal.housekeeping import Housekeeping
 
         housekeeping = Housekeeping(self)
         self._slots = asyncio.Semaphore(self.concurrency)  # this event loop's

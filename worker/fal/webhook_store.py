@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, CursorResult, Table, delete, insert, select
 
-from models import OPEN_STATUSES, TERMINAL_STATUSES, FalWebhook, Job, utcnow
+from imagegen.models import OPEN_STATUSES, TERMINAL_STATUSES, FalWebhook, Job, utcnow
 
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = FalWebhook.__table__  # type: ignore[assignment]

@@ -22,8 +22,8 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from worker.errors import FalError
-from worker.fal.answers import classify_answer, parse_json
+from imagegen.worker.errors import FalError
+from imagegen.worker.fal.answers import classify_answer, parse_json
 
 REQUEST_ID = "x-fal-webhook-request-id"
 USER_ID = "x-fal-webhook-user-id"

@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 
-from models import AttemptOutcome, Job, JobAttempt, utcnow
-from worker.errors import FalError, PolicyRefusal
+from imagegen.models import AttemptOutcome, Job, JobAttempt, utcnow
+from imagegen.worker.errors import FalError, PolicyRefusal
 
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = JobAttempt.__table__  # type: ignore[assignment]

@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
-from worker.db import session_scope
-from worker.errors import ConfigurationError, JobNotFound
-from worker.jobs import queries
-from worker.settings import Settings
+from imagegen.worker.db import session_scope
+from imagegen.worker.errors import ConfigurationError, JobNotFound
+from imagegen.worker.jobs import queries
+from imagegen.worker.settings import Settings
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the standard prefix, not a secret)
 

@@ -11,24 +11,24 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from models import AttemptOutcome, JobStatus
-from worker.db import write
-from worker.errors import (
+from imagegen.models import AttemptOutcome, JobStatus
+from imagegen.worker.db import write
+from imagegen.worker.errors import (
     FalError,
     PermanentFalError,
     PolicyRefusal,
     RequestCancelled,
     TransientFalError,
 )
-from worker.fal import webhook_store
-from worker.fal import webhooks as fal_webhook
-from worker.jobs import state
-from worker.jobs.deps import Deps
-from worker.jobs.dispatch import send_submit
-from worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
-from worker.jobs.retry import GiveUp
-from worker.jobs.settle import Settle
-from worker.logs import get_logger
+from imagegen.worker.fal import webhook_store
+from imagegen.worker.fal import webhooks as fal_webhook
+from imagegen.worker.jobs import state
+from imagegen.worker.jobs.deps import Deps
+from imagegen.worker.jobs.dispatch import send_submit
+from imagegen.worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
+from imagegen.worker.jobs.retry import GiveUp
+from imagegen.worker.jobs.settle import Settle
+from imagegen.worker.logs import get_logger
 
 log = get_logger(__name__)
 #: how long a collect task may hold a job (one result GET and the image checks)

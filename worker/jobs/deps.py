@@ -7,12 +7,12 @@ from typing import Any, Protocol
 
 from celery import Celery
 
-from worker.fal.account import AccountGuard
-from worker.fal.gateway import SubmitHooks
-from worker.fal.limits import FalLimiter
-from worker.jobs.retry import RetryPolicy
-from worker.moderation import Chain
-from worker.settings import Settings
+from imagegen.worker.fal.account import AccountGuard
+from imagegen.worker.fal.gateway import SubmitHooks
+from imagegen.worker.fal.limits import FalLimiter
+from imagegen.worker.jobs.retry import RetryPolicy
+from imagegen.worker.moderation import Chain
+from imagegen.worker.settings import Settings
 
 
 class Gateway(Protocol):

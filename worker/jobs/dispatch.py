@@ -13,14 +13,14 @@ from datetime import timedelta
 from celery import Celery
 from sqlalchemy import Connection
 
-from models import utcnow
-from worker.constants import COLLECT_TASK, SUBMIT_TASK
-from worker.db import write
-from worker.fal.limits import FalLimiter
-from worker.jobs import state
-from worker.jobs.hooks import fire
-from worker.logs import get_logger
-from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
+from imagegen.models import utcnow
+from imagegen.worker.constants import COLLECT_TASK, SUBMIT_TASK
+from imagegen.worker.db import write
+from imagegen.worker.fal.limits import FalLimiter
+from imagegen.worker.jobs import state
+from imagegen.worker.jobs.hooks import fire
+from imagegen.worker.logs import get_logger
+from imagegen.worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 
 log = get_logger(__name__)
 #: how long a collect may take to be picked up before it is published again

@@ -20,14 +20,18 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import Job, JobStatus, utcnow
-from worker import metrics
-from worker.constants import SUBMIT_TASK
-from worker.db import session_scope
-from worker.errors import EnqueueError, FalError, IdempotencyConflict, JobNotFound, JobRequestError
-from worker.jobs.params import ImageSize, JobRequest, validate_request
-from worker.logs import get_logger
-from worker.settings import Settings, get_settings
+from imagegen.models import Job, JobStatus, utcnow
+from imagegen.worker import metrics
+from imagegen.worker.constants import SUBMIT_TASK
+from imagegen.worker.db import session_scope
+from imagegen.worker.errors import (
+    EnqueueError,
+    IdempotencyConflict,
+    JobRequestError,
+)
+from imagegen.worker.jobs.params import ImageSize, JobRequest, validate_request
+from imagegen.worker.logs import get_logger
+from imagegen.worker.settings import Settings, get_settings
 
 log = get_logger(__name__)
 
@@ -161,7 +165,7 @@ def _row(request: JobRequest, settings: Settings, now: datetime) -> dict[str, An
 def publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | None) -> None:
     if not job_ids:
         return
-    app = app or _default_app()
+    app = app or default_app()
     try:
         # Redis pipelines of PUBLISH_BATCH task messages (a round trip and a client per
         # message otherwise); if one fails, delivery is uncertain: the rows go, and a worker
@@ -202,9 +206,8 @@ class _BatchedSentEvents:
         self.dispatcher.send(kind, **fields)
 
 
-#: task messages per Redis pipeline: enough to amortise the round trip, few enough that
-#: workers start on a big batch's first jobs while the rest are still being serialised
-#: (kombu's default, 1000, held 2000 jobs' first ones back ~0.5 s)
+#: task messages per Redis pipeline: enough to amortise a round trip, few enough that workers
+#: start on a big batch's first jobs while the rest are serialised (kombu's 1000 held them)
 PUBLISH_BATCH = 100
 
 #: task-sent events in one message: ~400 bytes each
@@ -226,8 +229,8 @@ def _sent_events(app: Celery, producer: Producer) -> Iterator[_BatchedSentEvents
         events.dispatcher.close()
 
 
-def _default_app() -> Celery:
-    from worker.celery_app import app
+def default_app() -> Celery:
+    from imagegen.worker.celery_app import app
 
     return app
 
@@ -246,50 +249,3 @@ def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
             "with a different prompt or parameters"
         )
     return job.id
-
-
-def cancel(
-    job_id: uuid.UUID, *, settings: Settings | None = None, app: Celery | None = None
-) -> str:
-    """Cancel a job: a queued one never reaches fal, one at fal gets fal's cancel call.
-
-    Returns the job's status afterwards (``cancelled``, or the terminal status it already
-    had). Raises ``JobNotFound`` for an unknown id.
-    """
-    from worker.db import write
-    from worker.jobs import state
-    from worker.jobs.dispatch import send_collect
-    from worker.jobs.hooks import fire
-
-    settings = settings or get_settings()
-    moved = write(settings.database_url, lambda db: state.move(db, job_id, "cancel"))
-    if moved is None:
-        status = state.status_of(settings.database_url, job_id)
-        if status is None:
-            raise JobNotFound(f"no job with id {job_id}")
-        return status.value
-    app = app or _default_app()
-    fire(moved, app)
-    if moved.job.fal_request_id is not None:
-        _cancel_at_fal(job_id, moved.job.model, moved.job.fal_request_id, settings)
-        # no task holds a job at fal: a collect run finds it cancelled, so Flower shows
-        # the job's last stage REVOKED
-        send_collect(app, job_id, moved.job.attempts)
-    return JobStatus.CANCELLED.value
-
-
-def _cancel_at_fal(job_id: uuid.UUID, model: str, request_id: str, settings: Settings) -> None:
-    """fal's cancel call, and the job's fleet slot given back at once: nobody else will (the
-    row is terminal, so a COMPLETED heard later moves nothing). A cancel fal refused is a
-    request that already finished there."""
-    from worker.fal.gateway import FalGateway
-    from worker.fal.limits import FalLimiter
-
-    gateway = FalGateway.from_settings(settings)
-    try:
-        gateway.cancel(model, request_id)
-    except FalError as exc:  # already finished at fal, or unreachable: the row decides
-        log.info("fal.cancel_failed", job_id=str(job_id), error=exc.message)
-    finally:
-        gateway.close()
-        FalLimiter.for_settings(settings).release(str(job_id))  # a no-op without a fleet cap

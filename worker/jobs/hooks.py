@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from models import TERMINAL_STATUSES, JobStatus
-from worker import metrics
-from worker.constants import CALLBACK_TASK
-from worker.jobs.state import Moved
-from worker.logs import get_logger, prompt_hash
+from imagegen.models import TERMINAL_STATUSES, JobStatus
+from imagegen.worker import metrics
+from imagegen.worker.constants import CALLBACK_TASK
+from imagegen.worker.jobs.state import Moved
+from imagegen.worker.logs import get_logger, prompt_hash
 
-log = get_logger("worker.jobs")
+log = get_logger("imagegen.worker.jobs")
 Listener = Callable[[Moved, Celery | None], None]
 LISTENERS: list[Listener] = []
 

@@ -12,7 +12,7 @@ import re
 import socket
 from urllib.parse import urlsplit
 
-from worker.constants import MAX_CALLBACK_URL_CHARS
+from imagegen.worker.constants import MAX_CALLBACK_URL_CHARS
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 #: C0 controls but tab and newline, DEL, and the C1 controls (U+009B is a CSI on some terminals)

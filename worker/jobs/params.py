@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from worker.constants import (
+from imagegen.worker.constants import (
     IMAGE_SIZE_PRESETS,
     MAX_ASPECT_RATIO,
     MAX_DEADLINE_S,
@@ -37,9 +37,15 @@ from worker.constants import (
     QUALITIES,
     SIZE_MULTIPLE_PX,
 )
-from worker.errors import JobRequestError
-from worker.jobs.input_rules import SURROGATE, check_callback_url, check_text, printable, shown
-from worker.settings import Settings, get_settings
+from imagegen.worker.errors import JobRequestError
+from imagegen.worker.jobs.input_rules import (
+    SURROGATE,
+    check_callback_url,
+    check_text,
+    printable,
+    shown,
+)
+from imagegen.worker.settings import Settings, get_settings
 
 _SIZE_RE = re.compile(r"^\s*([0-9]{1,6})\s*[xX\u00d7]\s*([0-9]{1,6})\s*$")
 _KEY_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
-from models import OPEN_STATUSES, Job, JobAttempt, JobCount, JobStatus
-from worker import contract
-from worker.errors import JobNotFound
+from imagegen.models import OPEN_STATUSES, Job, JobAttempt, JobCount, JobStatus
+from imagegen.worker import contract
+from imagegen.worker.errors import JobNotFound
 
 
 def get_job(*, session: Session, job_id: uuid.UUID) -> Job:

@@ -6,8 +6,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.errors import FalError, TransientFalError
-from worker.settings import Settings
+from imagegen.worker.errors import FalError, TransientFalError
+from imagegen.worker.settings import Settings
 
 
 @dataclass(frozen=True)

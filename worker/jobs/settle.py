@@ -9,16 +9,16 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from models import AttemptOutcome, JobStatus, utcnow
-from worker.db import write
-from worker.errors import AccountLocked, FalError, PolicyRefusal
-from worker.jobs import attempts, state
-from worker.jobs.deps import Deps
-from worker.jobs.hooks import fire
-from worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
-from worker.jobs.retry import GiveUp
-from worker.logs import get_logger
-from worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
+from imagegen.models import AttemptOutcome, JobStatus, utcnow
+from imagegen.worker.db import write
+from imagegen.worker.errors import AccountLocked, FalError, PolicyRefusal
+from imagegen.worker.jobs import attempts, state
+from imagegen.worker.jobs.deps import Deps
+from imagegen.worker.jobs.hooks import fire
+from imagegen.worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
+from imagegen.worker.jobs.retry import GiveUp
+from imagegen.worker.logs import get_logger
+from imagegen.worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 
 log = get_logger(__name__)
 
@@ -169,8 +169,8 @@ class Settle:
 
     def webhook_already_came(self, request_id: str) -> None:
         """Webhook mode: fal's callback may have come while the POST's answer was on its way."""
-        from worker.fal import webhook_store
-        from worker.jobs.dispatch import heard_completed
+        from imagegen.worker.fal import webhook_store
+        from imagegen.worker.jobs.dispatch import heard_completed
 
         if write(self.deps.settings.database_url, lambda db: webhook_store.body(db, request_id)):
             heard_completed(

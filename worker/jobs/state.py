@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from models import TERMINAL_STATUSES, Job, JobStatus, UTCDateTime, utcnow
+from imagegen.models import TERMINAL_STATUSES, Job, JobStatus, UTCDateTime, utcnow
 
 JOBS: Table = Job.__table__  # type: ignore[assignment]
 S = JobStatus
@@ -203,7 +203,7 @@ def move(
 
 def status_of(database_url: str, job_id: uuid.UUID) -> JobStatus | None:
     """The job's status now (None: no such job)."""
-    from worker.db import write
+    from imagegen.worker.db import write
 
     query = select(JOBS.c.status).where(JOBS.c.id == job_id)
     return write(database_url, lambda db: db.execute(query).scalar_one_or_none())

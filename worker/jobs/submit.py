@@ -21,17 +21,17 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from models import AttemptOutcome, JobStatus, utcnow
-from worker import metrics
-from worker.db import write
-from worker.errors import FalError, PermanentFalError, PolicyRefusal, TransientFalError
-from worker.jobs import attempts, state
-from worker.jobs.deps import Deps
-from worker.jobs.hooks import fire
-from worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
-from worker.jobs.settle import Settle
-from worker.logs import get_logger
-from worker.moderation import ModerationUnavailable
+from imagegen.models import AttemptOutcome, JobStatus, utcnow
+from imagegen.worker import metrics
+from imagegen.worker.db import write
+from imagegen.worker.errors import FalError, PermanentFalError, PolicyRefusal, TransientFalError
+from imagegen.worker.jobs import attempts, state
+from imagegen.worker.jobs.deps import Deps
+from imagegen.worker.jobs.hooks import fire
+from imagegen.worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
+from imagegen.worker.jobs.settle import Settle
+from imagegen.worker.logs import get_logger
+from imagegen.worker.moderation import ModerationUnavailable
 
 log = get_logger(__name__)
 #: how long a submit task may hold a job (one POST, its timeout, the writes around it)

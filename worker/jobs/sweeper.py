@@ -23,15 +23,15 @@ from sqlalchemy import Connection, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from models import JobStatus, utcnow
-from worker.db import write
-from worker.errors import FalError
-from worker.fal import webhook_store
-from worker.jobs import state
-from worker.jobs.dispatch import heard_completed, send_collect, send_submit
-from worker.jobs.hooks import fire
-from worker.logs import get_logger
-from worker.settings import Settings
+from imagegen.models import JobStatus, utcnow
+from imagegen.worker.db import write
+from imagegen.worker.errors import FalError
+from imagegen.worker.fal import webhook_store
+from imagegen.worker.jobs import state
+from imagegen.worker.jobs.dispatch import heard_completed, send_collect, send_submit
+from imagegen.worker.jobs.hooks import fire
+from imagegen.worker.logs import get_logger
+from imagegen.worker.settings import Settings
 
 log = get_logger(__name__)
 BATCH = 500
@@ -142,8 +142,8 @@ def _check_silent(settings: Settings, app: Celery, now: datetime) -> int:
     rows = write(settings.database_url, lambda db: list(db.execute(query).all()))
     if not rows:
         return 0
-    from worker.fal.gateway import FalGateway
-    from worker.fal.limits import FalLimiter
+    from imagegen.worker.fal.gateway import FalGateway
+    from imagegen.worker.fal.limits import FalLimiter
 
     gateway, limiter = FalGateway.from_settings(settings), FalLimiter.for_settings(settings)
     try:
@@ -181,8 +181,8 @@ def _purge_webhooks(settings: Settings) -> int:
 
 
 def _cancel_at_fal(settings: Settings, job: state.JobRow) -> None:
-    from worker.fal.gateway import FalGateway
-    from worker.fal.limits import FalLimiter
+    from imagegen.worker.fal.gateway import FalGateway
+    from imagegen.worker.fal.limits import FalLimiter
 
     assert job.fal_request_id is not None
     gateway = FalGateway.from_settings(settings)

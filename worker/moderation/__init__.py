@@ -14,11 +14,11 @@ Build the chain once per process from settings, then ask it about each prompt::
 ``worker.moderation.chain`` runs them in order.
 """
 
-from worker.moderation.anthropic_api import AnthropicModerator
-from worker.moderation.chain import OFF, Chain, build_chain, parse_spec
-from worker.moderation.openai_api import CATEGORY_MAP, OpenAIModerator
-from worker.moderation.rules import DEFAULT_RULES_FILE, RulesModerator
-from worker.moderation.verdict import (
+from imagegen.worker.moderation.anthropic_api import AnthropicModerator
+from imagegen.worker.moderation.chain import OFF, Chain, build_chain, parse_spec
+from imagegen.worker.moderation.openai_api import CATEGORY_MAP, OpenAIModerator
+from imagegen.worker.moderation.rules import DEFAULT_RULES_FILE, RulesModerator
+from imagegen.worker.moderation.verdict import (
     CATEGORIES,
     CELEBRITY_LIKENESS,
     HATE_PROTECTED_GROUP,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.moderation.verdict import (
+from imagegen.worker.moderation.verdict import (
     CATEGORIES,
     ModerationConfigError,
     ModerationUnavailable,

@@ -13,15 +13,15 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from worker.logs import get_logger
-from worker.moderation.anthropic_api import DEFAULT_BASE_URL as ANTHROPIC_BASE_URL
-from worker.moderation.anthropic_api import DEFAULT_MODEL as ANTHROPIC_MODEL
-from worker.moderation.anthropic_api import AnthropicModerator
-from worker.moderation.openai_api import DEFAULT_BASE_URL as OPENAI_BASE_URL
-from worker.moderation.openai_api import DEFAULT_MODEL as OPENAI_MODEL
-from worker.moderation.openai_api import DEFAULT_TIMEOUT_S, OpenAIModerator
-from worker.moderation.rules import RulesModerator
-from worker.moderation.verdict import (
+from imagegen.worker.logs import get_logger
+from imagegen.worker.moderation.anthropic_api import DEFAULT_BASE_URL as ANTHROPIC_BASE_URL
+from imagegen.worker.moderation.anthropic_api import DEFAULT_MODEL as ANTHROPIC_MODEL
+from imagegen.worker.moderation.anthropic_api import AnthropicModerator
+from imagegen.worker.moderation.openai_api import DEFAULT_BASE_URL as OPENAI_BASE_URL
+from imagegen.worker.moderation.openai_api import DEFAULT_MODEL as OPENAI_MODEL
+from imagegen.worker.moderation.openai_api import DEFAULT_TIMEOUT_S, OpenAIModerator
+from imagegen.worker.moderation.rules import RulesModerator
+from imagegen.worker.moderation.verdict import (
     ModerationConfigError,
     ModerationUnavailable,
     Moderator,

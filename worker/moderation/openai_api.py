@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from worker.moderation.verdict import (
+from imagegen.worker.moderation.verdict import (
     HATE_PROTECTED_GROUP,
     SELF_HARM_INSTRUCTIONS,
     SEXUAL_MINORS,

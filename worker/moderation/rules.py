@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.moderation.verdict import ModerationConfigError, Verdict
+from imagegen.worker.moderation.verdict import ModerationConfigError, Verdict
 
 #: Shipped with the package; used when no rules file is configured.
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.toml")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from worker import metrics
-from worker.logs import get_logger
-from worker.moderation import Chain, build_chain
-from worker.settings import Settings
+from imagegen.worker import metrics
+from imagegen.worker.logs import get_logger
+from imagegen.worker.moderation import Chain, build_chain
+from imagegen.worker.settings import Settings
 
 log = get_logger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from worker.constants import SOFT_BLOCK_CATEGORIES
-from worker.errors import ConfigurationError, ImagegenError
+from imagegen.worker.constants import SOFT_BLOCK_CATEGORIES
+from imagegen.worker.errors import ConfigurationError, ImagegenError
 
 SEXUAL_MINORS = "sexual_minors"
 VIOLENCE_NAMED_INDIVIDUAL = "violence_named_individual"

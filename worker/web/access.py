@@ -17,8 +17,8 @@ import structlog
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker import metrics
-from worker.logs import get_logger
+from imagegen.worker import metrics
+from imagegen.worker.logs import get_logger
 
 log = get_logger("imagegen.access")
 

@@ -14,8 +14,8 @@ from celery import Celery
 from fastapi import Depends, FastAPI
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from worker.errors import ConfigurationError
-from worker.settings import Settings, get_settings
+from imagegen.worker.errors import ConfigurationError
+from imagegen.worker.settings import Settings, get_settings
 
 from . import access, errors, fal_webhook, health, jobs
 

@@ -22,16 +22,16 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.contract import ErrorBody, ValidationErrorBody
-from worker.errors import (
+from imagegen.worker.contract import ErrorBody, ValidationErrorBody
+from imagegen.worker.errors import (
     EnqueueError,
     IdempotencyConflict,
     JobConflict,
     JobNotFound,
     JobRequestError,
 )
-from worker.logs import get_logger
-from worker.settings import Settings
+from imagegen.worker.logs import get_logger
+from imagegen.worker.settings import Settings
 
 log = get_logger(__name__)
 _Handler = Callable[[Request, Any], Awaitable[JSONResponse] | JSONResponse]

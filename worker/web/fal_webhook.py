@@ -16,13 +16,13 @@ from celery import Celery
 from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from worker.db import write
-from worker.fal import webhook_store
-from worker.fal.limits import FalLimiter
-from worker.fal.webhooks import InvalidWebhook, WebhookEvent, WebhookVerifier
-from worker.jobs.dispatch import heard_completed
-from worker.logs import get_logger
-from worker.settings import Settings
+from imagegen.worker.db import write
+from imagegen.worker.fal import webhook_store
+from imagegen.worker.fal.limits import FalLimiter
+from imagegen.worker.fal.webhooks import InvalidWebhook, WebhookEvent, WebhookVerifier
+from imagegen.worker.jobs.dispatch import heard_completed
+from imagegen.worker.logs import get_logger
+from imagegen.worker.settings import Settings
 
 from .errors import RESPONSES, TOO_LARGE
 
@@ -88,6 +88,6 @@ def _uuid(value: str | None) -> uuid.UUID | None:
 
 
 def _default_celery() -> Celery:
-    from worker.celery_app import app
+    from imagegen.worker.celery_app import app
 
     return app

@@ -7,10 +7,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from worker import metrics
-from worker.contract import Health
-from worker.db import get_engine
-from worker.settings import Settings
+from imagegen.worker import metrics
+from imagegen.worker.contract import Health
+from imagegen.worker.db import get_engine
+from imagegen.worker.settings import Settings
 
 from .errors import RESPONSES
 
@@ -62,7 +62,7 @@ def _database(settings: Settings) -> str:
 
 
 def _default_celery() -> Celery:
-    from worker.celery_app import app
+    from imagegen.worker.celery_app import app
 
     return app
 

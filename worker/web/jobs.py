@@ -10,14 +10,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
 
-from models import JobStatus
-from worker.contract import Cancelled, JobDetail, Stats
-from worker.db import session_scope
-from worker.errors import EnqueueError, JobConflict, JobRequestError
-from worker.jobs import enqueue as api
-from worker.jobs import queries
-from worker.jobs.params import validate_request
-from worker.settings import Settings
+from imagegen.models import JobStatus
+from imagegen.worker.contract import Cancelled, JobDetail, Stats
+from imagegen.worker.db import session_scope
+from imagegen.worker.errors import EnqueueError, JobConflict, JobRequestError
+from imagegen.worker.jobs import enqueue as api
+from imagegen.worker.jobs import queries
+from imagegen.worker.jobs.cancel import cancel
+from imagegen.worker.jobs.params import validate_request
+from imagegen.worker.settings import Settings
 
 from .errors import RESPONSES, TOO_LARGE
 from .schemas import ErrorBody, JobCreated, JobIn, JobPage
@@ -113,7 +114,7 @@ def stats(request: Request) -> dict[str, Any]:
 def cancel_job(job_id: uuid.UUID, request: Request) -> Cancelled:
     """Cancel: a queued job never reaches fal, a running one is cancelled there. Cancelling
     a cancelled job again is a 200; one that ended otherwise is a 409 naming its status."""
-    status = api.cancel(job_id, settings=_settings(request), app=request.app.state.celery)
+    status = cancel(job_id, settings=_settings(request), app=request.app.state.celery)
     if status != "cancelled":
         raise JobConflict(f"job {job_id} already {status}, not cancelled")
     return Cancelled(id=str(job_id), status="cancelled")

@@ -7,8 +7,8 @@ exactly the same requests.
 
 from __future__ import annotations
 
-from worker.contract import ErrorBody, JobCreated, JobPage, Problem, ValidationErrorBody
-from worker.jobs.params import JobInput
+from imagegen.worker.contract import ErrorBody, JobCreated, JobPage, Problem, ValidationErrorBody
+from imagegen.worker.jobs.params import JobInput
 
 JobIn = JobInput
 
