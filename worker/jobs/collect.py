@@ -31,15 +31,14 @@ from imagegen.worker.jobs.settle import Settle
 from imagegen.worker.logs import get_logger
 
 log = get_logger(__name__)
-#: how long a collect task may hold a job (one result GET and the image checks)
-COLLECT_LEASE_S = 120.0
 
 
 def run(job_id: uuid.UUID, deps: Deps, *, retries: int = 0) -> Outcome:
     owner = uuid.uuid4().hex
+    lease_s = deps.settings.lease_s  # one result GET and the image checks, at most
     moved = write(
         deps.settings.database_url,
-        lambda db: state.move(db, job_id, "collect", owner=owner, lease_s=COLLECT_LEASE_S),
+        lambda db: state.move(db, job_id, "collect", owner=owner, lease_s=lease_s),
     )
     if moved is None:
         status = state.status_of(deps.settings.database_url, job_id)

@@ -34,8 +34,6 @@ from imagegen.worker.logs import get_logger
 from imagegen.worker.moderation import ModerationUnavailable
 
 log = get_logger(__name__)
-#: how long a submit task may hold a job (one POST, its timeout, the writes around it)
-SUBMIT_LEASE_S = 120.0
 UNKNOWN_MESSAGE = (
     "the submit to fal may have reached it but no answer came (a worker died mid-submit, "
     "or the answer was lost); it was not sent again to avoid paying twice (enqueue it "
@@ -68,7 +66,8 @@ def run(job_id: uuid.UUID, deps: Deps, *, retries: int = 0) -> Outcome:
     owner = uuid.uuid4().hex
 
     def take(db: Connection) -> tuple[state.Moved | None, Any]:
-        moved = state.move(db, job_id, "claim", owner=owner, lease_s=SUBMIT_LEASE_S)
+        # IMAGEGEN_LEASE_S: one POST (its timeout) and the writes around it, at most
+        moved = state.move(db, job_id, "claim", owner=owner, lease_s=deps.settings.lease_s)
         if moved is None or moved.job.attempts == 0:
             return moved, None
         return moved, attempts.latest(db, job_id)
