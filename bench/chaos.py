@@ -10,7 +10,6 @@ checked against what the emulator saw. Exit code 0 only when every invariant hol
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import random
@@ -27,12 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Celery
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from bench.chaos_checks import Drive, Scenario, check, collect, console, render
+from bench.chaos_checks import Drive, Scenario, check, collect, console, draw_scenario, render
+from bench.chaos_mass import mass_kill
 from bench.host import one_run_at_a_time
+from bench.runs import admin_sql, db_url, flush_redis
 
 # None of these imports fal-client (worker.tasks and worker.fal.gateway do; never imported here).
 from imagegen.worker.celery_app import create_app, worker_argv
@@ -44,7 +44,6 @@ from imagegen.worker.logs import configure
 from imagegen.worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 SWEEP_EVERY_S = 2.0
 FAST_ENV = {
@@ -59,26 +58,6 @@ FAST_ENV = {
     "IMAGEGEN_MAX_ATTEMPTS": "5",
     "IMAGEGEN_GENERATION_TIMEOUT_S": "60",
 }
-CATEGORIES: tuple[str, ...] = ("celebrity_likeness", "trademark_ip", "violence_named_individual")
-CATEGORIES += ("hate_protected_group", "self_harm_instructions", "chaos_unknown_category")
-TRANSIENT = ("429:1", "503json", "drop", "502", "runner-disconnected", "slow:5", "hang")
-
-
-def _latency(rng: random.Random) -> str:
-    return f"+latency:{rng.uniform(0.5, 3.0):.1f}"
-
-
-def draw_scenario(rng: random.Random) -> Scenario:
-    roll, ok = rng.random(), "ok" + (_latency(rng) if rng.random() < 0.4 else "")
-    if roll < 0.55:
-        return Scenario("ok", None if ok == "ok" else ok, "succeeded")
-    if roll < 0.70:
-        step = f"{rng.choice(('refuse', 'late-refuse'))}:{rng.choice(CATEGORIES)}"
-        late = step.startswith("late") and rng.random() < 0.5
-        return Scenario("refusal", step + (_latency(rng) if late else ""), "refused")
-    if roll < 0.90:
-        return Scenario("transient", f"{rng.choice(TRANSIENT)},{ok}", "succeeded")
-    return Scenario("failing", "500", "failed")
 
 
 @dataclass
@@ -137,31 +116,26 @@ class Fleet:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None, help="3 (--mass-kill: 2)")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--latency", type=float, default=1.0, help="emulator latency, s")
+    parser.add_argument("--latency", type=float, default=None, help="s: 1 (--mass-kill: 60)")
     parser.add_argument("--kill-every", type=float, default=4.0, help="mean s between kills")
     parser.add_argument("--timeout", type=float, default=600.0, help="s to wait for all jobs")
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs on success")
-    return parser.parse_args(argv)
-
-
-def db_url(name: str) -> str:
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def admin_sql(statement: str) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(statement))
-    finally:
-        admin.dispose()
-
-
-def flush_redis(redis_url: str) -> None:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        client.flushdb()
+    mass = parser.add_argument_group("mass kill (the default settings)")
+    mass.add_argument(
+        "--mass-kill",
+        action="store_true",
+        help="SIGKILL all at once, restart (see bench/chaos_mass.py)",
+    )
+    mass.add_argument("--in-flight", type=int, default=2000, help="jobs at fal at the kill")
+    mass.add_argument("--queued", type=int, default=None, help="more behind them (in-flight/4)")
+    mass.add_argument("--threads", type=int, default=32, help="each worker's concurrency")
+    args = parser.parse_args(argv)
+    args.workers = args.workers or (2 if args.mass_kill else 3)
+    args.latency = args.latency if args.latency is not None else 60.0 if args.mass_kill else 1.0
+    args.queued = args.in_flight // 4 if args.queued is None else args.queued
+    return args
 
 
 def enqueue_all(args: argparse.Namespace, settings: Settings, app: Celery) -> dict[str, Scenario]:
@@ -232,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure(level=logging.ERROR)  # the sweeper's warnings would drown the output
     with one_run_at_a_time(None, "bench.chaos") as args.redis_url:
+        if args.mass_kill:
+            return mass_kill(args)
         return chaos(args)
 
 

@@ -1,21 +1,22 @@
 """The chaos run's verdict: what the job table and the emulator saw, checked as invariants.
 
 Split out of bench/chaos.py (the run itself: workers, kills, sweeps); unchanged behaviour.
+Also the scenarios of the random-kill run and the figures of the mass kill (`mass_figures`).
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
 
 from imagegen.worker.db import get_engine
-from imagegen.worker.fal.emulator import FalEmulator
 
 TERMINAL = frozenset({"succeeded", "refused", "failed", "cancelled"})
 console = Console()
@@ -28,6 +29,28 @@ class Scenario:
     expect: str  # the terminal status the scenario should end in
 
 
+CATEGORIES: tuple[str, ...] = ("celebrity_likeness", "trademark_ip", "violence_named_individual")
+CATEGORIES += ("hate_protected_group", "self_harm_instructions", "chaos_unknown_category")
+TRANSIENT = ("429:1", "503json", "drop", "502", "runner-disconnected", "slow:5", "hang")
+
+
+def _latency(rng: random.Random) -> str:
+    return f"+latency:{rng.uniform(0.5, 3.0):.1f}"
+
+
+def draw_scenario(rng: random.Random) -> Scenario:
+    roll, ok = rng.random(), "ok" + (_latency(rng) if rng.random() < 0.4 else "")
+    if roll < 0.55:
+        return Scenario("ok", None if ok == "ok" else ok, "succeeded")
+    if roll < 0.70:
+        step = f"{rng.choice(('refuse', 'late-refuse'))}:{rng.choice(CATEGORIES)}"
+        late = step.startswith("late") and rng.random() < 0.5
+        return Scenario("refusal", step + (_latency(rng) if late else ""), "refused")
+    if roll < 0.90:
+        return Scenario("transient", f"{rng.choice(TRANSIENT)},{ok}", "succeeded")
+    return Scenario("failing", "500", "failed")
+
+
 @dataclass
 class Drive:
     sweeps: int = 0
@@ -35,6 +58,12 @@ class Drive:
     expired: int = 0
     elapsed_s: float = 0.0
     timed_out: bool = False
+
+
+class Stats(Protocol):
+    """The emulator, in-process (FalEmulator) or its own process (bench.host.Emulator)."""
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class Fleet(Protocol):
@@ -84,7 +113,7 @@ GROUP BY j.id, j.prompt, j.status, j.attempts ORDER BY j.created_at
 """
 
 
-def collect(url: str, jobs: dict[str, Scenario], emulator: FalEmulator) -> list[Facts]:
+def collect(url: str, jobs: dict[str, Scenario], emulator: Stats) -> list[Facts]:
     by_prompt: dict[str, int] = emulator.stats()["submissions_by_prompt"]
     with get_engine(url).connect() as conn:
         rows = [dict(row) for row in conn.execute(text(FACTS_SQL)).mappings()]
@@ -185,3 +214,28 @@ def render(invariants: list[Invariant], facts: list[Facts], fleet: Fleet, run: D
         soft_wrap=True,
         highlight=False,
     )
+
+
+def duplicate_submissions(facts: list[Facts]) -> int:
+    """Submits the emulator saw beyond each job's attempt rows (at least one), as
+    bench/open_figures.py counts them: every prompt is unique, so per prompt is per job."""
+    return sum(max(0, f.submissions - max(1, f.rows)) for f in facts)
+
+
+def mass_figures(
+    facts: list[Facts], jobs: int, drain_s: float | None, latency_s: float
+) -> dict[str, Any]:
+    """The mass kill's verdict keys: ``drain_s`` is restart -> the last job terminal (None
+    when no job ended after the restart); within target: nothing lost, drained in 120 s + L."""
+    lost = sum(1 for f in facts if f.status not in TERMINAL) + max(0, jobs - len(facts))
+    drain = None if drain_s is None else round(max(0.0, drain_s), 1)
+    return {
+        "lost": lost,
+        "duplicate_submissions": duplicate_submissions(facts),
+        "drain_after_restart_s": drain,
+        "latency_s": latency_s,
+        "within_target": lost == 0 and drain is not None and drain <= 120 + latency_s,
+        "jobs": jobs,
+        "outcomes": dict(sorted(Counter(f.status for f in facts).items())),
+        "submits_cut_by_kill": sum(1 for f in facts if f.sending_rows > 0),
+    }
