@@ -3,8 +3,8 @@
 Before a model has ``MIN_SAMPLES`` latencies, checks start at IMAGEGEN_POLL_INITIAL_S and
 grow by IMAGEGEN_POLL_FACTOR (capped at IMAGEGEN_POLL_MAX_S) for one request in
 ``PROBE_EVERY``; the others wait ``COLD_WAIT`` times longer between checks. Once learned,
-a request is first checked at the ``FIRST_QUANTILE`` of its model's recent latencies (most are done by
-then: about one status call each), and after that in short steps.
+a request is first checked at the ``FIRST_QUANTILE`` of its model's recent latencies (most
+are done by then: about one status call each), and after that in short steps.
 
 A latency here is the planned time of the check that first found the request COMPLETED
 (from its submit), not when it was sent: otherwise every round would start later by the
