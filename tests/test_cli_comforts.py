@@ -133,6 +133,7 @@ def _jsonl(*rows: object) -> str:
     return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
 
 
+@pytest.mark.slow
 def test_enqueue_bulk_queues_every_line_in_order(stack: Stack, tmp_path: Path) -> None:
     path = tmp_path / "jobs.jsonl"
     path.write_text(
@@ -189,6 +190,7 @@ def test_enqueue_bulk_reports_every_bad_line_and_queues_nothing(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_enqueue_bulk_with_the_broker_down_queues_nothing(stack: Stack, tmp_path: Path) -> None:
     path = tmp_path / "jobs.jsonl"
     path.write_text(_jsonl({"prompt": "one"}, {"prompt": "two"}))

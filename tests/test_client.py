@@ -45,7 +45,8 @@ def test_enqueue_wait_and_read_typed_jobs(client: Client, stack: Stack) -> None:
     stack.start_worker()
     prompt = unique("a red kite over hills")
     created = client.enqueue(prompt, image_size={"width": 1024, "height": 768}, num_images=2)
-    assert isinstance(created, contract.JobCreated) and created.status == "queued"
+    assert isinstance(created, contract.JobCreated)  # its status as the answer left: a worker
+    assert created.status in ("queued", "submitting", "at_fal")  # may have taken it by then
     again = client.enqueue(prompt, image_size={"width": 1024, "height": 768}, num_images=2)
     assert again.id != created.id  # no idempotency key: a second job
     job = client.wait(created.id, timeout_s=60, poll_s=0.1)

@@ -3,6 +3,7 @@ installs with it, and a built wheel carries the package data the code reads."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -98,8 +99,13 @@ def test_a_built_wheel_carries_the_package_data(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "constraints.txt"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("worker", "models", "migrations"):
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("worker", "models", "migrations", "imagegen"):  # imagegen/: symlinks
+        shutil.copytree(
+            ROOT / package,
+            src / package,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
         check=True,
@@ -107,6 +113,36 @@ def test_a_built_wheel_carries_the_package_data(tmp_path: Path) -> None:
     )
     (wheel,) = out.glob("imagegen-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    needed = {"worker/moderation/default_rules.toml", "migrations/script.py.mako"}
+    needed = {
+        "imagegen/__init__.py",
+        "imagegen/worker/moderation/default_rules.toml",
+        "imagegen/migrations/script.py.mako",
+    }
     assert needed <= names, f"missing from the wheel: {needed - names}"
-    assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)
+    assert any(n.startswith("imagegen/migrations/versions/") and n.endswith(".py") for n in names)
+    tops = {n.split("/", 1)[0] for n in names if not n.startswith("imagegen-")}
+    assert tops == {"imagegen"}, f"one import namespace, nothing else at the top: {tops}"
+    _installed_beside_an_apps_own_models(wheel, tmp_path)
+
+
+def _installed_beside_an_apps_own_models(wheel: Path, tmp_path: Path) -> None:
+    """The installed wheel, in a web app that has its own ``models.py``."""
+    target, app = tmp_path / "site", tmp_path / "app"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-t", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    app.mkdir()
+    (app / "models.py").write_text("class Job: ...\n")
+    code = (
+        "import models, imagegen; from imagegen import enqueue, JobRequestError; "
+        "from imagegen.models import Job; print(imagegen.__file__, models.__file__)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=app, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    ours, theirs = done.stdout.split()
+    assert ours.startswith(str(target)) and theirs == str(app / "models.py"), done.stdout

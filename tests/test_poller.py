@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from imagegen.worker.constants import CALLBACK_QUEUE
-from imagegen.worker.fal.schedule import MIN_SAMPLES, PROBE_AT, Schedule
+from imagegen.worker.fal.schedule import COLD_WAIT, MIN_SAMPLES, PROBE_AT, PROBE_EVERY, Schedule
 from tests.conftest import Stack, add_jobs, unique
 
 MODEL = "openai/gpt-image-2"
@@ -38,15 +38,20 @@ def _learn(schedule: Schedule, latency_s: float, count: int = 20) -> None:
 
 def test_unlearned_checks_start_at_the_initial_delay_and_grow_by_the_factor() -> None:
     schedule = _schedule()
-    job = uuid.uuid4()
+    scout = uuid.UUID(int=PROBE_EVERY * 12345)  # one request in PROBE_EVERY scouts
+    other = uuid.UUID(int=PROBE_EVERY * 12345 + 1)
     assert schedule.first_check_delay_s(MODEL) == 1.0
-    assert schedule.plan(MODEL, job, 1.0) is None  # nothing learned: check when due
-    times = [1.0]
-    for _ in range(8):
-        times.append(schedule.next_check_s(MODEL, job, times[-1]))
-    gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
-    assert gaps[:4] == [1.0, 1.0, 1.5, 2.25]  # at least the initial delay, then x1.5
-    assert gaps[-1] == 5.0  # capped at IMAGEGEN_POLL_MAX_S
+    assert schedule.plan(MODEL, scout, 1.0) is None  # nothing learned: check when due
+    gaps = {}
+    for job in (scout, other):
+        times = [1.0]
+        for _ in range(8):
+            times.append(schedule.next_check_s(MODEL, job, times[-1]))
+        gaps[job] = [round(b - a, 3) for a, b in itertools.pairwise(times)]
+    assert gaps[scout][:4] == [1.0, 1.0, 1.5, 2.25]  # at least the initial delay, then x1.5
+    assert gaps[scout][-1] == 5.0  # capped at IMAGEGEN_POLL_MAX_S
+    assert gaps[other][0] == COLD_WAIT * 1.0  # the others wait longer until it is learned
+    assert max(gaps[other]) == COLD_WAIT * 5.0
 
 
 def test_learned_first_check_is_a_high_quantile_then_short_steps() -> None:
@@ -111,7 +116,8 @@ def test_steady_latency_costs_at_most_one_and_a_half_status_calls_a_job() -> Non
     calls = _simulate(schedule, 2000, lambda: rng.uniform(55.0, 70.0))
     steady = calls[500:]
     assert sum(steady) / len(steady) <= 1.5
-    assert sum(calls[:20]) / 20 > 5  # before anything was learned: the geometric steps
+    assert sum(calls[:20]) / 20 > 2  # before anything was learned: the growing steps
+    assert sum(calls) / len(calls) <= 1.6  # the first wave's scouts do not cost the run
 
 
 def test_a_latency_that_drops_is_followed() -> None:

@@ -146,3 +146,57 @@ def test_cancelling_a_job_at_fal_frees_its_fleet_slot_at_once(stack: Stack) -> N
     assert limiter.in_flight() == 1  # the request keeps its slot while fal runs it
     assert cancel(job_id, settings=stack.settings()) == "cancelled"
     assert limiter.in_flight() == 0  # not when the slot's lease runs out
+
+
+def test_the_sweeper_purges_webhook_bodies_of_ended_jobs_only(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fal_webhooks would grow without bound: a terminal job's body goes (BATCH at a time,
+    every batch in one pass); an open job's stays, and so does a fresh unmatched one."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, insert, select
+
+    from imagegen.models import FalWebhook, JobStatus, utcnow
+    from imagegen.worker.db import get_engine, write
+    from imagegen.worker.fal import webhook_store
+    from imagegen.worker.jobs import sweeper
+    from tests.conftest import add_jobs
+
+    monkeypatch.setattr(sweeper, "BATCH", 2)
+    ended = [
+        *add_jobs(database_url, 3, JobStatus.SUCCEEDED, fal_request_id=None),
+        *add_jobs(database_url, 2, JobStatus.REFUSED),
+    ]
+    (open_job,) = add_jobs(database_url, 1, JobStatus.AT_FAL)
+    bodies = {f"r-{i}": job_id for i, job_id in enumerate([*ended, open_job])}
+    old = utcnow() - timedelta(days=2)
+    with get_engine(database_url).begin() as db:
+        for request_id, job_id in bodies.items():
+            db.execute(
+                webhook_store.JOBS.update()
+                .where(webhook_store.JOBS.c.id == job_id)
+                .values(fal_request_id=request_id)
+            )
+        rows = [
+            {"request_id": r, "job_id": j, "body": {}, "received_at": old}
+            for r, j in bodies.items()
+        ]
+        rows.append({"request_id": "stray-old", "job_id": None, "body": {}, "received_at": old})
+        rows.append(
+            {"request_id": "stray-new", "job_id": None, "body": {}, "received_at": utcnow()}
+        )
+        db.execute(insert(webhook_store.WEBHOOKS), rows)
+
+    class _Settings:
+        database_url = ""
+
+    settings = _Settings()
+    settings.database_url = database_url
+    assert sweeper._purge_webhooks(settings) == 6  # type: ignore[arg-type]
+    left = write(database_url, lambda db: set(db.execute(select(FalWebhook.request_id)).scalars()))
+    assert left == {f"r-{len(ended)}", "stray-new"}
+    count = write(
+        database_url, lambda db: db.execute(select(func.count()).select_from(FalWebhook)).scalar()
+    )
+    assert count == 2

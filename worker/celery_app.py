@@ -5,13 +5,14 @@ CALLBACK_QUEUE): a task holds a worker thread or process for milliseconds to a f
 never for fal's latency, so concurrency is ordinary Celery sizing for short tasks, e.g.
 ``--concurrency 32`` per process, prefork or threads.
 
-Reliability settings (see shared reference notes on Celery + Redis):
-acks_late with reject_on_worker_lost so a killed worker's task is redelivered, prefetch
-IMAGEGEN_PREFETCH_MULTIPLIER (a claim in the job row guards against a message delivered
-twice, and the sweeper republishes one a dead worker held), and a visibility timeout
-(default 1 h) longer than the longest task (RUN_JOB_TASK, the old path still routed until it
-is deleted: up to IMAGEGEN_GENERATION_TIMEOUT_S) plus the longest retry countdown
-(IMAGEGEN_RETRY_AFTER_CAP_S, capped below it).
+Reliability settings (see shared reference notes on Celery + Redis): acks_late with
+reject_on_worker_lost so a killed worker's task is redelivered, prefetch
+IMAGEGEN_PREFETCH_MULTIPLIER (a guarded move of the job row makes a message delivered twice
+harmless), and a short visibility timeout (IMAGEGEN_VISIBILITY_TIMEOUT_S, 90 s): the messages
+a SIGKILLed worker had taken come back within about that long (kombu checks every 5 s), not
+an hour later. It stays above the longest task (one POST or GET, IMAGEGEN_SUBMIT_TIMEOUT_S)
+and every retry countdown, which ``worker.task_states`` caps at half of it (a longer wait,
+a fleet-wide cool-down say, is enforced in Redis and re-checked).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from imagegen.worker.constants import (
     CALLBACK_TASK,
     COLLECT_TASK,
     JOB_QUEUE,
-    RUN_JOB_TASK,
     SUBMIT_TASK,
     SWEEP_TASK,
 )
@@ -53,7 +53,13 @@ def create_app(settings: Settings) -> Celery:
         events="imagegen.worker.events:Events",
     )
     redis = settings.redis_url.startswith(("redis", "unix"))
-    transport = {"visibility_timeout": settings.visibility_timeout_s} if redis else {}
+    transport: dict[str, Any] = {}
+    if redis:
+        transport = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -66,7 +72,6 @@ def create_app(settings: Settings) -> Celery:
         accept_content=["json"],
         task_default_queue=JOB_QUEUE,
         task_routes={
-            RUN_JOB_TASK: {"queue": JOB_QUEUE},
             SUBMIT_TASK: {"queue": JOB_QUEUE},
             COLLECT_TASK: {"queue": JOB_QUEUE},
             CALLBACK_TASK: {"queue": CALLBACK_QUEUE},
@@ -80,10 +85,10 @@ def create_app(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         worker_hijack_root_logger=False,
-        # Enforced by the prefork pool only; the threads pool relies on the HTTP timeouts,
-        # IMAGEGEN_GENERATION_TIMEOUT_S and the per-job deadline instead.
-        task_soft_time_limit=settings.generation_timeout_s + 120,
-        task_time_limit=settings.generation_timeout_s + 180,
+        # A stage is one call to fal and a few writes; enforced by the prefork pool only
+        # (the threads pool relies on the HTTP timeouts), below the visibility timeout.
+        task_soft_time_limit=settings.visibility_timeout_s * 2 // 3,
+        task_time_limit=settings.visibility_timeout_s * 5 // 6,
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
         },

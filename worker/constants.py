@@ -8,8 +8,6 @@ DEFAULT_DATABASE_URL = "sqlite:///imagegen.db"
 #: fal's production queue host, as fal-client spells it when FAL_QUEUE_RUN_HOST is unset.
 FAL_PRODUCTION_QUEUE_HOST = "queue.fal.run"
 
-#: The Celery task that runs one job; only the job id travels through Redis.
-RUN_JOB_TASK = "imagegen.run_job"
 #: The two stages of the generation path (worker.jobs): send to fal, then read fal's answer.
 SUBMIT_TASK = "imagegen.submit"
 COLLECT_TASK = "imagegen.collect"
@@ -60,5 +58,3 @@ MAX_CALLBACK_URL_CHARS = 2000
 
 #: fal's public keys for webhook signatures (IMAGEGEN_FAL_JWKS_URL overrides it).
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
-#: ``jobs.lease_owner`` of a job whose request is in flight at fal, waiting for its webhook.
-PARKED_FOR_WEBHOOK = "webhook"

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=15, ge=1, le=200, alias="IMAGEGEN_DB_POOL_SIZE")
 
     # Leases, the sweeper and deadlines (the job row is the source of truth).
-    lease_s: float = Field(default=120.0, gt=0, alias="IMAGEGEN_LEASE_S")
+    lease_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_LEASE_S")
     queued_grace_s: float = Field(default=600.0, ge=0, alias="IMAGEGEN_QUEUED_GRACE_S")
     sweep_interval_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_SWEEP_INTERVAL_S")
     job_deadline_s: float = Field(default=3600.0, gt=0, alias="IMAGEGEN_JOB_DEADLINE_S")
@@ -126,7 +126,9 @@ class Settings(BaseSettings):
     )
 
     # Celery / Redis.
-    visibility_timeout_s: int = Field(default=3600, gt=0, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
+    # How long a message a worker took may stay unacknowledged before Redis hands it out again
+    # (a SIGKILLed worker's): above the longest stage; retry countdowns are capped at half.
+    visibility_timeout_s: int = Field(default=90, ge=30, alias="IMAGEGEN_VISIBILITY_TIMEOUT_S")
     log_format: str = Field(
         default="console", pattern="^(console|json)$", alias="IMAGEGEN_LOG_FORMAT"
     )

@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError
 from imagegen.worker.errors import JobFailed, JobRetrying
 from imagegen.worker.jobs.outcome import SKIPPED, Outcome
 from imagegen.worker.logs import get_logger
+from imagegen.worker.settings import get_settings
 
 log = get_logger(__name__)
 
@@ -41,7 +42,10 @@ def task_result(task: Task, outcome: Outcome) -> str:
     """What the task returns for ``outcome``; raises for RETRY, FAILURE and REVOKED."""
     if outcome.retry_in is not None:
         reason = JobRetrying(outcome.reason or "retried")
-        raise task.retry(exc=reason, countdown=outcome.retry_in, max_retries=None)
+        # a message waiting for its countdown is unacknowledged: past the visibility timeout
+        # Redis would hand it out again; a longer wait (a fleet cool-down) is re-checked
+        countdown = min(outcome.retry_in, get_settings().visibility_timeout_s / 2)
+        raise task.retry(exc=reason, countdown=countdown, max_retries=None)
     if outcome.cancelled:
         request = task.request
         announce(request.id, request.hostname, "task-revoked", **_REVOKED)

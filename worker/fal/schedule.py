@@ -1,9 +1,10 @@
 """When to ask fal about a request next: learned per model from how long requests took.
 
 Before a model has ``MIN_SAMPLES`` latencies, checks start at IMAGEGEN_POLL_INITIAL_S and
-grow by IMAGEGEN_POLL_FACTOR (capped at IMAGEGEN_POLL_MAX_S). Once learned, a request is
-first checked at the ``FIRST_QUANTILE`` of its model's recent latencies (most are done by
-then: about one status call each), and after that in short steps.
+grow by IMAGEGEN_POLL_FACTOR (capped at IMAGEGEN_POLL_MAX_S) for one request in
+``PROBE_EVERY``; the others wait ``COLD_WAIT`` times longer between checks. Once learned,
+a request is first checked at the ``FIRST_QUANTILE`` of its model's recent latencies (most
+are done by then: about one status call each), and after that in short steps.
 
 A latency here is the planned time of the check that first found the request COMPLETED
 (from its submit), not when it was sent: otherwise every round would start later by the
@@ -31,6 +32,10 @@ STEP_FRACTION = 0.1
 #: one request in PROBE_EVERY is first checked at PROBE_AT x the first-check point
 PROBE_EVERY = 8
 PROBE_AT = 0.85
+#: until a model is learned only one request in PROBE_EVERY (its scouts) is checked on the
+#: growing schedule; the others' steps are COLD_WAIT times longer (a first wave of
+#: thousands would otherwise cost a dozen status calls each)
+COLD_WAIT = 6
 #: probe outcomes looked at (the latest), and the share done that means "faster now"
 PROBE_WINDOW = 8
 PROBES_DONE_TO_SPEED_UP = FIRST_QUANTILE
@@ -92,10 +97,12 @@ class Schedule:
         first = self._model(model).first_s
         return self.initial_s if first is None else max(first, self.initial_s)
 
-    def _step_s(self, model: str, elapsed_s: float) -> float:
+    def _step_s(self, model: str, elapsed_s: float, job_id: uuid.UUID) -> float:
         median = self._model(model).median_s
-        if median is None:  # not learned: grow geometrically
-            return min(max(elapsed_s * (self.factor - 1.0), self.initial_s), self.max_s)
+        if median is None:  # not learned: scouts grow geometrically, the rest wait longer
+            step = min(max(elapsed_s * (self.factor - 1.0), self.initial_s), self.max_s)
+            return step if job_id.int % PROBE_EVERY == 0 else step * COLD_WAIT
+        return min(max(median * STEP_FRACTION, self.initial_s), self.max_s)
         return min(max(median * STEP_FRACTION, self.initial_s), self.max_s)
 
     def plan(self, model: str, job_id: uuid.UUID, planned_s: float) -> float | None:
@@ -116,7 +123,7 @@ class Schedule:
         first = self._model(model).first_s
         if first is not None and checked_s < first:
             return first
-        return checked_s + self._step_s(model, checked_s)
+        return checked_s + self._step_s(model, checked_s, job_id)
 
     def completed(
         self, model: str, job_id: uuid.UUID, checked_s: float, sent_s: float | None = None

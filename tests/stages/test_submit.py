@@ -9,9 +9,7 @@ asked to publish (``tests.stages_kit``); the poller's part is one ``completed`` 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,50 +17,21 @@ from sqlalchemy import update
 
 from imagegen.models import AttemptOutcome, JobStatus, utcnow
 from imagegen.worker.constants import COLLECT_TASK
-from imagegen.worker.db import dispose_engines, write
+from imagegen.worker.db import write
 from imagegen.worker.fal import fake
 from imagegen.worker.fal.fake import FakeFal
 from imagegen.worker.jobs import collect, dispatch, state, submit
 from imagegen.worker.jobs.deps import Deps
 from imagegen.worker.moderation import Chain, Verdict
-from tests.stages_kit import (
+from tests.stages.kit import (
     JOBS,
     MAX_ATTEMPTS,
     RecordingApp,
     add_job,
     attempts_of,
-    copy_of,
     job,
     make_deps,
-    migrate,
 )
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield migrate(tmp_path_factory.mktemp("stages"))
-    dispose_engines()
-
-
-@pytest.fixture
-def url(migrated: Path, tmp_path: Path) -> Iterator[str]:
-    yield copy_of(migrated, tmp_path)
-    dispose_engines()
-
-
-@pytest.fixture
-def fal() -> FakeFal:
-    return FakeFal()
-
-
-@pytest.fixture
-def app() -> RecordingApp:
-    return RecordingApp()
-
-
-@pytest.fixture
-def deps(url: str, fal: FakeFal, app: RecordingApp) -> Deps:
-    return make_deps(url, fal, app)
 
 
 def test_success_runs_queued_submitting_at_fal_collecting_succeeded(

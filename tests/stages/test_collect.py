@@ -5,58 +5,26 @@ no Celery worker, no emulator, no Redis (``tests.stages_kit``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from imagegen.models import AttemptOutcome, JobStatus
 from imagegen.worker.constants import CALLBACK_TASK, SUBMIT_TASK
-from imagegen.worker.db import dispose_engines, write
+from imagegen.worker.db import write
 from imagegen.worker.errors import PolicyRefusal, TransientFalError
 from imagegen.worker.fal import fake, webhook_store
 from imagegen.worker.fal.fake import FakeFal
 from imagegen.worker.jobs import collect, submit
 from imagegen.worker.jobs.deps import Deps
-from tests.stages_kit import (
+from tests.stages.kit import (
     MAX_ATTEMPTS,
     RecordingApp,
     add_job,
     attempts_of,
     completed,
-    copy_of,
     job,
     make_deps,
-    migrate,
     to_collecting,
 )
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield migrate(tmp_path_factory.mktemp("collect"))
-    dispose_engines()
-
-
-@pytest.fixture
-def url(migrated: Path, tmp_path: Path) -> Iterator[str]:
-    yield copy_of(migrated, tmp_path)
-    dispose_engines()
-
-
-@pytest.fixture
-def fal() -> FakeFal:
-    return FakeFal()
-
-
-@pytest.fixture
-def app() -> RecordingApp:
-    return RecordingApp()
-
-
-@pytest.fixture
-def deps(url: str, fal: FakeFal, app: RecordingApp) -> Deps:
-    return make_deps(url, fal, app)
 
 
 def test_a_refusal_at_result_is_recorded_and_never_resubmitted(deps: Deps, fal: FakeFal) -> None:

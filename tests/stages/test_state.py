@@ -5,43 +5,18 @@ one is refused and changes nothing, and the lease guards hold. A migrated SQLite
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from imagegen.models import TERMINAL_STATUSES, JobStatus, utcnow
-from imagegen.worker.db import dispose_engines, write
-from imagegen.worker.fal.fake import FakeFal
+from imagegen.worker.db import write
 from imagegen.worker.jobs import state
 from imagegen.worker.jobs.deps import Deps
-from tests.stages_kit import (
-    RecordingApp,
+from tests.stages.kit import (
     add_job,
-    copy_of,
     job,
-    make_deps,
-    migrate,
 )
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield migrate(tmp_path_factory.mktemp("states"))
-    dispose_engines()
-
-
-@pytest.fixture
-def url(migrated: Path, tmp_path: Path) -> Iterator[str]:
-    yield copy_of(migrated, tmp_path)
-    dispose_engines()
-
-
-@pytest.fixture
-def deps(url: str) -> Deps:
-    return make_deps(url, FakeFal(), RecordingApp())
-
 
 OWNER = "owner-a"
 
