@@ -59,7 +59,9 @@ class Settings(BaseSettings):
 
     # Leases, the sweeper and deadlines (the job row is the source of truth).
     lease_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_LEASE_S")
-    queued_grace_s: float = Field(default=600.0, ge=0, alias="IMAGEGEN_QUEUED_GRACE_S")
+    # a queued job whose message may be lost (a worker killed as it took it) is published
+    # again after this; a second message for a job is harmless (the claim is a guarded move)
+    queued_grace_s: float = Field(default=120.0, ge=0, alias="IMAGEGEN_QUEUED_GRACE_S")
     sweep_interval_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_SWEEP_INTERVAL_S")
     job_deadline_s: float = Field(default=3600.0, gt=0, alias="IMAGEGEN_JOB_DEADLINE_S")
 
