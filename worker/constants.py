@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 DEFAULT_MODEL = "openai/gpt-image-2"
+DEFAULT_EDIT_MODEL = "openai/gpt-image-2/edit"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///imagegen.db"
 #: fal's production queue host, as fal-client spells it when FAL_QUEUE_RUN_HOST is unset.

@@ -66,6 +66,46 @@ class JobConflict(ImagegenError):
     """The job's state does not allow the operation (cancelling a finished job)."""
 
 
+class MediaError(ImagegenError):
+    """An image could not be fetched, checked or stored (outputs and input images alike).
+
+    ``retryable``: may pass on another try (a timeout, a 5xx, storage down); False for an
+    answer that will not change (not an image, too large, a private address, a 404).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class BadImage(MediaError):
+    """The bytes are not an image of an accepted type, or its dimensions are out of bounds."""
+
+
+class ImageTooLarge(BadImage):
+    """The image (or its download) is over the byte limit."""
+
+
+class UnsafeURL(MediaError):
+    """A URL we will not fetch: not http(s), or its host is this machine or a private network."""
+
+
+class DownloadFailed(MediaError):
+    """The download did not complete (connection, timeout, an HTTP error answer)."""
+
+    retryable = True
+
+
+class StorageFailed(MediaError):
+    """The image store (local directory or S3) did not take, give or delete an object."""
+
+    retryable = True
+
+
 class FalError(ImagegenError):
     """An answer from fal (or the lack of one), classified; carries what fal said."""
 

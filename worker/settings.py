@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError
 
 from imagegen.worker.constants import (
     DEFAULT_DATABASE_URL,
+    DEFAULT_EDIT_MODEL,
     DEFAULT_MODEL,
     DEFAULT_REDIS_URL,
     FAL_JWKS_URL,
@@ -125,6 +126,32 @@ class Settings(BaseSettings):
     # The poller (`imagegen poller`) serves its own metrics (jobs at fal) on this port when set.
     poller_metrics_port: int | None = Field(
         default=None, ge=1, le=65535, alias="IMAGEGEN_POLLER_METRICS_PORT"
+    )
+
+    # Images: every output copied to our storage (file:PATH or s3://bucket/prefix; AWS_* for S3).
+    storage_url: str = Field(default="file:./imagegen-images", alias="IMAGEGEN_STORAGE_URL")
+    store_images: bool = Field(default=True, alias="IMAGEGEN_STORE_IMAGES")
+    store_attempts: int = Field(default=5, ge=1, le=50, alias="IMAGEGEN_STORE_ATTEMPTS")
+    image_max_bytes: int = Field(default=50_000_000, ge=1024, alias="IMAGEGEN_IMAGE_MAX_BYTES")
+    download_timeout_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_DOWNLOAD_TIMEOUT_S")
+    presign_ttl_s: int = Field(default=3600, ge=60, le=604800, alias="IMAGEGEN_PRESIGN_TTL_S")
+    # Edit jobs: input images, checked before anything is billed.
+    edit_model: str = Field(default=DEFAULT_EDIT_MODEL, alias="IMAGEGEN_EDIT_MODEL")
+    input_max_bytes: int = Field(default=20_000_000, ge=1024, alias="IMAGEGEN_INPUT_MAX_BYTES")
+    input_max_side: int = Field(default=8192, ge=16, alias="IMAGEGEN_INPUT_MAX_SIDE")
+    input_max_images: int = Field(default=16, ge=1, le=64, alias="IMAGEGEN_INPUT_MAX_IMAGES")
+    input_images_via: str = Field(
+        default="auto",
+        pattern="^(auto|fal_upload|presigned|data_uri)$",
+        alias="IMAGEGEN_INPUT_IMAGES_VIA",
+    )
+    input_allow_private: bool = Field(default=False, alias="IMAGEGEN_INPUT_ALLOW_PRIVATE")
+    # Retention (off when unset): `imagegen purge` and the beat schedule use these.
+    image_retention_days: float | None = Field(
+        default=None, gt=0, alias="IMAGEGEN_IMAGE_RETENTION_DAYS"
+    )
+    prompt_retention_days: float | None = Field(
+        default=None, gt=0, alias="IMAGEGEN_PROMPT_RETENTION_DAYS"
     )
 
     # Celery / Redis.
