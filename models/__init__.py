@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -55,6 +56,7 @@ class JobStatus(enum.StrEnum):
     SUBMITTING = "submitting"  # a submit task holds it (lease): pre-filter, slot, POST
     AT_FAL = "at_fal"  # fal has the request (fal_request_id); checked again at poll_at
     COLLECTING = "collecting"  # fal finished it: a collect task reads the result (lease)
+    STORING = "storing"  # fal answered with images: a store task copies them (lease)
     SUCCEEDED = "succeeded"
     REFUSED = "refused"
     FAILED = "failed"
@@ -69,7 +71,13 @@ TERMINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.REFUSED, JobStatus.FAILED, JobStatus.CANCELLED}
 )
 #: not terminal yet (as a tuple: SQL ``IN`` lists keep their order)
-OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.AT_FAL, JobStatus.COLLECTING)
+OPEN_STATUSES = (
+    JobStatus.QUEUED,
+    JobStatus.SUBMITTING,
+    JobStatus.AT_FAL,
+    JobStatus.COLLECTING,
+    JobStatus.STORING,
+)
 #: a request is (or may be) at fal: what ``running`` meant before the stages were named
 IN_PROGRESS_STATUSES = (JobStatus.SUBMITTING, JobStatus.AT_FAL, JobStatus.COLLECTING)
 
@@ -134,7 +142,16 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fal_request_id: Mapped[str | None] = mapped_column(String(100))
+    #: per image: ``url`` (fal's), and once stored ``storage_key``, ``sha256``, ``bytes``,
+    #: ``content_type``, ``width``, ``height``
     images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    #: succeeded: were the images copied to our storage (False: ``storage_error`` says why)
+    images_stored: Mapped[bool | None] = mapped_column(Boolean)
+    storage_error: Mapped[str | None] = mapped_column(Text)
+    #: an edit job's input images as stored: ``role`` (image, mask, consent), ``storage_key``, ...
+    inputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    images_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    prompt_redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     #: the web app's URL that gets the job's JSON (HMAC-signed) when it ends
     callback_url: Mapped[str | None] = mapped_column(String(2000))

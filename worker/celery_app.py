@@ -1,7 +1,7 @@
 """The Celery application: Redis as broker, Postgres (the job table) as the source of truth.
 
-Each job is two short tasks (SUBMIT_TASK, then COLLECT_TASK, on JOB_QUEUE; job callbacks on
-CALLBACK_QUEUE): a task holds a worker thread or process for milliseconds to a few seconds,
+Each job is a few short tasks (SUBMIT_TASK, COLLECT_TASK, then STORE_TASK, on JOB_QUEUE;
+job callbacks on CALLBACK_QUEUE): a task holds a worker thread or process for milliseconds to a few seconds,
 never for fal's latency, so concurrency is ordinary Celery sizing for short tasks, e.g.
 ``--concurrency 32`` per process, prefork or threads.
 
@@ -38,6 +38,7 @@ from imagegen.worker.constants import (
     CALLBACK_TASK,
     COLLECT_TASK,
     JOB_QUEUE,
+    STORE_TASK,
     SUBMIT_TASK,
     SWEEP_TASK,
 )
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> Celery:
         task_routes={
             SUBMIT_TASK: {"queue": JOB_QUEUE},
             COLLECT_TASK: {"queue": JOB_QUEUE},
+            STORE_TASK: {"queue": JOB_QUEUE},
             CALLBACK_TASK: {"queue": CALLBACK_QUEUE},
         },
         worker_send_task_events=True,

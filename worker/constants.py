@@ -12,6 +12,7 @@ FAL_PRODUCTION_QUEUE_HOST = "queue.fal.run"
 #: The two stages of the generation path (worker.jobs): send to fal, then read fal's answer.
 SUBMIT_TASK = "imagegen.submit"
 COLLECT_TASK = "imagegen.collect"
+STORE_TASK = "imagegen.store"
 #: The beat task that re-publishes jobs whose broker message was lost.
 SWEEP_TASK = "imagegen.sweep"
 CALLBACK_TASK = "imagegen.callback"

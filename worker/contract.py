@@ -18,6 +18,7 @@ Status = Literal[
     "submitting",
     "at_fal",
     "collecting",
+    "storing",
     "succeeded",
     "refused",
     "failed",
@@ -29,16 +30,38 @@ Outcome = Literal[
 
 
 class Image(BaseModel):
-    """One generated image as fal returned it (fal may add fields: they are kept)."""
+    """One generated image: our stored copy (when stored) and fal's original.
+
+    fal may add fields: they are kept."""
 
     model_config = ConfigDict(extra="allow")
 
-    url: str
+    url: str = Field(
+        description="Where to get the image: the stored copy (a presigned URL for S3, "
+        "/jobs/{id}/images/{n} for local storage) when stored, else fal's URL."
+    )
+    fal_url: str | None = Field(None, description="fal's URL (public, expires on fal's side).")
+    storage_key: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
     width: int | None = None
     height: int | None = None
     content_type: str | None = None
     file_name: str | None = None
     file_size: int | None = None
+
+
+class InputImage(BaseModel):
+    """An edit job's input: an image, the mask, or the consent reference, as stored."""
+
+    role: Literal["image", "mask", "consent"]
+    storage_key: str
+    sha256: str
+    bytes: int
+    content_type: str
+    width: int
+    height: int
+    source_url: str | None = Field(None, description="Where it was fetched from (URL inputs).")
 
 
 class Attempt(BaseModel):
@@ -69,6 +92,13 @@ class Job(BaseModel):
     attempts: int = Field(description="Submissions to fal so far.")
     fal_request_id: str | None
     images: list[Image]
+    images_stored: bool | None = Field(
+        None, description="succeeded: copied to storage (false: storage_error says why)."
+    )
+    storage_error: str | None = None
+    inputs: list[InputImage] = Field(default_factory=list, description="Edit jobs' inputs.")
+    images_purged_at: datetime | None = Field(None, description="Images deleted (retention).")
+    prompt_redacted_at: datetime | None = Field(None, description="Prompt removed (retention).")
     idempotency_key: str | None
     callback_url: str | None
     retry_of: str | None = Field(description="The failed job this one retries (imagegen retry).")

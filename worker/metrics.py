@@ -73,6 +73,12 @@ CALLBACKS = Counter(
     ["result"],
     registry=WORKER,
 )
+IMAGES_STORED = Counter(
+    "imagegen_jobs_images_stored_total",
+    "Succeeded jobs by whether their images were copied to storage (false: fal's URLs kept).",
+    ["stored"],
+    registry=WORKER,
+)
 FAL_LATENCY = Histogram(
     "imagegen_fal_generation_seconds",
     "From fal accepting a submit to the request being COMPLETED.",

@@ -18,16 +18,23 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from imagegen.worker import metrics
 from imagegen.worker.celery_app import app
-from imagegen.worker.constants import CALLBACK_TASK, COLLECT_TASK, SUBMIT_TASK, SWEEP_TASK
+from imagegen.worker.constants import (
+    CALLBACK_TASK,
+    COLLECT_TASK,
+    STORE_TASK,
+    SUBMIT_TASK,
+    SWEEP_TASK,
+)
 from imagegen.worker.db import open_pool
 from imagegen.worker.errors import ConfigurationError, JobFailed
 from imagegen.worker.fal.account import AccountGuard
 from imagegen.worker.fal.gateway import FalGateway
 from imagegen.worker.fal.limits import FalLimiter
-from imagegen.worker.jobs import collect, submit
+from imagegen.worker.jobs import collect, store, submit
 from imagegen.worker.jobs.callbacks import CallbackFailed, CallbackRejected, deliver
 from imagegen.worker.jobs.deps import Deps
 from imagegen.worker.jobs.retry import RetryPolicy
+from imagegen.worker.media.setup import media_deps
 from imagegen.worker.jobs.sweeper import sweep_or_skip
 from imagegen.worker.logs import get_logger
 from imagegen.worker.moderation.setup import moderation_chain
@@ -62,6 +69,7 @@ def _build_deps() -> Deps:
         policy=RetryPolicy.from_settings(settings),
         app=app,
         moderation=moderation_chain(settings, announce=True),
+        **media_deps(settings),
     )
 
 
@@ -97,6 +105,13 @@ def submit_task(self: Task, job_id: str) -> str:
 def collect_task(self: Task, job_id: str) -> str:
     """fal finished the request: read the answer, record the outcome (Flower shows it)."""
     outcome = collect.run(uuid.UUID(job_id), deps(), retries=self.request.retries)
+    return task_result(self, outcome)
+
+
+@app.task(name=STORE_TASK, **_STAGE)
+def store_task(self: Task, job_id: str) -> str:
+    """fal's images: copied to our storage, then the job ends succeeded (Flower shows it)."""
+    outcome = store.run(uuid.UUID(job_id), deps(), retries=self.request.retries)
     return task_result(self, outcome)
 
 

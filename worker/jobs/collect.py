@@ -48,7 +48,10 @@ def run(job_id: uuid.UUID, deps: Deps, *, retries: int = 0) -> Outcome:
     if request_id is None:  # collecting always has one; a row edited by hand might not
         return settle.fail("collecting a job that has no fal request id")
     try:
-        return settle.succeed(_images(deps, moved.job, request_id))
+        images = _images(deps, moved.job, request_id)
+        if deps.storage is not None:  # the store stage copies them, then ends the job
+            return settle.collected(images)
+        return settle.succeed(images)
     except PolicyRefusal as refusal:
         return settle.refused(refusal)
     except RequestCancelled:
@@ -66,7 +69,7 @@ def _images(deps: Deps, job: state.JobRow, request_id: str) -> list[dict[str, An
         raise PermanentFalError("fal completed the request but returned no images")
     if not all(isinstance(i, dict) and isinstance(i.get("url"), str) for i in images):
         raise PermanentFalError("fal returned images without URLs")
-    if deps.settings.verify_images:
+    if deps.settings.verify_images and deps.storage is None:  # the store stage checks them
         deps.gateway.check_images(images)
     return images
 

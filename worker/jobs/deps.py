@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 from celery import Celery
 
 from imagegen.worker.fal.account import AccountGuard
 from imagegen.worker.fal.gateway import SubmitHooks
 from imagegen.worker.fal.limits import FalLimiter
 from imagegen.worker.jobs.retry import RetryPolicy
+from imagegen.worker.media.storage import Storage
 from imagegen.worker.moderation import Chain
 from imagegen.worker.settings import Settings
 
@@ -43,3 +45,9 @@ class Deps:
     app: Celery
     #: the moderation pre-filter (IMAGEGEN_MODERATION); None: off
     moderation: Chain | None = None
+    #: where images are copied (IMAGEGEN_STORAGE_URL); None: not copied (store_images off)
+    storage: Storage | None = None
+    #: the client that downloads fal's image files (no fal credentials on it)
+    files: httpx.Client | None = None
+    #: fal's file URLs may point at this machine (the emulator), not only at fal's CDN
+    fal_files_private: bool = False

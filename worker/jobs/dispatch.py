@@ -1,8 +1,8 @@
 """Publishing a job's next stage, and the one handler for "fal finished this request".
 
 Task ids: a job's first submit task has the job's id (Celery's retries keep it); each later
-submission and each collect gets its own (``<job id>/submit-<n>``, ``<job id>/collect-<n>``,
-n = the attempt), so Flower shows one row per stage run and the last one holds the outcome.
+submission, each collect and each store gets its own (``<job id>/submit-<n>``,
+``<job id>/collect-<n>``, ``<job id>/store-<n>``, n = the attempt), so Flower shows one row per stage run and the last one holds the outcome.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import Connection
 
 from imagegen.models import utcnow
-from imagegen.worker.constants import COLLECT_TASK, SUBMIT_TASK
+from imagegen.worker.constants import COLLECT_TASK, STORE_TASK, SUBMIT_TASK
 from imagegen.worker.db import write
 from imagegen.worker.fal.limits import FalLimiter
 from imagegen.worker.jobs import state
@@ -47,6 +47,14 @@ def send_submit(app: Celery, job_id: uuid.UUID, attempts: int, countdown: float 
 
 def send_collect(app: Celery, job_id: uuid.UUID, attempt: int) -> None:
     app.send_task(COLLECT_TASK, args=[str(job_id)], task_id=collect_task_id(job_id, attempt))
+
+
+def store_task_id(job_id: uuid.UUID, attempt: int) -> str:
+    return f"{job_id}/store-{attempt}"
+
+
+def send_store(app: Celery, job_id: uuid.UUID, attempt: int) -> None:
+    app.send_task(STORE_TASK, args=[str(job_id)], task_id=store_task_id(job_id, attempt))
 
 
 def heard_completed(

@@ -38,12 +38,17 @@ def fire(moved: Moved, app: Celery | None = None) -> None:
 @listen
 def _count(moved: Moved, _app: Celery | None) -> None:
     job = moved.job
-    if moved.move.name in ("succeed", "refuse", "fail") and job.submitted_at is not None:
+    ended_at_fal = moved.move.name in ("collected", "refuse", "fail") or (
+        moved.move.name == "succeed" and job.images_stored is None
+    )
+    if ended_at_fal and job.submitted_at is not None:
         # a collect ended it (only a request at fal has submitted_at): a worker observes
         # it, in poll and webhook mode alike
         metrics.FAL_LATENCY.observe(max(0.0, (moved.at - job.submitted_at).total_seconds()))
     if job.status in TERMINAL_STATUSES:
         metrics.JOBS_FINISHED.labels(job.status.value).inc()
+        if job.images_stored is not None:
+            metrics.IMAGES_STORED.labels(str(job.images_stored).lower()).inc()
         if job.status is JobStatus.REFUSED:
             metrics.REFUSALS.labels(job.refusal_category, job.refusal_source).inc()
     elif moved.move.name == "requeue":
@@ -60,7 +65,7 @@ def _log(moved: Moved, _app: Celery | None) -> None:
         fields.update(category=job.refusal_category, source=job.refusal_source)
     elif job.status is JobStatus.FAILED:
         fields["error"] = job.error
-    if moved.move.name in ("reschedule", "collect", "release", "claim"):
+    if moved.move.name in ("reschedule", "collect", "release", "claim", "store"):
         return  # every few seconds per job: not worth a line each
     # a job's end is logged by its outcome (job.succeeded, job.refused, ...), a step by its move
     event = job.status.value if job.status in TERMINAL_STATUSES else moved.move.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -117,20 +118,35 @@ def _kept_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
     return by_status, refusals, submissions
 
 
-def job_to_dict(job: Job, *, with_attempts: bool = False) -> dict[str, Any]:
+#: an image's URL for callers: (job id, index, the stored image) -> URL (None: fal's)
+ImageLink = Callable[[uuid.UUID, int, dict[str, Any]], str | None]
+
+
+def job_to_dict(
+    job: Job, *, with_attempts: bool = False, link: ImageLink | None = None
+) -> dict[str, Any]:
     """The JSON shape of a job (``worker.contract.Job``), the one place it is built: the
     CLI's ``--json``, the HTTP API and job callbacks all send this. Every column is there;
-    ``images`` is ``[]`` until the job succeeded."""
+    ``images`` is ``[]`` until the job succeeded; ``link`` makes a stored image's ``url``
+    (``worker.media.links``)."""
     data: dict[str, Any] = {column: getattr(job, column) for column in _COLUMNS}
     data["id"] = str(job.id)
     data["retry_of"] = str(job.retry_of) if job.retry_of else None
-    data["images"] = job.images or []
+    data["images"] = [_image(job, n, image, link) for n, image in enumerate(job.images or [])]
+    data["inputs"] = job.inputs or []
     if not with_attempts:
         return contract.Job.model_validate(data).model_dump(mode="json")
     data["attempt_log"] = [
         {column: getattr(a, column) for column in _ATTEMPT_COLUMNS} for a in job.attempt_rows
     ]
     return contract.JobDetail.model_validate(data).model_dump(mode="json")
+
+
+def _image(job: Job, index: int, image: dict[str, Any], link: ImageLink | None) -> dict[str, Any]:
+    shown = {**image, "fal_url": image.get("url")}
+    if image.get("storage_key") and job.images_purged_at is None and link is not None:
+        shown["url"] = link(job.id, index, image) or shown["url"]
+    return shown
 
 
 _COLUMNS = tuple(contract.Job.model_fields)

@@ -90,6 +90,20 @@ class Settle:
         moved = self._end("succeed", AttemptOutcome.SUCCEEDED, images=images)
         return self._ended(moved, Outcome("succeeded"))
 
+    def collected(self, images: list[dict[str, Any]]) -> Outcome:
+        """fal's answer is in: on to the store stage (published now; swept if lost)."""
+        from imagegen.worker.jobs.dispatch import COLLECT_PUBLISH_GRACE_S, send_store
+
+        until = utcnow() + timedelta(seconds=COLLECT_PUBLISH_GRACE_S)
+        moved = self._end("collected", AttemptOutcome.SUCCEEDED, images=images, lease_until=until)
+        if moved is None:
+            return self._ended(moved, SKIPPED)
+        try:
+            send_store(self.deps.app, self.job.id, self.job.attempts)
+        except Exception as exc:  # Redis is away: the short lease above brings it back
+            log.warning("store.not_published", job_id=str(self.job.id), error=str(exc))
+        return Outcome("storing")
+
     def requeue(self, delay_s: float, reason: str, *, forget_request: bool = False) -> Outcome:
         """Back to queued; the next submit comes after ``delay_s`` (swept if it never does)."""
         grace = timedelta(seconds=delay_s + self.deps.settings.queued_grace_s)

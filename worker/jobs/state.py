@@ -6,9 +6,9 @@ as it is afterwards, or None when the guard did not hold (someone else moved the
 first: a cancel, the poller, the sweeper). Listeners (metrics, logs, callbacks) hang off
 moves in ``worker.jobs.hooks``; nothing here knows about them.
 
-    queued ─claim─▶ submitting ─submitted─▶ at_fal ─completed─▶ collecting ─▶ terminal
-       ▲               │  └─ refuse / fail                         │
-       └── requeue ────┴──────────────── requeue (fal lost it) ────┘
+    queued ─claim─▶ submitting ─submitted─▶ at_fal ─completed─▶ collecting ─collected─▶ storing
+       ▲               │  └─ refuse / fail                         │   └─ refuse / fail   │
+       └── requeue ────┴──────────────── requeue (fal lost it) ────┘        succeed ◀─────┘
 """
 
 from __future__ import annotations
@@ -68,7 +68,12 @@ MOVES: dict[str, Move] = {
         # collect task: take the job (again, after a collect whose task died)
         Move("collect", (S.COLLECTING,), S.COLLECTING, Guard.FREE, leases=True),
         Move("release", (S.COLLECTING,), S.COLLECTING, Guard.OWNER),
-        Move("succeed", (S.COLLECTING,), S.SUCCEEDED, Guard.OWNER),
+        # fal answered with images: the store stage copies them (IMAGEGEN_STORE_IMAGES)
+        Move("collected", (S.COLLECTING,), S.STORING, Guard.OWNER),
+        Move("store", (S.STORING,), S.STORING, Guard.FREE, leases=True),
+        Move("store_later", (S.STORING,), S.STORING, Guard.OWNER),
+        # stored (or the copy gave up: images_stored false, fal's URLs kept); never fails
+        Move("succeed", (S.COLLECTING, S.STORING), S.SUCCEEDED, Guard.OWNER),
         Move("refuse", _HELD, S.REFUSED, Guard.OWNER),
         Move("fail", _HELD, S.FAILED, Guard.OWNER),
         # no task holds it: the poller (deadline at fal) or the sweeper (expired)
@@ -93,6 +98,7 @@ RETURNED = (
     JOBS.c.refusal_category,
     JOBS.c.refusal_source,
     JOBS.c.error,
+    JOBS.c.images_stored,
 )
 
 
@@ -111,6 +117,8 @@ class JobRow:
     refusal_category: str | None
     refusal_source: str | None
     error: str | None
+    #: set by the store stage's succeed (None: the job never went through storing)
+    images_stored: bool | None = None
 
     @property
     def overdue(self) -> bool:

@@ -28,7 +28,7 @@ from imagegen.worker.db import write
 from imagegen.worker.errors import FalError
 from imagegen.worker.fal import webhook_store
 from imagegen.worker.jobs import state
-from imagegen.worker.jobs.dispatch import heard_completed, send_collect, send_submit
+from imagegen.worker.jobs.dispatch import heard_completed, send_collect, send_store, send_submit
 from imagegen.worker.jobs.hooks import fire
 from imagegen.worker.logs import get_logger
 from imagegen.worker.settings import Settings
@@ -37,7 +37,7 @@ log = get_logger(__name__)
 BATCH = 500
 J = state.JOBS.c
 #: the states a stage task is (to be) working on
-STAGED = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.COLLECTING)
+STAGED = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.COLLECTING, JobStatus.STORING)
 DEADLINE_ERROR = "deadline passed before the job could finish (IMAGEGEN_JOB_DEADLINE_S)"
 
 
@@ -89,7 +89,7 @@ def republish(
 ) -> list[uuid.UUID]:
     """Stages whose message was lost (or whose task died): publish them again, once.
 
-    queued: past its grace; submitting / collecting: its lease ran out (a collect never
+    queued: past its grace; submitting / collecting / storing: its lease ran out (a collect never
     published since COMPLETED was heard has the short lease of ``heard_completed``)."""
     stale = and_(J.status.in_(statuses), _lapsed(now))
     grace = now + timedelta(seconds=max(settings.queued_grace_s, 1.0))
@@ -107,6 +107,8 @@ def republish(
     for job_id, status, attempts in rows:
         if status is JobStatus.COLLECTING:
             send_collect(app, job_id, attempts)
+        elif status is JobStatus.STORING:
+            send_store(app, job_id, attempts)
         else:
             send_submit(app, job_id, attempts)
     return [row[0] for row in rows]

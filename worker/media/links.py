@@ -1,0 +1,27 @@
+"""The URL a caller gets for a stored image: S3's presigned GET, or the API's image route."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from imagegen.worker.jobs.queries import ImageLink
+from imagegen.worker.media.storage import Storage
+
+
+def image_path(job_id: uuid.UUID, index: int) -> str:
+    """The API route that streams a stored image (same auth as the job)."""
+    return f"/jobs/{job_id}/images/{index}"
+
+
+def image_link(storage: Storage | None, ttl_s: int, api_base: str = "") -> ImageLink:
+    """``api_base``: the API's URL as the caller reached it ('' gives a path, e.g. for a
+    callback or the CLI, which the web app resolves against the API it uses)."""
+
+    def link(job_id: uuid.UUID, index: int, image: dict[str, Any]) -> str | None:
+        if storage is None:
+            return None
+        presigned = storage.presigned_url(str(image["storage_key"]), ttl_s)
+        return presigned or api_base.rstrip("/") + image_path(job_id, index)
+
+    return link
