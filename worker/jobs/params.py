@@ -29,6 +29,7 @@ from imagegen.worker.constants import (
     MAX_DEADLINE_S,
     MAX_EDGE_PX,
     MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_INPUT_URL_CHARS,
     MAX_NUM_IMAGES,
     MAX_PIXELS,
     MAX_PROMPT_CHARS,
@@ -45,6 +46,7 @@ from imagegen.worker.jobs.input_rules import (
     printable,
     shown,
 )
+from imagegen.worker.media.inputs import InputSource
 from imagegen.worker.settings import Settings, get_settings
 
 _SIZE_RE = re.compile(r"^\s*([0-9]{1,6})\s*[xX\u00d7]\s*([0-9]{1,6})\s*$")
@@ -155,6 +157,29 @@ class JobInput(BaseModel):
         "IMAGEGEN_CALLBACK_SECRET. Private addresses need IMAGEGEN_CALLBACK_ALLOW_PRIVATE.",
     )
 
+    image_urls: list[str] | None = Field(
+        None,
+        description="An edit job's input images (http(s) URLs; fetched and stored at "
+        "enqueue): the job runs on IMAGEGEN_EDIT_MODEL.",
+    )
+    mask_url: str | None = Field(None, description="Edit: where the first image may change.")
+    consent_url: str | None = Field(
+        None,
+        description="A consent reference for a real person's likeness: stored with the job "
+        "and passed to fal as one more input image.",
+    )
+
+    @field_validator("image_urls", "mask_url", "consent_url")
+    @classmethod
+    def _urls(cls, value: list[str] | str | None) -> list[str] | str | None:
+        for url in [value] if isinstance(value, str) else value or []:
+            if len(url) > MAX_INPUT_URL_CHARS:
+                raise ValueError(f"an input URL is longer than {MAX_INPUT_URL_CHARS} characters")
+            check_text("an input URL", url)
+        if isinstance(value, list) and not value:
+            raise ValueError("image_urls is empty: leave it out for a text-to-image job")
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str) -> str:
@@ -209,6 +234,18 @@ class JobInput(BaseModel):
                 "set it (for the API and the workers) or leave callback_url out"
             )
         return value
+
+    def sources(self) -> list[InputSource]:
+        """The input images this request names by URL (uploads come beside it)."""
+        found = [
+            InputSource("image", url=url, label=f"image_urls[{n}]")
+            for n, url in enumerate(self.image_urls or [])
+        ]
+        if self.mask_url is not None:
+            found.append(InputSource("mask", url=self.mask_url, label="mask_url"))
+        if self.consent_url is not None:
+            found.append(InputSource("consent", url=self.consent_url, label="consent_url"))
+        return found
 
     def params(self) -> dict[str, Any]:
         """The model inputs besides the prompt, as stored in ``jobs.params`` and sent to fal."""

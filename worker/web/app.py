@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from imagegen.worker.errors import ConfigurationError
 from imagegen.worker.settings import Settings, get_settings
 
-from . import access, errors, fal_webhook, health, jobs
+from . import access, errors, fal_webhook, health, jobs, uploads
 
 _bearer = HTTPBearer(auto_error=False, description="IMAGEGEN_API_KEY")
 
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.state.celery = celery
     guarded = [Depends(require_key)]
     app.include_router(jobs.router, dependencies=guarded)
+    app.include_router(uploads.router, dependencies=guarded)
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=guarded)
     app.include_router(fal_webhook.router)
