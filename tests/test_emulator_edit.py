@@ -42,14 +42,18 @@ def emu() -> Iterator[FalEmulator]:
         yield emulator
 
 
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A plain-http server on 127.0.0.1 serving a 1000x750 PNG and a text file."""
     root = tmp_path_factory.mktemp("inputs")
     (root / "in.png").write_bytes(png_bytes(1000, 750))
     (root / "notes.txt").write_text("not an image")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    handler = functools.partial(_QuietFiles, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -163,9 +167,7 @@ def test_prompt_and_mask_are_checked(emu: FalEmulator) -> None:
     ("name", "kind"),
     [("missing.png", "file_download_error"), ("notes.txt", "image_load_error")],
 )
-def test_unloadable_input_fails_the_run(
-    emu: FalEmulator, files: str, name: str, kind: str
-) -> None:
+def test_unloadable_input_fails_the_run(emu: FalEmulator, files: str, name: str, kind: str) -> None:
     good = data_uri(png_bytes(64, 64))
     out = edit(emu, {"prompt": "p", "image_urls": [good, f"{files}/{name}"]})
     assert "submit" in out  # accepted: inputs are fetched by the runner
