@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,11 @@ def emu() -> Iterator[FalEmulator]:
 class _QuietFiles(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def do_GET(self) -> None:
+        if self.path == "/slow.png":  # longer than the emulator's input timeout (2 s)
+            time.sleep(3)
+        super().do_GET()
 
 
 @pytest.fixture(scope="module")
@@ -164,17 +170,23 @@ def test_prompt_and_mask_are_checked(emu: FalEmulator) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"),
-    [("missing.png", "file_download_error"), ("notes.txt", "image_load_error")],
+    ("name", "kind", "reason"),
+    [
+        ("missing.png", "file_download_error", "HTTP 404"),
+        ("slow.png", "file_download_error", "ReadTimeout"),
+        ("notes.txt", "image_load_error", "not an image"),
+    ],
 )
-def test_unloadable_input_fails_the_run(emu: FalEmulator, files: str, name: str, kind: str) -> None:
+def test_unloadable_input_fails_the_run(
+    emu: FalEmulator, files: str, name: str, kind: str, reason: str
+) -> None:
     good = data_uri(png_bytes(64, 64))
     out = edit(emu, {"prompt": "p", "image_urls": [good, f"{files}/{name}"]})
     assert "submit" in out  # accepted: inputs are fetched by the runner
     entry = _detail(out)
     assert entry["loc"] == ["body", "image_urls", 1]
     assert entry["type"] == kind
-    assert "image_urls[1]" in entry["msg"]
+    assert "image_urls[1]" in entry["msg"] and reason in entry["msg"]
     assert entry["input"] == f"{files}/{name}"
 
 
