@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import ssl
@@ -14,7 +15,11 @@ from typing import Any
 
 import pytest
 
+from imagegen.worker.media.fetch import Fetched, fetch
+
 BODY = bytes(range(256)) * 1000  # 256,000 bytes: several 64 KiB chunks
+PUBLIC = "93.184.215.14"  # a public address; FakeNet routes it to 127.0.0.1
+SECRET = "?X-Amz-Signature=SEKRIT&X-Amz-Credential=AKIA"  # must never reach a message
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -169,3 +174,20 @@ def _info(address: str, port: int) -> tuple[Any, ...]:
     if ":" in address:
         return (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0))
     return (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+
+
+def fetch_bytes(url: str, *, allow_private: bool = True, **kwargs: object) -> tuple[Fetched, bytes]:
+    """``fetch`` into memory; allow_private unless told (the servers are on 127.0.0.1)."""
+    dest = io.BytesIO()
+    options: dict = {"max_bytes": 1_000_000, "timeout_s": 5.0} | kwargs
+    got = fetch(url, dest, allow_private=allow_private, **options)
+    return got, dest.getvalue()
+
+
+def fails(kind: type[Exception], url: str, **kwargs: object) -> Exception:
+    """The error ``fetch`` raises, checked to be one line without the query's secrets."""
+    with pytest.raises(kind) as caught:
+        fetch_bytes(url, **kwargs)
+    assert "SEKRIT" not in str(caught.value) and "AKIA" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+    return caught.value

@@ -12,23 +12,17 @@ import hashlib
 import io
 import json
 import re
-import ssl
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from imagegen.worker.errors import DownloadFailed, ImageTooLarge, UnsafeURL
-from imagegen.worker.media.fetch import Fetched, check_url, fetch, new_client
+from imagegen.worker.media.fetch import Fetched, check_url, fetch
 
-from .servers import BODY, FakeNet, serve
-
-PUBLIC = "93.184.215.14"  # a public address; FakeNet routes it to 127.0.0.1
-SECRET = "?X-Amz-Signature=SEKRIT&X-Amz-Credential=AKIA"
+from .servers import BODY, PUBLIC, SECRET, FakeNet, fails, fetch_bytes, serve
 
 
 @pytest.fixture
@@ -42,23 +36,8 @@ def net(monkeypatch: pytest.MonkeyPatch) -> FakeNet:
     return FakeNet(monkeypatch)
 
 
-def _fetch(url: str, *, allow_private: bool = True, **kwargs: object) -> tuple[Fetched, bytes]:
-    dest = io.BytesIO()
-    options: dict = {"max_bytes": 1_000_000, "timeout_s": 5.0} | kwargs
-    got = fetch(url, dest, allow_private=allow_private, **options)
-    return got, dest.getvalue()
-
-
-def _fails(kind: type[Exception], url: str, **kwargs: object) -> Exception:
-    with pytest.raises(kind) as caught:
-        _fetch(url, **kwargs)
-    assert "SEKRIT" not in str(caught.value) and "AKIA" not in str(caught.value)
-    assert "\n" not in str(caught.value)
-    return caught.value
-
-
 def test_success(port: int) -> None:
-    got, body = _fetch(f"http://127.0.0.1:{port}/img{SECRET}")
+    got, body = fetch_bytes(f"http://127.0.0.1:{port}/img{SECRET}")
     assert body == BODY
     assert got == Fetched(len(BODY), hashlib.sha256(BODY).hexdigest(), "image/png")
 
@@ -69,7 +48,7 @@ def test_no_cookies_or_authorization_and_the_host_header(port: int, net: FakeNet
     client = httpx.Client(headers={"Authorization": "Bearer nope"}, cookies={"session": "x"})
     with client:
         for _ in range(2):  # the second time after the server set a cookie
-            _, body = _fetch(
+            _, body = fetch_bytes(
                 f"http://images.example:{port}/headers", allow_private=False, client=client
             )
             sent = {k.lower(): v for k, v in json.loads(body).items()}
@@ -81,7 +60,7 @@ def test_no_cookies_or_authorization_and_the_host_header(port: int, net: FakeNet
 def test_drip_cut_by_the_total_timeout(port: int) -> None:
     for path in ("/drip", "/drip-headers"):
         started = time.monotonic()
-        error = _fails(DownloadFailed, f"http://127.0.0.1:{port}{path}{SECRET}", timeout_s=1.0)
+        error = fails(DownloadFailed, f"http://127.0.0.1:{port}{path}{SECRET}", timeout_s=1.0)
         elapsed = time.monotonic() - started
         assert elapsed < 1.6, f"{path} took {elapsed:.2f} s"  # per-read timeouts: 10 s
         assert error.retryable is True
@@ -90,7 +69,7 @@ def test_drip_cut_by_the_total_timeout(port: int) -> None:
 
 def test_content_length_over_the_limit_at_once(port: int) -> None:
     started = time.monotonic()
-    error = _fails(
+    error = fails(
         ImageTooLarge, f"http://127.0.0.1:{port}/declared-big{SECRET}", max_bytes=1_000_000
     )
     assert time.monotonic() - started < 1.0
@@ -129,7 +108,7 @@ def test_chunked_body_over_the_limit(port: int) -> None:
     ],
 )
 def test_status_codes(port: int, status: int, retryable: bool, text: str) -> None:
-    error = _fails(DownloadFailed, f"http://127.0.0.1:{port}/status/{status}{SECRET}")
+    error = fails(DownloadFailed, f"http://127.0.0.1:{port}/status/{status}{SECRET}")
     assert error.retryable is retryable
     assert str(error) == f"could not download the image from '127.0.0.1': {text}"
 
@@ -137,15 +116,15 @@ def test_status_codes(port: int, status: int, retryable: bool, text: str) -> Non
 def test_connection_refused_is_retryable() -> None:
     with serve() as free:
         pass  # the port is closed now
-    error = _fails(DownloadFailed, f"http://127.0.0.1:{free}/img{SECRET}")
+    error = fails(DownloadFailed, f"http://127.0.0.1:{free}/img{SECRET}")
     assert error.retryable is True
     assert "ConnectError" in str(error)
 
 
 def test_redirects_followed_up_to_three(port: int) -> None:
-    _, body = _fetch(f"http://127.0.0.1:{port}/redirect/3{SECRET}")
+    _, body = fetch_bytes(f"http://127.0.0.1:{port}/redirect/3{SECRET}")
     assert body == BODY
-    error = _fails(DownloadFailed, f"http://127.0.0.1:{port}/redirect/4{SECRET}")
+    error = fails(DownloadFailed, f"http://127.0.0.1:{port}/redirect/4{SECRET}")
     assert str(error).endswith("more than 3 redirects") and error.retryable is False
 
 
@@ -154,7 +133,7 @@ def test_redirect_to_this_machine_refused(port: int, net: FakeNet) -> None:
     net.name("inside.example", ["10.1.2.3"])
     net.nat.add(PUBLIC)
     base = f"http://images.example:{port}"
-    _, body = _fetch(f"{base}/img", allow_private=False)  # the public name itself is fine
+    _, body = fetch_bytes(f"{base}/img", allow_private=False)  # the public name itself is fine
     assert body == BODY
     for target, reason in [
         (f"http://127.0.0.1:{port}/img{SECRET}", "'127.0.0.1' is this machine"),
@@ -163,12 +142,12 @@ def test_redirect_to_this_machine_refused(port: int, net: FakeNet) -> None:
         ("http://169.254.169.254/latest/meta-data/", "'169.254.169.254' is a link-local"),
     ]:
         net.connects.clear()
-        error = _fails(UnsafeURL, f"{base}/to?url={target}", allow_private=False)
+        error = fails(UnsafeURL, f"{base}/to?url={target}", allow_private=False)
         assert reason in str(error)
         assert "redirect from 'images.example'" in str(error)
         assert net.connects == [(PUBLIC, port)]  # only the first hop was connected to
     # ...but allowed when private addresses are.
-    _, body = _fetch(f"{base}/to?url=http://127.0.0.1:{port}/img")
+    _, body = fetch_bytes(f"{base}/to?url=http://127.0.0.1:{port}/img")
     assert body == BODY
 
 
@@ -183,7 +162,7 @@ def test_any_private_address_refuses_the_name(net: FakeNet) -> None:
     ]:
         with pytest.raises(UnsafeURL, match=reason):
             check_url(f"https://{name}/a.png{SECRET}", allow_private=False)
-        error = _fails(UnsafeURL, f"https://{name}/a.png{SECRET}", allow_private=False)
+        error = fails(UnsafeURL, f"https://{name}/a.png{SECRET}", allow_private=False)
         assert reason in str(error)
     assert net.connects == []
 
@@ -193,7 +172,7 @@ def test_rebinding_uses_the_checked_address(port: int, net: FakeNet) -> None:
     # and the connection goes to the address it returned.
     net.name("rebind.example", [PUBLIC], ["127.0.0.1"])
     net.nat.add(PUBLIC)
-    _, body = _fetch(f"http://rebind.example:{port}/img", allow_private=False)
+    _, body = fetch_bytes(f"http://rebind.example:{port}/img", allow_private=False)
     assert body == BODY
     assert net.lookups == ["rebind.example"]
     assert net.connects == [(PUBLIC, port)]
@@ -229,7 +208,7 @@ def test_private_literals_refused(url: str, net: FakeNet) -> None:
     with pytest.raises(UnsafeURL) as caught:
         check_url(url + SECRET, allow_private=False)
     assert "SEKRIT" not in str(caught.value) and "the image URL's host" in str(caught.value)
-    _fails(UnsafeURL, url + SECRET, allow_private=False)
+    fails(UnsafeURL, url + SECRET, allow_private=False)
     assert net.connects == [] and net.lookups == []
 
 
@@ -252,7 +231,7 @@ def test_bad_urls(url: str, message: str, net: FakeNet) -> None:
     for allow_private in (False, True):
         with pytest.raises(UnsafeURL, match=re.escape(message)):
             check_url(url + SECRET, allow_private=allow_private)
-        error = _fails(UnsafeURL, url + SECRET, allow_private=allow_private)
+        error = fails(UnsafeURL, url + SECRET, allow_private=allow_private)
         assert message in str(error)
 
 
@@ -267,76 +246,9 @@ def test_check_url_public_name_and_allow_private(net: FakeNet) -> None:
 
 def test_many_threads_one_client(port: int) -> None:
     with httpx.Client() as client, ThreadPoolExecutor(8) as pool:
-        results = list(
-            pool.map(lambda _: _fetch(f"http://127.0.0.1:{port}/img", client=client)[1], range(16))
-        )
+        url = f"http://127.0.0.1:{port}/img"
+        results = list(pool.map(lambda _: fetch_bytes(url, client=client)[1], range(16)))
     assert all(body == BODY for body in results)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_port(ca: trustme.CA) -> Iterator[int]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("images.test").configure_cert(context)
-    with serve(context) as port:
-        yield port
-
-
-def _trusting(ca: trustme.CA) -> httpx.Client:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return new_client(verify=context)
-
-
-def test_https_pinned_address_still_checks_the_name(
-    tls_port: int, ca: trustme.CA, net: FakeNet
-) -> None:
-    net.name("images.test", [PUBLIC])
-    net.name("other.test", [PUBLIC])
-    net.nat.add(PUBLIC)
-    with _trusting(ca) as client:
-        # The right name passes, connected to the checked (public) address...
-        got, body = _fetch(
-            f"https://images.test:{tls_port}/img{SECRET}", client=client, allow_private=False
-        )
-        assert body == BODY and got.bytes == len(BODY)
-        assert net.connects == [(PUBLIC, tls_port)]
-        # ...a name the certificate is not for fails, on the same client (no pooled reuse of
-        # the first connection, which went to the same IP and port)...
-        error = _fails(
-            DownloadFailed,
-            f"https://other.test:{tls_port}/img{SECRET}",
-            client=client,
-            allow_private=False,
-        )
-        assert "its TLS certificate is not valid" in str(error)
-        assert "other.test" in str(error) and error.retryable is False
-        # ...and so does the bare IP, which the certificate does not name.
-        error = _fails(DownloadFailed, f"https://127.0.0.1:{tls_port}/img", client=client)
-        assert "its TLS certificate is not valid" in str(error)
-
-
-def test_https_unknown_ca_and_ssl_cert_file(
-    tls_port: int,
-    ca: trustme.CA,
-    net: FakeNet,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    net.name("images.test", ["127.0.0.1"])
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    error = _fails(DownloadFailed, f"https://images.test:{tls_port}/img")
-    assert "its TLS certificate is not valid" in str(error)
-    bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
-    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # the client fetch makes honours it
-    _, body = _fetch(f"https://images.test:{tls_port}/img")
-    assert body == BODY
 
 
 @pytest.mark.parametrize("host", ["localhost", "api.localhost", "127.1", "2130706433", "0x7f.1"])
