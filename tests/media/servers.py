@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import socket
@@ -106,7 +107,17 @@ def _chunked_big(h: Handler) -> None:
     h.wfile.write(b"0\r\n\r\n")
 
 
+def _gzipped(h: Handler) -> None:
+    body = gzip.compress(b"\0" * 1_000_000)  # a megabyte of zeros in about a kilobyte
+    h.send_response(200)
+    h.send_header("Content-Encoding", "gzip")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
 ROUTES: dict[str, Callable[[Handler], None]] = {
+    "/gzip": _gzipped,
     "/img": _img,
     "/headers": _headers,
     "/drip": _drip,
