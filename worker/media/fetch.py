@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import httpx
 
@@ -82,7 +82,7 @@ def check_url(
 
 def fetch(
     url: str,
-    dest: BinaryIO,
+    dest: IO[bytes],
     *,
     max_bytes: int,
     timeout_s: float,
@@ -158,7 +158,7 @@ class _Download:
         self.deadline = time.monotonic() + timeout_s
         self.watchdog = _Watchdog(self.deadline)
 
-    def run(self, client: httpx.Client, url: httpx.URL, dest: BinaryIO) -> Fetched:
+    def run(self, client: httpx.Client, url: httpx.URL, dest: IO[bytes]) -> Fetched:
         what = f"{self.label}'s host"
         for hop in range(MAX_REDIRECTS + 1):
             host = shown(host_of(url))
@@ -166,7 +166,7 @@ class _Download:
                 addresses = checked_addresses(
                     url, allow_private=self.allow_private, what=what, timeout_s=self._left()
                 )
-                with self._send(client, url, addresses, host) as response:
+                with self._send(client, url, addresses) as response:
                     if response.status_code not in _REDIRECTS:
                         self._check_status(response.status_code, host)
                         return self._read_body(response, dest, host)
@@ -176,7 +176,7 @@ class _Download:
                     if not location:
                         raise self._failed(host, f"HTTP {response.status_code} without Location")
             url = parse_url(str(url.join(location)), f"{self.label}'s redirect from {host}")
-            what = f"{self.label}'s redirect from {host} goes to the host"
+            what = f"{self.label} redirected from {host}; the host"
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _left(self) -> float:
@@ -199,7 +199,7 @@ class _Download:
 
     @contextmanager
     def _send(
-        self, client: httpx.Client, url: httpx.URL, addresses: list[str], host: str
+        self, client: httpx.Client, url: httpx.URL, addresses: list[str]
     ) -> Iterator[httpx.Response]:
         """The response from the first checked address that takes the connection."""
         assert addresses, "checked_addresses returns at least one"
@@ -236,7 +236,7 @@ class _Download:
         text = f"HTTP {status}" + (f" ({_STATUS_TEXT[status]})" if status in _STATUS_TEXT else "")
         raise self._failed(host, text, status in _RETRYABLE or status >= 500)
 
-    def _read_body(self, response: httpx.Response, dest: BinaryIO, host: str) -> Fetched:
+    def _read_body(self, response: httpx.Response, dest: IO[bytes], host: str) -> Fetched:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise self._failed(host, f"a compressed body ({shown(encoding)}) though asked for none")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -42,7 +42,7 @@ class ImageInfo:
 
 
 def inspect_image(
-    source: Path | str | os.PathLike[str] | BinaryIO,
+    source: Path | str | os.PathLike[str] | IO[bytes],
     *,
     max_side: int | None = None,
     max_pixels: int | None = None,
@@ -67,7 +67,7 @@ def inspect_image(
     return info
 
 
-def _read_header(fp: BinaryIO, label: str) -> ImageInfo:
+def _read_header(fp: IO[bytes], label: str) -> ImageInfo:
     fp.seek(0)
     try:
         with Image.open(fp, formats=_PILLOW_FORMATS) as image:
@@ -110,7 +110,7 @@ def _too_many_pixels(label: str) -> str:
     return f"{label} has more pixels than are safe to decode (over {limit:,})"
 
 
-def _not_accepted(fp: BinaryIO, label: str) -> str:
+def _not_accepted(fp: IO[bytes], label: str) -> str:
     fp.seek(0)
     prefix = fp.read(_PREFIX_BYTES)
     looks = _looks_like(prefix, fp)
@@ -119,7 +119,7 @@ def _not_accepted(fp: BinaryIO, label: str) -> str:
     return f"{label} is not {_ACCEPTED}" + (f" (it looks like {looks})" if looks else "")
 
 
-def _looks_like(prefix: bytes, fp: BinaryIO) -> str | None:
+def _looks_like(prefix: bytes, fp: IO[bytes]) -> str | None:
     """What the first bytes say, by Pillow's own sniffers (no parser runs) or as text."""
     if not prefix:
         return "an empty file"
