@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def test_api_upload_makes_an_edit_job_and_serves_the_stored_image(
     buffer = io.BytesIO()
     Image.new("RGB", (96, 64), (0, 90, 200)).save(buffer, "PNG")
     files = {"image": ("cat.png", buffer.getvalue(), "application/octet-stream")}
-    job_part = '{"prompt": "%s"}' % unique("a cat with a hat")
+    job_part = json.dumps({"prompt": unique("a cat with a hat")})
     created = httpx.post(f"{base}/jobs/uploads", data={"job": job_part}, files=files, headers=auth)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]

@@ -92,7 +92,9 @@ def job(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -
     with errors():
         uid = job_uuid(job_id)
         with db_session() as session:
-            data = job_to_dict(get_job(session=session, job_id=uid), with_attempts=True, link=cli_link())
+            data = job_to_dict(
+                get_job(session=session, job_id=uid), with_attempts=True, link=cli_link()
+            )
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return

@@ -31,9 +31,9 @@ from imagegen.worker.errors import (
     JobRequestError,
 )
 from imagegen.worker.jobs.params import ImageSize, JobRequest, validate_request
+from imagegen.worker.logs import get_logger
 from imagegen.worker.media.inputs import InputSource
 from imagegen.worker.media.setup import discard_inputs, edit_inputs, split_inputs
-from imagegen.worker.logs import get_logger
 from imagegen.worker.settings import Settings, get_settings
 
 log = get_logger(__name__)

@@ -61,7 +61,9 @@ def check_sources(sources: list[InputSource], settings: Settings) -> None:
     for source in sources:
         if source.url is not None:
             try:
-                check_url(source.url, allow_private=settings.input_allow_private, label=source.label)
+                check_url(
+                    source.url, allow_private=settings.input_allow_private, label=source.label
+                )
             except MediaError as exc:
                 raise JobRequestError(exc.message, _problem(source, exc.message)) from None
 
@@ -153,9 +155,7 @@ def _limited_copy(file: IO[bytes], spool: IO[bytes], limit: int, label: str) -> 
     while chunk := file.read(_CHUNK):
         size += len(chunk)
         if size > limit:
-            raise ImageTooLarge(
-                f"{label} is over {limit:,} bytes (IMAGEGEN_INPUT_MAX_BYTES)"
-            )
+            raise ImageTooLarge(f"{label} is over {limit:,} bytes (IMAGEGEN_INPUT_MAX_BYTES)")
         digest.update(chunk)
         spool.write(chunk)
     if size == 0:

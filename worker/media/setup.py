@@ -8,10 +8,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from imagegen.worker.fal.gateway import targets_production
 from imagegen.worker.logs import get_logger
+from imagegen.worker.media.fetch import new_client
 from imagegen.worker.media.inputs import InputSource, check_sources, remove_inputs, store_inputs
 from imagegen.worker.media.storage import Storage, open_storage
 from imagegen.worker.settings import Settings
@@ -38,7 +37,7 @@ def media_deps(settings: Settings) -> dict[str, Any]:
     return {
         "storage": storage_for(settings.storage_url),
         # fal's file CDN needs no credentials: none are sent; fetch follows redirects itself
-        "files": httpx.Client(timeout=settings.download_timeout_s, follow_redirects=False),
+        "files": new_client(),
         # the emulator serves its files from this machine; fal's CDN is public
         "fal_files_private": settings.input_allow_private or not targets_production(),
     }
@@ -51,6 +50,7 @@ def split_inputs(
     become uploads."""
     fields: dict[str, Any] = {}
     files: list[InputSource] = []
+    named: list[tuple[str, str, str | Path | None]]
     named = [("image", f"image {n}", image) for n, image in enumerate(images)]
     named += [(role, role, value) for role, value in (("mask", mask), ("consent", consent))]
     for role, label, value in named:
@@ -89,4 +89,3 @@ def discard_inputs(inputs: list[dict[str, Any]], settings: Settings) -> None:
         remove_inputs(storage_for(settings.storage_url), inputs)
     except Exception as exc:  # left behind: harmless, and purge never sees it
         log.warning("inputs.not_removed", error=str(exc))
-
