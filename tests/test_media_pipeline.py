@@ -50,21 +50,44 @@ def test_output_is_copied_to_storage_and_recorded(stack: Stack, tmp_path: Path) 
     assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
 
 
-def test_a_copy_that_keeps_failing_ends_succeeded_unstored_never_resubmitted(
-    stack: Stack, tmp_path: Path
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("broken", ["local-not-a-directory", "s3-unreachable"])
+def test_a_copy_that_fails_ends_succeeded_unstored_never_resubmitted(
+    stack: Stack, tmp_path: Path, broken: str
 ) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("storage cannot create directories under a file")
-    stack.env.update(IMAGEGEN_STORAGE_URL=f"file:{blocker}", IMAGEGEN_STORE_ATTEMPTS="3")
+    if broken == "local-not-a-directory":  # will not pass: given up at once
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("storage cannot create directories under a file")
+        stack.env.update(IMAGEGEN_STORAGE_URL=f"file:{blocker}")
+        expected = "Not a directory"
+    else:  # may pass: retried, then given up
+        stack.env.update(
+            IMAGEGEN_STORAGE_URL="s3://bucket/x",
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}",
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_MAX_ATTEMPTS="1",
+        )
+        expected = "after 3 tries"
+    stack.env["IMAGEGEN_STORE_ATTEMPTS"] = "3"
     stack.start_worker()
     prompt = unique("a fox in snow")
     job = stack.wait_terminal(stack.enqueue(prompt), timeout_s=60)
     assert job["status"] == "succeeded", job
     assert job["images_stored"] is False
-    assert "after 3 tries" in job["storage_error"], job["storage_error"]
+    assert expected in job["storage_error"], job["storage_error"]
     assert job["images"][0]["url"] == job["images"][0]["fal_url"]  # fal's URL kept
-    assert "storage_key" not in job["images"][0]
+    assert job["images"][0]["storage_key"] is None
     assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1  # billed once
+    assert [a["outcome"] for a in job["attempt_log"]] == ["succeeded"]
 
 
 def test_edit_job_stores_inputs_and_sends_them_to_the_edit_model(
