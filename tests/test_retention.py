@@ -1,0 +1,363 @@
+"""Retention and erasure (worker.media.retention, `imagegen purge`) on real Postgres.
+
+Jobs are rows written straight into the table in the state each test needs; their stored
+objects live in ``MemoryStorage``, a stand-in for worker.media.storage's protocol.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+from typer.testing import CliRunner
+
+from imagegen.models import JobStatus, utcnow
+from imagegen.worker.errors import JobConflict, JobNotFound, StorageFailed
+from tests.conftest import add_jobs
+
+pytestmark = pytest.mark.timeout(60)
+DAY = timedelta(days=1)
+
+
+class MemoryStorage:
+    """The storage protocol over a dict (``presign``: S3-like, hands out URLs)."""
+
+    def __init__(self, *, presign: bool = False) -> None:
+        self.scheme = "s3" if presign else "file"
+        self.objects: dict[str, bytes] = {}
+        self.presign = presign
+        #: raise on the delete after this many (a crash midway)
+        self.deletes_left: int | None = None
+
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        self.objects[key] = path.read_bytes()
+
+    @contextmanager
+    def open(self, key: str) -> Iterator[BinaryIO]:
+        if key not in self.objects:
+            raise StorageFailed(f"no object {key}", retryable=False)
+        yield io.BytesIO(self.objects[key])
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def size(self, key: str) -> int | None:
+        data = self.objects.get(key)
+        return None if data is None else len(data)
+
+    def delete(self, key: str) -> None:
+        if self.deletes_left is not None:
+            if self.deletes_left == 0:
+                raise StorageFailed("storage went away")
+            self.deletes_left -= 1
+        self.objects.pop(key, None)
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        return (
+            f"https://bucket.s3.example/{key}?X-Amz-Expires={expires_s}" if self.presign else None
+        )
+
+    def check(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "memory"
+
+
+def stored_job(
+    database_url: str,
+    storage: MemoryStorage,
+    status: JobStatus = JobStatus.SUCCEEDED,
+    *,
+    age: timedelta = timedelta(0),
+    outputs: int = 2,
+    inputs: int = 0,
+    **values: Any,
+) -> uuid.UUID:
+    """A job row whose outputs (and edit inputs) are objects in ``storage``."""
+    job_id = uuid.uuid4()
+    images, recorded = [], []
+    for n in range(outputs):
+        key, data = f"jobs/{job_id}/{n}.png", f"png {job_id} {n}".encode()
+        storage.objects[key] = data
+        images.append(_record(key, data, url=f"https://fal.example/{job_id}/{n}.png"))
+    for n in range(inputs):
+        key, data = f"inputs/{job_id}/{n}.png", f"input {job_id} {n}".encode()
+        storage.objects[key] = data
+        recorded.append(_record(key, data, role="image", source_url=None))
+    created = utcnow() - age
+    _insert(
+        database_url,
+        job_id,
+        status,
+        images=images or None,
+        inputs=recorded or None,
+        images_stored=bool(images) or None,
+        created_at=created,
+        prompt="a private prompt",
+        **values,
+    )
+    return job_id
+
+
+def _insert(database_url: str, job_id: uuid.UUID, status: JobStatus, **values: Any) -> None:
+    add_jobs(database_url, 1, status, id=job_id, **values)  # its own id is overridden
+
+
+def _record(key: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    import hashlib
+
+    return {
+        "storage_key": key,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "content_type": "image/png",
+        "width": 16,
+        "height": 16,
+        **extra,
+    }
+
+
+def row(database_url: str, job_id: uuid.UUID) -> dict[str, Any]:
+    from imagegen.worker.db import session_scope
+    from imagegen.worker.jobs.queries import get_job, job_to_dict
+
+    with session_scope(database_url) as session:
+        return job_to_dict(get_job(session=session, job_id=job_id))
+
+
+def keys_of(job: dict[str, Any]) -> list[str]:
+    return [i["storage_key"] for i in [*job["images"], *job["inputs"]] if i.get("storage_key")]
+
+
+@pytest.fixture
+def storage() -> MemoryStorage:
+    return MemoryStorage()
+
+
+def test_purge_dry_run_changes_nothing_and_the_real_run_only_old_ended_jobs(
+    database_url: str, storage: MemoryStorage
+) -> None:
+    from imagegen.worker.media.retention import purge
+
+    old = stored_job(database_url, storage, age=40 * DAY, inputs=1)
+    refused = stored_job(
+        database_url,
+        storage,
+        JobStatus.REFUSED,
+        age=40 * DAY,
+        outputs=0,
+        refusal_category="celebrity_likeness",
+        refusal_message="This prompt names a real person.",
+    )
+    recent = stored_job(database_url, storage, age=2 * DAY)
+    open_old = stored_job(database_url, storage, JobStatus.STORING, age=40 * DAY, inputs=1)
+    before = {job_id: row(database_url, job_id) for job_id in (old, refused, recent, open_old)}
+    objects = dict(storage.objects)
+    old_bytes = sum(len(storage.objects[k]) for k in keys_of(before[old]))
+
+    dry = purge(
+        database_url, storage, images_older_than=30 * DAY, prompts_older_than=30 * DAY, dry_run=True
+    )
+    assert dry.as_dict() == {
+        "dry_run": True,
+        "jobs": 2,
+        "image_jobs": 2,
+        "images_deleted": 3,
+        "bytes_freed": old_bytes,
+        "prompts_redacted": 2,
+    }
+    assert storage.objects == objects
+    assert {job_id: row(database_url, job_id) for job_id in before} == before
+
+    done = purge(
+        database_url,
+        storage,
+        images_older_than=30 * DAY,
+        prompts_older_than=30 * DAY,
+        dry_run=False,
+    )
+    assert {**done.as_dict(), "dry_run": True} == dry.as_dict()
+    assert not any(storage.exists(k) for k in keys_of(before[old]))
+    for job_id in (old, refused):
+        after = row(database_url, job_id)
+        assert after["images_purged_at"] and after["prompt_redacted_at"] and after["prompt"] == ""
+        kept = (
+            "status",
+            "refusal_category",
+            "refusal_message",
+            "images",
+            "inputs",
+            "images_stored",
+        )
+        assert {k: after[k] for k in kept} == {k: before[job_id][k] for k in kept}
+    for job_id in (recent, open_old):
+        assert row(database_url, job_id) == before[job_id]
+        assert all(storage.exists(k) for k in keys_of(before[job_id]))
+
+    again = purge(
+        database_url,
+        storage,
+        images_older_than=30 * DAY,
+        prompts_older_than=30 * DAY,
+        dry_run=False,
+    )
+    assert again.as_dict() == {**dict.fromkeys(dry.as_dict(), 0), "dry_run": False}
+
+
+def test_each_half_alone(database_url: str, storage: MemoryStorage) -> None:
+    from imagegen.worker.media.retention import purge
+
+    job_id = stored_job(database_url, storage, age=40 * DAY)
+    keys = keys_of(row(database_url, job_id))
+    prompts = purge(
+        database_url, storage, images_older_than=None, prompts_older_than=30 * DAY, dry_run=False
+    )
+    assert (prompts.prompts_redacted, prompts.images_deleted) == (1, 0)
+    assert all(storage.exists(k) for k in keys)
+    assert row(database_url, job_id)["images_purged_at"] is None
+    images = purge(
+        database_url, storage, images_older_than=60 * DAY, prompts_older_than=None, dry_run=False
+    )
+    assert images.jobs == 0  # not old enough for this cut
+    images = purge(
+        database_url, storage, images_older_than=30 * DAY, prompts_older_than=None, dry_run=False
+    )
+    assert (images.jobs, images.images_deleted, images.prompts_redacted) == (1, 2, 0)
+
+
+def test_a_crash_midway_marks_nothing_whose_objects_remain_and_a_rerun_finishes(
+    database_url: str, storage: MemoryStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagegen.worker.media import retention
+
+    monkeypatch.setattr(retention, "BATCH", 2)  # several batches, keyset paging
+    jobs = [stored_job(database_url, storage, age=40 * DAY, inputs=1) for _ in range(5)]
+    dry = retention.purge(
+        database_url, storage, images_older_than=DAY, prompts_older_than=None, dry_run=True
+    )
+    assert (dry.jobs, dry.image_jobs, dry.images_deleted) == (5, 5, 15)
+    storage.deletes_left = 7  # storage fails in the middle of the second batch
+    with pytest.raises(StorageFailed):
+        retention.purge(
+            database_url, storage, images_older_than=DAY, prompts_older_than=None, dry_run=False
+        )
+    marked = [j for j in jobs if row(database_url, j)["images_purged_at"]]
+    assert len(marked) == 2  # the first batch
+    for job_id in jobs:
+        job = row(database_url, job_id)
+        if job["images_purged_at"]:
+            assert not any(storage.exists(k) for k in keys_of(job)), job_id
+    storage.deletes_left = None
+    rerun = retention.purge(
+        database_url, storage, images_older_than=DAY, prompts_older_than=None, dry_run=False
+    )
+    assert (rerun.image_jobs, rerun.images_deleted) == (3, 15 - 7)
+    assert storage.objects == {}
+    assert all(row(database_url, j)["images_purged_at"] for j in jobs)
+
+
+def test_purge_from_settings_uses_the_retention_days(
+    database_url: str, storage: MemoryStorage
+) -> None:
+    from imagegen.worker.media.retention import purge_from_settings
+    from imagegen.worker.settings import Settings
+
+    job_id = stored_job(database_url, storage, age=10 * DAY)
+    off = Settings(DATABASE_URL=database_url)  # type: ignore[call-arg]
+    assert purge_from_settings(off, storage).jobs == 0
+    settings = Settings(DATABASE_URL=database_url, IMAGEGEN_IMAGE_RETENTION_DAYS="7")  # type: ignore[call-arg]
+    report = purge_from_settings(settings, storage, dry_run=True)
+    assert (report.image_jobs, report.prompts_redacted, report.dry_run) == (1, 0, True)
+    report = purge_from_settings(settings, storage)
+    assert row(database_url, job_id)["images_purged_at"] and report.images_deleted == 2
+    assert row(database_url, job_id)["prompt"] == "a private prompt"
+
+
+def test_erase_removes_a_jobs_images_and_prompt_whatever_its_age(
+    database_url: str, storage: MemoryStorage
+) -> None:
+    from imagegen.worker.media.retention import erase
+
+    job_id = stored_job(database_url, storage, inputs=2)
+    other = stored_job(database_url, storage)
+    keys = keys_of(row(database_url, job_id))
+    report = erase(database_url, storage, job_id)
+    assert (report.images_deleted, report.prompts_redacted) == (4, 1)
+    assert not any(storage.exists(k) for k in keys)
+    assert all(storage.exists(k) for k in keys_of(row(database_url, other)))
+    after = row(database_url, job_id)
+    assert after["prompt"] == "" and after["images_purged_at"] and after["prompt_redacted_at"]
+    assert after["status"] == "succeeded" and len(after["images"]) == 2
+    assert erase(database_url, storage, job_id).images_deleted == 0  # again: nothing left
+    assert row(database_url, job_id)["images_purged_at"] == after["images_purged_at"]
+
+
+def test_erase_refuses_an_open_job_and_names_an_unknown_one(
+    database_url: str, storage: MemoryStorage
+) -> None:
+    from imagegen.worker.media.retention import erase
+
+    job_id = stored_job(database_url, storage, JobStatus.STORING, inputs=1)
+    objects = dict(storage.objects)
+    with pytest.raises(JobConflict, match="still storing: cancel it first"):
+        erase(database_url, storage, job_id)
+    assert storage.objects == objects and row(database_url, job_id)["prompt"] == "a private prompt"
+    with pytest.raises(JobNotFound):
+        erase(database_url, storage, uuid.uuid4())
+
+
+@pytest.fixture
+def cli_env(
+    database_url: str, storage: MemoryStorage, monkeypatch: pytest.MonkeyPatch
+) -> CliRunner:
+    """`imagegen` in-process on this test's database, its storage the test's."""
+    from imagegen.worker.cli import media
+    from imagegen.worker.db import dispose_engines
+    from imagegen.worker.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setattr(media, "open_app_storage", lambda: storage)
+    get_settings.cache_clear()
+    yield CliRunner()
+    dispose_engines()
+    monkeypatch.delenv("DATABASE_URL")
+    get_settings.cache_clear()
+
+
+def imagegen(runner: CliRunner, *args: str) -> Any:
+    from imagegen.worker.cli import cli
+
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_cli_purge(cli_env: CliRunner, database_url: str, storage: MemoryStorage) -> None:
+    job_id = stored_job(database_url, storage, age=40 * DAY)
+    dry = imagegen(cli_env, "purge", "--older-than", "30d", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["images_deleted"] == 2 and len(storage.objects) == 2
+    done = imagegen(cli_env, "purge", "--older-than", "720h", "--prompts-older-than", "90m")
+    assert done.exit_code == 0, done.output
+    assert "removed: 1 job(s); 2 image(s)" in done.stdout and "1 prompt(s)" in done.stdout
+    assert storage.objects == {} and row(database_url, job_id)["prompt"] == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--older-than", "30 days"], "--older-than '30 days'"),
+        (["--older-than", "30d", "--prompts-older-than", "0d"], "--prompts-older-than"),
+        (["--dry-run"], "--older-than and/or --prompts-older-than"),
+    ],
+)
+def test_cli_purge_refuses_bad_durations(cli_env: CliRunner, args: list[str], words: str) -> None:
+    done = imagegen(cli_env, "purge", *args)
+    assert done.exit_code == 2, done.output
+    assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
