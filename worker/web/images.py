@@ -139,6 +139,8 @@ def erase_job(job_id: uuid.UUID, request: Request) -> dict[str, Any]:
     (``images_purged_at``, ``prompt_redacted_at`` set; status and refusal kept); again on
     an erased job, the same. 409 for a job that has not ended (cancel it first)."""
     settings = _settings(request)
+    with session_scope(settings.database_url) as session:
+        queries.get_job(session=session, job_id=job_id)  # a 404 needs no storage
     try:
         erase(settings.database_url, app_storage(request), job_id)
     except StorageFailed as exc:
