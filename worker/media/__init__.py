@@ -1,0 +1,1 @@
+"""Stored images: the storage interface and its local-directory and S3 backends."""
