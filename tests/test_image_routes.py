@@ -1,7 +1,7 @@
 """GET /jobs/{id}/images/{n}, DELETE /jobs/{id} and `imagegen download`, on real Postgres.
 
 The API runs in-process (Starlette's TestClient) with the test's storage on
-``app.state.storage``: ``MemoryStorage`` as local storage (streamed) or as S3 (presigned).
+``app.state.storage``: the real local backend (streamed), or S3 on moto's server (redirect).
 """
 
 from __future__ import annotations
@@ -11,18 +11,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from imagegen.models import JobStatus, utcnow
+from imagegen.worker.media.storage import Storage, open_storage
 from tests.conftest import API_KEY
+from tests.media.conftest import moto_endpoint, s3_bucket, s3_storage_url  # noqa: F401 (fixtures)
 from tests.test_retention import (
-    MemoryStorage,
     _insert,
     cli_env,  # noqa: F401 (a fixture)
     imagegen,
     keys_of,
+    listing,
+    put,
+    read,
     row,
     stored_job,
 )
@@ -32,11 +37,12 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture
-def storage() -> MemoryStorage:
-    return MemoryStorage()
+def storage(tmp_path: Path) -> Storage:
+    """The real local backend, in this test's directory."""
+    return open_storage("file:" + str(tmp_path / "store"))
 
 
-def client_for(database_url: str, storage: MemoryStorage) -> TestClient:
+def client_for(database_url: str, storage: Storage) -> TestClient:
     from imagegen.worker.settings import Settings
     from imagegen.worker.web.app import create_app
 
@@ -47,25 +53,25 @@ def client_for(database_url: str, storage: MemoryStorage) -> TestClient:
 
 
 @pytest.fixture
-def api(database_url: str, storage: MemoryStorage) -> Iterator[TestClient]:
+def api(database_url: str, storage: Storage) -> Iterator[TestClient]:
     with client_for(database_url, storage) as client:
         yield client
 
 
 def test_a_stored_image_streams_with_its_type_and_length(
-    api: TestClient, database_url: str, storage: MemoryStorage
+    api: TestClient, database_url: str, storage: Storage
 ) -> None:
     job_id = stored_job(database_url, storage)
     for n in (0, 1):
         got = api.get(f"/jobs/{job_id}/images/{n}")
         assert got.status_code == 200, got.text
-        assert got.content == storage.objects[f"jobs/{job_id}/{n}.png"]
+        assert got.content == read(storage, f"jobs/{job_id}/{n}.png")
         assert got.headers["content-type"] == "image/png"
         assert got.headers["content-length"] == str(len(got.content))
         assert got.headers["cache-control"] == "private"
 
 
-def test_the_404s_say_which(api: TestClient, database_url: str, storage: MemoryStorage) -> None:
+def test_the_404s_say_which(api: TestClient, database_url: str, storage: Storage) -> None:
     job_id = stored_job(database_url, storage)
     queued = stored_job(database_url, storage, JobStatus.QUEUED, outputs=0)
     fal_only = uuid.uuid4()
@@ -78,7 +84,7 @@ def test_the_404s_say_which(api: TestClient, database_url: str, storage: MemoryS
         storage_error="storage full",
     )
     gone = stored_job(database_url, storage)
-    storage.objects.pop(f"jobs/{gone}/1.png")
+    storage.delete(f"jobs/{gone}/1.png")
     cases = {
         f"/jobs/{uuid.uuid4()}/images/0": "no job with id",
         f"/jobs/{job_id}/images/2": "has 2 image(s): no image 2",
@@ -94,7 +100,7 @@ def test_the_404s_say_which(api: TestClient, database_url: str, storage: MemoryS
     assert purged.status_code == 404 and "were deleted at" in purged.json()["detail"]
 
 
-def test_the_routes_need_the_api_key(database_url: str, storage: MemoryStorage) -> None:
+def test_the_routes_need_the_api_key(database_url: str, storage: Storage) -> None:
     job_id = stored_job(database_url, storage)
     with client_for(database_url, storage) as client:
         for method in ("GET", "DELETE"):
@@ -103,23 +109,29 @@ def test_the_routes_need_the_api_key(database_url: str, storage: MemoryStorage) 
                 got = client.request(method, path, headers=headers)
                 assert got.status_code == 401, (method, got.text)
     assert row(database_url, job_id)["images_purged_at"] is None
-    assert len(storage.objects) == 2
+    assert len(listing(storage)) == 2
 
 
-def test_s3_storage_answers_with_a_redirect_to_the_presigned_url(database_url: str) -> None:
-    # MemoryStorage(presign=True) stands in for S3 until h/storage's moto fixture is here
-    storage = MemoryStorage(presign=True)
-    job_id = stored_job(database_url, storage)
-    with client_for(database_url, storage) as client:
+def test_s3_storage_answers_with_a_redirect_to_the_presigned_url(
+    database_url: str,
+    s3_storage_url: str,  # noqa: F811
+) -> None:
+    s3 = open_storage(s3_storage_url)  # S3 on moto's server
+    job_id = stored_job(database_url, s3)
+    with client_for(database_url, s3) as client:
         got = client.get(f"/jobs/{job_id}/images/1", follow_redirects=False)
     assert got.status_code == 307, got.text
-    assert got.headers["location"] == (
-        f"https://bucket.s3.example/jobs/{job_id}/1.png?X-Amz-Expires=3600"
-    )
+    location = got.headers["location"]
+    assert f"/jobs/{job_id}/1.png" in location and "X-Amz-Expires=3600" in location
+    fetched = httpx.get(location)  # the presigned URL itself serves the bytes
+    assert fetched.status_code == 200 and fetched.content == read(s3, f"jobs/{job_id}/1.png")
+    with client_for(database_url, s3) as client:
+        assert client.delete(f"/jobs/{job_id}").status_code == 200  # erasure on S3 too
+    assert not s3.exists(f"jobs/{job_id}/0.png") and not s3.exists(f"jobs/{job_id}/1.png")
 
 
 def test_delete_erases_and_answers_the_job(
-    api: TestClient, database_url: str, storage: MemoryStorage
+    api: TestClient, database_url: str, storage: Storage
 ) -> None:
     job_id = stored_job(database_url, storage, inputs=1)
     other = stored_job(database_url, storage)
@@ -154,7 +166,7 @@ def test_both_routes_are_documented(api: TestClient) -> None:
 def test_cli_download_writes_each_stored_image(
     cli_env: CliRunner,  # noqa: F811
     database_url: str,
-    storage: MemoryStorage,
+    storage: Storage,
     tmp_path: Path,
 ) -> None:
     job_id = stored_job(database_url, storage)
@@ -163,20 +175,20 @@ def test_cli_download_writes_each_stored_image(
     paths = [Path(line) for line in done.stdout.splitlines()]
     assert [p.name for p in paths] == [f"{job_id}-0.png", f"{job_id}-1.png"]
     for n, path in enumerate(paths):
-        assert path.read_bytes() == storage.objects[f"jobs/{job_id}/{n}.png"]
+        assert path.read_bytes() == read(storage, f"jobs/{job_id}/{n}.png")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in paths]
 
 
 def test_cli_download_without_stored_images_is_one_line_and_non_zero(
     cli_env: CliRunner,  # noqa: F811
     database_url: str,
-    storage: MemoryStorage,
+    storage: Storage,
     tmp_path: Path,
 ) -> None:
     refused = stored_job(database_url, storage, JobStatus.REFUSED, outputs=0)
     erased = stored_job(database_url, storage, images_purged_at=utcnow())
     corrupt = stored_job(database_url, storage)
-    storage.objects[f"jobs/{corrupt}/1.png"] = b"not the bytes recorded"
+    put(storage, f"jobs/{corrupt}/1.png", b"not the bytes recorded")
     cases: list[tuple[Any, int, str]] = [
         (refused, 4, "has no images (refused)"),
         (erased, 4, "images were deleted"),

@@ -1,79 +1,69 @@
 """Retention and erasure (worker.media.retention, `imagegen purge`) on real Postgres.
 
 Jobs are rows written straight into the table in the state each test needs; their stored
-objects live in ``MemoryStorage``, a stand-in for worker.media.storage's protocol.
+objects are files of the real local backend (``open_storage("file:...")``) in tmp_path.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from imagegen.models import JobStatus, utcnow
 from imagegen.worker.errors import JobConflict, JobNotFound, StorageFailed
+from imagegen.worker.media.storage import Storage, open_storage
 from tests.conftest import add_jobs
 
 pytestmark = pytest.mark.timeout(60)
 DAY = timedelta(days=1)
 
 
-class MemoryStorage:
-    """The storage protocol over a dict (``presign``: S3-like, hands out URLs)."""
+class FlakyDeletes:
+    """A real storage whose deletes fail after ``deletes_left`` of them (a crash midway)."""
 
-    def __init__(self, *, presign: bool = False) -> None:
-        self.scheme = "s3" if presign else "file"
-        self.objects: dict[str, bytes] = {}
-        self.presign = presign
-        #: raise on the delete after this many (a crash midway)
-        self.deletes_left: int | None = None
+    def __init__(self, storage: Storage, deletes_left: int) -> None:
+        self.storage = storage
+        self.deletes_left = deletes_left
 
-    def put_file(self, key: str, path: Path, content_type: str) -> None:
-        self.objects[key] = path.read_bytes()
-
-    @contextmanager
-    def open(self, key: str) -> Iterator[BinaryIO]:
-        if key not in self.objects:
-            raise StorageFailed(f"no object {key}", retryable=False)
-        yield io.BytesIO(self.objects[key])
-
-    def exists(self, key: str) -> bool:
-        return key in self.objects
-
-    def size(self, key: str) -> int | None:
-        data = self.objects.get(key)
-        return None if data is None else len(data)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
 
     def delete(self, key: str) -> None:
-        if self.deletes_left is not None:
-            if self.deletes_left == 0:
-                raise StorageFailed("storage went away")
-            self.deletes_left -= 1
-        self.objects.pop(key, None)
+        if self.deletes_left == 0:
+            raise StorageFailed("storage went away")
+        self.deletes_left -= 1
+        self.storage.delete(key)
 
-    def presigned_url(self, key: str, expires_s: int) -> str | None:
-        return (
-            f"https://bucket.s3.example/{key}?X-Amz-Expires={expires_s}" if self.presign else None
-        )
 
-    def check(self) -> None:
-        return None
+def put(storage: Storage, key: str, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile() as source:
+        source.write(data)
+        source.flush()
+        storage.put_file(key, Path(source.name), "image/png")
 
-    def describe(self) -> str:
-        return "memory"
+
+def read(storage: Storage, key: str) -> bytes:
+    with storage.open(key) as source:
+        return source.read()
+
+
+def listing(storage: Any) -> dict[str, bytes]:
+    """Every object of a local storage, by key."""
+    root: Path = storage.root
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def stored_job(
     database_url: str,
-    storage: MemoryStorage,
+    storage: Storage,
     status: JobStatus = JobStatus.SUCCEEDED,
     *,
     age: timedelta = timedelta(0),
@@ -86,11 +76,11 @@ def stored_job(
     images, recorded = [], []
     for n in range(outputs):
         key, data = f"jobs/{job_id}/{n}.png", f"png {job_id} {n}".encode()
-        storage.objects[key] = data
+        put(storage, key, data)
         images.append(_record(key, data, url=f"https://fal.example/{job_id}/{n}.png"))
     for n in range(inputs):
         key, data = f"inputs/{job_id}/{n}.png", f"input {job_id} {n}".encode()
-        storage.objects[key] = data
+        put(storage, key, data)
         recorded.append(_record(key, data, role="image", source_url=None))
     created = utcnow() - age
     _insert(
@@ -138,12 +128,13 @@ def keys_of(job: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture
-def storage() -> MemoryStorage:
-    return MemoryStorage()
+def storage(tmp_path: Path) -> Storage:
+    """The real local backend, in this test's directory."""
+    return open_storage("file:" + str(tmp_path / "store"))
 
 
 def test_purge_dry_run_changes_nothing_and_the_real_run_only_old_ended_jobs(
-    database_url: str, storage: MemoryStorage
+    database_url: str, storage: Storage
 ) -> None:
     from imagegen.worker.media.retention import purge
 
@@ -160,8 +151,8 @@ def test_purge_dry_run_changes_nothing_and_the_real_run_only_old_ended_jobs(
     recent = stored_job(database_url, storage, age=2 * DAY)
     open_old = stored_job(database_url, storage, JobStatus.STORING, age=40 * DAY, inputs=1)
     before = {job_id: row(database_url, job_id) for job_id in (old, refused, recent, open_old)}
-    objects = dict(storage.objects)
-    old_bytes = sum(len(storage.objects[k]) for k in keys_of(before[old]))
+    objects = listing(storage)
+    old_bytes = sum(storage.size(k) or 0 for k in keys_of(before[old]))
 
     dry = purge(
         database_url, storage, images_older_than=30 * DAY, prompts_older_than=30 * DAY, dry_run=True
@@ -174,7 +165,7 @@ def test_purge_dry_run_changes_nothing_and_the_real_run_only_old_ended_jobs(
         "bytes_freed": old_bytes,
         "prompts_redacted": 2,
     }
-    assert storage.objects == objects
+    assert listing(storage) == objects
     assert {job_id: row(database_url, job_id) for job_id in before} == before
 
     done = purge(
@@ -212,7 +203,7 @@ def test_purge_dry_run_changes_nothing_and_the_real_run_only_old_ended_jobs(
     assert again.as_dict() == {**dict.fromkeys(dry.as_dict(), 0), "dry_run": False}
 
 
-def test_each_half_alone(database_url: str, storage: MemoryStorage) -> None:
+def test_each_half_alone(database_url: str, storage: Storage) -> None:
     from imagegen.worker.media.retention import purge
 
     job_id = stored_job(database_url, storage, age=40 * DAY)
@@ -234,7 +225,7 @@ def test_each_half_alone(database_url: str, storage: MemoryStorage) -> None:
 
 
 def test_a_crash_midway_marks_nothing_whose_objects_remain_and_a_rerun_finishes(
-    database_url: str, storage: MemoryStorage, monkeypatch: pytest.MonkeyPatch
+    database_url: str, storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from imagegen.worker.media import retention
 
@@ -244,10 +235,10 @@ def test_a_crash_midway_marks_nothing_whose_objects_remain_and_a_rerun_finishes(
         database_url, storage, images_older_than=DAY, prompts_older_than=None, dry_run=True
     )
     assert (dry.jobs, dry.image_jobs, dry.images_deleted) == (5, 5, 15)
-    storage.deletes_left = 7  # storage fails in the middle of the second batch
+    flaky = FlakyDeletes(storage, 7)  # storage fails in the middle of the second batch
     with pytest.raises(StorageFailed):
         retention.purge(
-            database_url, storage, images_older_than=DAY, prompts_older_than=None, dry_run=False
+            database_url, flaky, images_older_than=DAY, prompts_older_than=None, dry_run=False
         )
     marked = [j for j in jobs if row(database_url, j)["images_purged_at"]]
     assert len(marked) == 2  # the first batch
@@ -255,18 +246,15 @@ def test_a_crash_midway_marks_nothing_whose_objects_remain_and_a_rerun_finishes(
         job = row(database_url, job_id)
         if job["images_purged_at"]:
             assert not any(storage.exists(k) for k in keys_of(job)), job_id
-    storage.deletes_left = None
     rerun = retention.purge(
         database_url, storage, images_older_than=DAY, prompts_older_than=None, dry_run=False
     )
     assert (rerun.image_jobs, rerun.images_deleted) == (3, 15 - 7)
-    assert storage.objects == {}
+    assert listing(storage) == {}
     assert all(row(database_url, j)["images_purged_at"] for j in jobs)
 
 
-def test_purge_from_settings_uses_the_retention_days(
-    database_url: str, storage: MemoryStorage
-) -> None:
+def test_purge_from_settings_uses_the_retention_days(database_url: str, storage: Storage) -> None:
     from imagegen.worker.media.retention import purge_from_settings
     from imagegen.worker.settings import Settings
 
@@ -282,7 +270,7 @@ def test_purge_from_settings_uses_the_retention_days(
 
 
 def test_erase_removes_a_jobs_images_and_prompt_whatever_its_age(
-    database_url: str, storage: MemoryStorage
+    database_url: str, storage: Storage
 ) -> None:
     from imagegen.worker.media.retention import erase
 
@@ -301,23 +289,23 @@ def test_erase_removes_a_jobs_images_and_prompt_whatever_its_age(
 
 
 def test_erase_refuses_an_open_job_and_names_an_unknown_one(
-    database_url: str, storage: MemoryStorage
+    database_url: str, storage: Storage
 ) -> None:
     from imagegen.worker.media.retention import erase
 
     job_id = stored_job(database_url, storage, JobStatus.STORING, inputs=1)
-    objects = dict(storage.objects)
+    objects = listing(storage)
     with pytest.raises(JobConflict, match="still storing: cancel it first"):
         erase(database_url, storage, job_id)
-    assert storage.objects == objects and row(database_url, job_id)["prompt"] == "a private prompt"
+    assert listing(storage) == objects and row(database_url, job_id)["prompt"] == "a private prompt"
     with pytest.raises(JobNotFound):
         erase(database_url, storage, uuid.uuid4())
 
 
 @pytest.fixture
 def cli_env(
-    database_url: str, storage: MemoryStorage, monkeypatch: pytest.MonkeyPatch
-) -> CliRunner:
+    database_url: str, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CliRunner]:
     """`imagegen` in-process on this test's database, its storage the test's."""
     from imagegen.worker.cli import media
     from imagegen.worker.db import dispose_engines
@@ -338,15 +326,15 @@ def imagegen(runner: CliRunner, *args: str) -> Any:
     return runner.invoke(cli, list(args), catch_exceptions=False)
 
 
-def test_cli_purge(cli_env: CliRunner, database_url: str, storage: MemoryStorage) -> None:
+def test_cli_purge(cli_env: CliRunner, database_url: str, storage: Storage) -> None:
     job_id = stored_job(database_url, storage, age=40 * DAY)
     dry = imagegen(cli_env, "purge", "--older-than", "30d", "--dry-run", "--json")
     assert dry.exit_code == 0, dry.output
-    assert json.loads(dry.stdout)["images_deleted"] == 2 and len(storage.objects) == 2
+    assert json.loads(dry.stdout)["images_deleted"] == 2 and len(listing(storage)) == 2
     done = imagegen(cli_env, "purge", "--older-than", "720h", "--prompts-older-than", "90m")
     assert done.exit_code == 0, done.output
     assert "removed: 1 job(s); 2 image(s)" in done.stdout and "1 prompt(s)" in done.stdout
-    assert storage.objects == {} and row(database_url, job_id)["prompt"] == ""
+    assert listing(storage) == {} and row(database_url, job_id)["prompt"] == ""
 
 
 @pytest.mark.parametrize(
