@@ -20,17 +20,8 @@ from imagegen.models import JobStatus, utcnow
 from imagegen.worker.media.storage import Storage, open_storage
 from tests.conftest import API_KEY
 from tests.media.conftest import moto_endpoint, s3_bucket, s3_storage_url  # noqa: F401 (fixtures)
-from tests.test_retention import (
-    _insert,
-    cli_env,  # noqa: F401 (a fixture)
-    imagegen,
-    keys_of,
-    listing,
-    put,
-    read,
-    row,
-    stored_job,
-)
+from tests.stored_jobs import imagegen, insert_job, keys_of, listing, put, read, row, stored_job
+from tests.test_retention import cli_env  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(60)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -75,7 +66,7 @@ def test_the_404s_say_which(api: TestClient, database_url: str, storage: Storage
     job_id = stored_job(database_url, storage)
     queued = stored_job(database_url, storage, JobStatus.QUEUED, outputs=0)
     fal_only = uuid.uuid4()
-    _insert(
+    insert_job(
         database_url,
         fal_only,
         JobStatus.SUCCEEDED,

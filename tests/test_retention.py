@@ -7,7 +7,6 @@ objects are files of the real local backend (``open_storage("file:...")``) in tm
 from __future__ import annotations
 
 import json
-import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,114 +16,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from imagegen.models import JobStatus, utcnow
+from imagegen.models import JobStatus
 from imagegen.worker.errors import JobConflict, JobNotFound, StorageFailed
 from imagegen.worker.media.storage import Storage, open_storage
-from tests.conftest import add_jobs
+from tests.stored_jobs import FlakyDeletes, imagegen, keys_of, listing, row, stored_job
 
 pytestmark = pytest.mark.timeout(60)
 DAY = timedelta(days=1)
-
-
-class FlakyDeletes:
-    """A real storage whose deletes fail after ``deletes_left`` of them (a crash midway)."""
-
-    def __init__(self, storage: Storage, deletes_left: int) -> None:
-        self.storage = storage
-        self.deletes_left = deletes_left
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.storage, name)
-
-    def delete(self, key: str) -> None:
-        if self.deletes_left == 0:
-            raise StorageFailed("storage went away")
-        self.deletes_left -= 1
-        self.storage.delete(key)
-
-
-def put(storage: Storage, key: str, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile() as source:
-        source.write(data)
-        source.flush()
-        storage.put_file(key, Path(source.name), "image/png")
-
-
-def read(storage: Storage, key: str) -> bytes:
-    with storage.open(key) as source:
-        return source.read()
-
-
-def listing(storage: Any) -> dict[str, bytes]:
-    """Every object of a local storage, by key."""
-    root: Path = storage.root
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def stored_job(
-    database_url: str,
-    storage: Storage,
-    status: JobStatus = JobStatus.SUCCEEDED,
-    *,
-    age: timedelta = timedelta(0),
-    outputs: int = 2,
-    inputs: int = 0,
-    **values: Any,
-) -> uuid.UUID:
-    """A job row whose outputs (and edit inputs) are objects in ``storage``."""
-    job_id = uuid.uuid4()
-    images, recorded = [], []
-    for n in range(outputs):
-        key, data = f"jobs/{job_id}/{n}.png", f"png {job_id} {n}".encode()
-        put(storage, key, data)
-        images.append(_record(key, data, url=f"https://fal.example/{job_id}/{n}.png"))
-    for n in range(inputs):
-        key, data = f"inputs/{job_id}/{n}.png", f"input {job_id} {n}".encode()
-        put(storage, key, data)
-        recorded.append(_record(key, data, role="image", source_url=None))
-    created = utcnow() - age
-    _insert(
-        database_url,
-        job_id,
-        status,
-        images=images or None,
-        inputs=recorded or None,
-        images_stored=bool(images) or None,
-        created_at=created,
-        prompt="a private prompt",
-        **values,
-    )
-    return job_id
-
-
-def _insert(database_url: str, job_id: uuid.UUID, status: JobStatus, **values: Any) -> None:
-    add_jobs(database_url, 1, status, id=job_id, **values)  # its own id is overridden
-
-
-def _record(key: str, data: bytes, **extra: Any) -> dict[str, Any]:
-    import hashlib
-
-    return {
-        "storage_key": key,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "content_type": "image/png",
-        "width": 16,
-        "height": 16,
-        **extra,
-    }
-
-
-def row(database_url: str, job_id: uuid.UUID) -> dict[str, Any]:
-    from imagegen.worker.db import session_scope
-    from imagegen.worker.jobs.queries import get_job, job_to_dict
-
-    with session_scope(database_url) as session:
-        return job_to_dict(get_job(session=session, job_id=job_id))
-
-
-def keys_of(job: dict[str, Any]) -> list[str]:
-    return [i["storage_key"] for i in [*job["images"], *job["inputs"]] if i.get("storage_key")]
 
 
 @pytest.fixture
@@ -133,31 +31,42 @@ def storage(tmp_path: Path) -> Storage:
     return open_storage("file:" + str(tmp_path / "store"))
 
 
-def test_purge_dry_run_changes_nothing_and_the_real_run_only_old_ended_jobs(
-    database_url: str, storage: Storage
-) -> None:
+def _mixed(database_url: str, storage: Storage) -> tuple[dict[str, uuid.UUID], dict[str, Any]]:
+    """Old succeeded (with an input) and refused jobs, a recent one, an old open one."""
+    jobs = {
+        "old": stored_job(database_url, storage, age=40 * DAY, inputs=1),
+        "refused": stored_job(
+            database_url,
+            storage,
+            JobStatus.REFUSED,
+            age=40 * DAY,
+            outputs=0,
+            refusal_category="celebrity_likeness",
+            refusal_message="This prompt names a real person.",
+        ),
+        "recent": stored_job(database_url, storage, age=2 * DAY),
+        "open": stored_job(database_url, storage, JobStatus.STORING, age=40 * DAY, inputs=1),
+    }
+    return jobs, {name: row(database_url, job_id) for name, job_id in jobs.items()}
+
+
+def _purge(database_url: str, storage: Storage, *, dry_run: bool) -> dict[str, Any]:
     from imagegen.worker.media.retention import purge
 
-    old = stored_job(database_url, storage, age=40 * DAY, inputs=1)
-    refused = stored_job(
-        database_url,
-        storage,
-        JobStatus.REFUSED,
-        age=40 * DAY,
-        outputs=0,
-        refusal_category="celebrity_likeness",
-        refusal_message="This prompt names a real person.",
+    month = 30 * DAY
+    report = purge(
+        database_url, storage, images_older_than=month, prompts_older_than=month, dry_run=dry_run
     )
-    recent = stored_job(database_url, storage, age=2 * DAY)
-    open_old = stored_job(database_url, storage, JobStatus.STORING, age=40 * DAY, inputs=1)
-    before = {job_id: row(database_url, job_id) for job_id in (old, refused, recent, open_old)}
-    objects = listing(storage)
-    old_bytes = sum(storage.size(k) or 0 for k in keys_of(before[old]))
+    return report.as_dict()
 
-    dry = purge(
-        database_url, storage, images_older_than=30 * DAY, prompts_older_than=30 * DAY, dry_run=True
-    )
-    assert dry.as_dict() == {
+
+def test_a_dry_run_reports_what_would_go_and_changes_nothing(
+    database_url: str, storage: Storage
+) -> None:
+    jobs, before = _mixed(database_url, storage)
+    objects = listing(storage)
+    old_bytes = sum(storage.size(k) or 0 for k in keys_of(before["old"]))
+    assert _purge(database_url, storage, dry_run=True) == {
         "dry_run": True,
         "jobs": 2,
         "image_jobs": 2,
@@ -166,41 +75,34 @@ def test_purge_dry_run_changes_nothing_and_the_real_run_only_old_ended_jobs(
         "prompts_redacted": 2,
     }
     assert listing(storage) == objects
-    assert {job_id: row(database_url, job_id) for job_id in before} == before
+    assert {name: row(database_url, job_id) for name, job_id in jobs.items()} == before
 
-    done = purge(
-        database_url,
-        storage,
-        images_older_than=30 * DAY,
-        prompts_older_than=30 * DAY,
-        dry_run=False,
-    )
-    assert {**done.as_dict(), "dry_run": True} == dry.as_dict()
-    assert not any(storage.exists(k) for k in keys_of(before[old]))
-    for job_id in (old, refused):
-        after = row(database_url, job_id)
+
+def test_a_purge_touches_only_old_ended_jobs_keeps_outcomes_and_reruns_idempotently(
+    database_url: str, storage: Storage
+) -> None:
+    jobs, before = _mixed(database_url, storage)
+    old_bytes = sum(storage.size(k) or 0 for k in keys_of(before["old"]))
+    done = _purge(database_url, storage, dry_run=False)
+    assert done == {
+        "dry_run": False,
+        "jobs": 2,
+        "image_jobs": 2,
+        "images_deleted": 3,
+        "bytes_freed": old_bytes,
+        "prompts_redacted": 2,
+    }
+    assert not any(storage.exists(k) for k in keys_of(before["old"]))
+    kept = ("status", "refusal_category", "refusal_message", "images", "inputs", "images_stored")
+    for name in ("old", "refused"):
+        after = row(database_url, jobs[name])
         assert after["images_purged_at"] and after["prompt_redacted_at"] and after["prompt"] == ""
-        kept = (
-            "status",
-            "refusal_category",
-            "refusal_message",
-            "images",
-            "inputs",
-            "images_stored",
-        )
-        assert {k: after[k] for k in kept} == {k: before[job_id][k] for k in kept}
-    for job_id in (recent, open_old):
-        assert row(database_url, job_id) == before[job_id]
-        assert all(storage.exists(k) for k in keys_of(before[job_id]))
-
-    again = purge(
-        database_url,
-        storage,
-        images_older_than=30 * DAY,
-        prompts_older_than=30 * DAY,
-        dry_run=False,
-    )
-    assert again.as_dict() == {**dict.fromkeys(dry.as_dict(), 0), "dry_run": False}
+        assert {k: after[k] for k in kept} == {k: before[name][k] for k in kept}
+    for name in ("recent", "open"):
+        assert row(database_url, jobs[name]) == before[name]
+        assert all(storage.exists(k) for k in keys_of(before[name]))
+    again = _purge(database_url, storage, dry_run=False)
+    assert again == {**dict.fromkeys(done, 0), "dry_run": False}
 
 
 def test_each_half_alone(database_url: str, storage: Storage) -> None:
@@ -318,12 +220,6 @@ def cli_env(
     dispose_engines()
     monkeypatch.delenv("DATABASE_URL")
     get_settings.cache_clear()
-
-
-def imagegen(runner: CliRunner, *args: str) -> Any:
-    from imagegen.worker.cli import cli
-
-    return runner.invoke(cli, list(args), catch_exceptions=False)
 
 
 def test_cli_purge(cli_env: CliRunner, database_url: str, storage: Storage) -> None:
