@@ -74,7 +74,7 @@ def app_storage(request: Request) -> Storage:
 )
 def read_image(
     job_id: uuid.UUID,
-    n: Annotated[int, Path(ge=0, le=63, description="The image's index in the job's images.")],
+    n: Annotated[int, Path(ge=0, description="The image's index in the job's images.")],
     request: Request,
 ) -> Response:
     """Image ``n`` (from 0) of a job as stored: streamed from local storage
@@ -95,7 +95,10 @@ def read_image(
         why = f": {storage_error}" if storage_error else ""
         raise HTTPException(404, f"image {n} of job {job_id} is not stored{why}")
     storage = app_storage(request)
-    presigned = storage.presigned_url(str(key), settings.presign_ttl_s)
+    try:
+        presigned = storage.presigned_url(str(key), settings.presign_ttl_s)
+    except StorageFailed as exc:
+        raise _storage_problem(exc) or HTTPException(500, exc.message) from None
     if presigned is not None:
         return RedirectResponse(presigned, 307, headers={"Cache-Control": "private, no-store"})
     return _stream(storage, str(key), str(images[n].get("content_type") or ""), job_id, n)
