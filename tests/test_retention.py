@@ -154,6 +154,10 @@ def test_a_crash_midway_marks_nothing_whose_objects_remain_and_a_rerun_finishes(
     assert (rerun.image_jobs, rerun.images_deleted) == (3, 15 - 7)
     assert listing(storage) == {}
     assert all(row(database_url, j)["images_purged_at"] for j in jobs)
+    prompts = retention.purge(
+        database_url, storage, images_older_than=None, prompts_older_than=DAY, dry_run=False
+    )
+    assert prompts.prompts_redacted == 5 and all(row(database_url, j)["prompt"] == "" for j in jobs)
 
 
 def test_purge_from_settings_uses_the_retention_days(database_url: str, storage: Storage) -> None:

@@ -16,12 +16,13 @@ short transaction, with no transaction held open across storage calls.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, Row, func, or_, select, tuple_, update
 
 from imagegen.models import TERMINAL_STATUSES, utcnow
 from imagegen.worker.db import get_engine, write
@@ -120,29 +121,35 @@ def _count_due(database_url: str, image_cut: datetime | None, prompt_cut: dateti
         return int(db.execute(query).scalar_one())
 
 
-def _purge_images(
-    database_url: str, storage: Storage, cut: datetime, now: datetime, report: PurgeReport
-) -> None:
-    after: uuid.UUID | None = None  # keyset paging: a dry run marks nothing, rows stay
+def _due(database_url: str, cut: datetime, mark: Any, *columns: Any) -> Iterator[list[Row[Any]]]:
+    """Batches of terminal jobs created before ``cut`` whose ``mark`` is unset, oldest first.
+
+    Keyset paging on (created_at, id): each read walks the created_at index forward from
+    the last row seen (a dry run marks nothing, so rows do not drop out by themselves).
+    """
+    after: tuple[datetime, uuid.UUID] | None = None
     while True:
         query = (
-            select(JOBS.c.id, JOBS.c.images, JOBS.c.inputs)
-            .where(
-                JOBS.c.status.in_(_TERMINAL),
-                JOBS.c.created_at < cut,
-                JOBS.c.images_purged_at.is_(None),
-            )
-            .order_by(JOBS.c.id)
+            select(JOBS.c.id, JOBS.c.created_at, *columns)
+            .where(JOBS.c.status.in_(_TERMINAL), JOBS.c.created_at < cut, mark.is_(None))
+            .order_by(JOBS.c.created_at, JOBS.c.id)
             .limit(BATCH)
         )
         if after is not None:
-            query = query.where(JOBS.c.id > after)
+            query = query.where(tuple_(JOBS.c.created_at, JOBS.c.id) > tuple_(*after))
         with get_engine(database_url).connect() as db:
-            rows = db.execute(query).all()
+            rows = list(db.execute(query).all())
         if not rows:
             return
-        after = rows[-1].id
-        for row in rows:
+        after = (rows[-1].created_at, rows[-1].id)
+        yield rows
+
+
+def _purge_images(
+    database_url: str, storage: Storage, cut: datetime, now: datetime, report: PurgeReport
+) -> None:
+    for rows in _due(database_url, cut, JOBS.c.images_purged_at, JOBS.c.images, JOBS.c.inputs):
+        for row in rows:  # objects first, then the mark: see the module docstring
             _remove_objects(storage, storage_keys(row.images, row.inputs), report)
         ids = [row.id for row in rows]
         if not report.dry_run:
@@ -173,33 +180,21 @@ def _mark_images(db: Connection, ids: list[uuid.UUID], now: datetime) -> list[uu
 
 
 def _redact_prompts(database_url: str, cut: datetime, now: datetime, report: PurgeReport) -> None:
-    where = (
-        JOBS.c.status.in_(_TERMINAL),
-        JOBS.c.created_at < cut,
-        JOBS.c.prompt_redacted_at.is_(None),
-    )
-    if report.dry_run:
-        with get_engine(database_url).connect() as db:
-            report.prompts_redacted += int(
-                db.execute(select(func.count()).select_from(JOBS).where(*where)).scalar_one()
-            )
-        return
-    while True:
-        batch = select(JOBS.c.id).where(*where).limit(BATCH).scalar_subquery()
-
-        def redact(db: Connection, batch: Any = batch) -> list[uuid.UUID]:
-            done = db.execute(
-                update(JOBS)
-                .where(JOBS.c.id.in_(batch), *where)
-                .values(prompt="", prompt_redacted_at=now, updated_at=now)
-                .returning(JOBS.c.id)
-            )
-            return list(done.scalars())
-
-        ids = write(database_url, redact)
-        if not ids:
-            return
+    for rows in _due(database_url, cut, JOBS.c.prompt_redacted_at):
+        ids = [row.id for row in rows]
+        if not report.dry_run:
+            ids = write(database_url, partial(_redact, ids=ids, now=now))
         report.prompts_redacted += len(ids)
+
+
+def _redact(db: Connection, ids: list[uuid.UUID], now: datetime) -> list[uuid.UUID]:
+    done = db.execute(
+        update(JOBS)
+        .where(JOBS.c.id.in_(ids), JOBS.c.prompt_redacted_at.is_(None))
+        .values(prompt="", prompt_redacted_at=now, updated_at=now)
+        .returning(JOBS.c.id)
+    )
+    return list(done.scalars())
 
 
 def erase(database_url: str, storage: Storage, job_id: uuid.UUID) -> PurgeReport:
