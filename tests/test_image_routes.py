@@ -6,8 +6,13 @@ The API runs in-process (Starlette's TestClient) with the test's storage on
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +196,26 @@ def test_cli_download_without_stored_images_is_one_line_and_non_zero(
         assert done.exit_code == code, (job_id, done.output)
         assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_the_real_command_opens_imagegen_storage_url(database_url: str, tmp_path: Path) -> None:
+    """`imagegen download` / `purge` as a process: the storage comes from the environment."""
+    root = tmp_path / "store"
+    job_id = stored_job(database_url, open_storage(f"file:{root}"))
+    env = {**os.environ, "DATABASE_URL": database_url, "IMAGEGEN_STORAGE_URL": f"file:{root}"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "imagegen.worker.cli", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+
+    done = run("download", str(job_id), "--to", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / f"{job_id}-1.png").read_bytes() == (
+        root / "jobs" / str(job_id) / "1.png"
+    ).read_bytes()
+    old = stored_job(database_url, open_storage(f"file:{root}"), age=timedelta(days=3))
+    purged = run("purge", "--older-than", "2d", "--json")
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout)["images_deleted"] == 2
+    assert not (root / "jobs" / str(old) / "0.png").exists()
+    assert (root / "jobs" / str(job_id) / "0.png").exists()

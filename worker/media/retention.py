@@ -47,7 +47,8 @@ class PurgeReport:
     dry_run: bool = False
     #: jobs touched, by either half
     jobs: int = 0
-    #: jobs whose images were purged (marked), and the storage objects deleted for them
+    #: jobs marked images_purged_at (with or without images: the next run skips them), and
+    #: the storage objects deleted for them (one already gone counts for nothing)
     image_jobs: int = 0
     images_deleted: int = 0
     bytes_freed: int = 0
