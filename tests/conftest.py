@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -58,6 +59,12 @@ def pytest_configure(config: pytest.Config) -> None:
     _emulator = FalEmulator(latency_s=0.3).start()
     os.environ.update(_emulator.env())
     os.environ.setdefault("FAL_KEY", "test-key-not-secret")
+    # stored images of the whole run in one temporary directory; input images handed to
+    # the emulator inline (it cannot take fal-client's CDN upload)
+    os.environ.setdefault(
+        "IMAGEGEN_STORAGE_URL", "file:" + tempfile.mkdtemp(prefix="imagegen-test-images-")
+    )
+    os.environ.setdefault("IMAGEGEN_INPUT_IMAGES_VIA", "data_uri")
     for name in ("DATABASE_URL", "REDIS_URL"):
         os.environ.pop(name, None)
 

@@ -4,6 +4,7 @@ clear ✗ line (with the fix) and a non-zero exit for each service that is missi
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_all_green_with_the_running_stack(stack: Stack) -> None:
     done = imagegen(stack, "doctor")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = _lines(done.stdout)
-    assert list(lines) == ["database", "migrations", "redis", "worker", "fal", "keys"]
+    assert list(lines) == ["database", "migrations", "redis", "worker", "fal", "storage", "keys"]
     assert all(line.startswith("✓ ") for line in lines.values()), done.stdout
     assert "1 consuming 'imagegen'" in lines["worker"]
     assert stack.emulator.host_port in lines["fal"]
@@ -53,6 +54,16 @@ def test_no_worker_and_an_old_schema_fail_with_the_fix(stack: Stack) -> None:
     assert "imagegen db upgrade" in lines["migrations"]
     assert lines["worker"].startswith("✗ worker     no worker consumes the queue 'imagegen'")
     assert "celery -A imagegen.worker worker" in lines["worker"]
+
+
+def test_storage_that_cannot_be_written_is_named_with_the_fix(stack: Stack, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done = imagegen(stack, "doctor", env={"IMAGEGEN_STORAGE_URL": f"file:{blocker}"})
+    assert done.returncode == 1
+    line = _lines(done.stdout)["storage"]
+    assert line.startswith("✗ storage") and "a-file" in line, line
+    assert "IMAGEGEN_STORAGE_URL" in line
 
 
 def test_redis_at_a_closed_port(stack: Stack) -> None:

@@ -1,9 +1,9 @@
 """The Celery application: Redis as broker, Postgres (the job table) as the source of truth.
 
 Each job is a few short tasks (SUBMIT_TASK, COLLECT_TASK, then STORE_TASK, on JOB_QUEUE;
-job callbacks on CALLBACK_QUEUE): a task holds a worker thread or process for milliseconds to a few seconds,
-never for fal's latency, so concurrency is ordinary Celery sizing for short tasks, e.g.
-``--concurrency 32`` per process, prefork or threads.
+job callbacks on CALLBACK_QUEUE): a task holds a worker thread or process for milliseconds
+to a few seconds, never for fal's latency, so concurrency is ordinary Celery sizing for
+short tasks, e.g. ``--concurrency 32`` per process, prefork or threads.
 
 Reliability settings (see shared reference notes on Celery + Redis): acks_late with
 reject_on_worker_lost so a killed worker's task is redelivered, prefetch

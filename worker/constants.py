@@ -57,6 +57,8 @@ MAX_PIXELS = 8_294_400
 #: The longest a job may be given to finish (deadline_s), and a callback URL's length.
 MAX_DEADLINE_S = 7 * 24 * 3600
 MAX_CALLBACK_URL_CHARS = 2000
+#: an input image URL (presigned URLs carry long query strings)
+MAX_INPUT_URL_CHARS = 8000
 
 #: fal's public keys for webhook signatures (IMAGEGEN_FAL_JWKS_URL overrides it).
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"

@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     store_images: bool = Field(default=True, alias="IMAGEGEN_STORE_IMAGES")
     store_attempts: int = Field(default=5, ge=1, le=50, alias="IMAGEGEN_STORE_ATTEMPTS")
     image_max_bytes: int = Field(default=50_000_000, ge=1024, alias="IMAGEGEN_IMAGE_MAX_BYTES")
-    download_timeout_s: float = Field(default=60.0, gt=0, alias="IMAGEGEN_DOWNLOAD_TIMEOUT_S")
+    download_timeout_s: float = Field(default=15.0, gt=0, alias="IMAGEGEN_DOWNLOAD_TIMEOUT_S")
     presign_ttl_s: int = Field(default=3600, ge=60, le=604800, alias="IMAGEGEN_PRESIGN_TTL_S")
     # Edit jobs: input images, checked before anything is billed.
     edit_model: str = Field(default=DEFAULT_EDIT_MODEL, alias="IMAGEGEN_EDIT_MODEL")

@@ -34,9 +34,9 @@ from imagegen.worker.jobs import collect, store, submit
 from imagegen.worker.jobs.callbacks import CallbackFailed, CallbackRejected, deliver
 from imagegen.worker.jobs.deps import Deps
 from imagegen.worker.jobs.retry import RetryPolicy
-from imagegen.worker.media.setup import media_deps
 from imagegen.worker.jobs.sweeper import sweep_or_skip
 from imagegen.worker.logs import get_logger
+from imagegen.worker.media.setup import media_deps
 from imagegen.worker.moderation.setup import moderation_chain
 from imagegen.worker.settings import get_settings
 from imagegen.worker.task_states import task_result

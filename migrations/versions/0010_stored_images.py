@@ -45,9 +45,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("images_stored", sa.Boolean(), nullable=True))
         batch.add_column(sa.Column("storage_error", sa.Text(), nullable=True))
         batch.add_column(sa.Column("images_purged_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(
-            sa.Column("prompt_redacted_at", sa.DateTime(timezone=True), nullable=True)
-        )
+        batch.add_column(sa.Column("prompt_redacted_at", sa.DateTime(timezone=True), nullable=True))
         batch.drop_constraint("job_status", type_="check")
         batch.create_check_constraint("job_status", _check(NEW))
 

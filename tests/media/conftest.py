@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -58,12 +59,24 @@ def point_aws_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
 
 
+@pytest.fixture(scope="session")
+def moto_client(moto_endpoint: str) -> Any:
+    """A boto3 client of the moto server, for setting up and looking behind the store."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name=FAKE_AWS_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
 @pytest.fixture
-def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def s3_bucket(moto_endpoint: str, moto_client: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     """A new, empty bucket, with the AWS_* environment pointing at the moto server."""
     point_aws_at(monkeypatch, moto_endpoint)
     bucket = f"imagegen-test-{uuid.uuid4().hex[:12]}"
-    boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
+    moto_client.create_bucket(Bucket=bucket)
     return bucket
 
 

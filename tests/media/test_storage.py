@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 import httpx
 import pytest
 from botocore.exceptions import ResponseStreamingError
@@ -111,11 +111,11 @@ def test_check_passes_on_a_usable_store(storage: Storage) -> None:
     assert storage.describe().startswith(f"{storage.scheme}://")
 
 
-def test_s3_objects_sit_under_the_prefix(s3_bucket: str, tmp_path: Path) -> None:
+def test_s3_objects_sit_under_the_prefix(s3_bucket: str, moto_client: Any, tmp_path: Path) -> None:
     storage = open_storage(f"s3://{s3_bucket}/a/b/")
     storage.put_file("jobs/x/0.png", make_file(tmp_path, 10), "image/png")
     storage.check()  # its probe is removed again
-    listed = boto3.session.Session().client("s3").list_objects_v2(Bucket=s3_bucket)
+    listed = moto_client.list_objects_v2(Bucket=s3_bucket)
     assert [o["Key"] for o in listed["Contents"]] == ["a/b/jobs/x/0.png"]
     assert storage.describe() == f"s3://{s3_bucket}/a/b"
 
@@ -134,7 +134,6 @@ def test_check_fails_for_an_unreachable_endpoint(
 ) -> None:
     endpoint = f"http://127.0.0.1:{closed_port()}"
     point_aws_at(monkeypatch, endpoint)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     storage = open_storage("s3://bucket/images")
     with pytest.raises(StorageFailed) as caught:
         storage.check()
@@ -179,17 +178,17 @@ def test_missing_credentials_are_a_permanent_failure(
 def test_the_s3_client_is_built_once_across_threads(s3_storage_url: str) -> None:
     storage = open_storage(s3_storage_url)
     assert isinstance(storage, S3Storage)
-    seen: list[int] = []
-    threads = [threading.Thread(target=lambda: seen.append(id(storage.client))) for _ in range(8)]
+    seen: list[object] = []  # the clients themselves (an id could be reused after a free)
+    threads = [threading.Thread(target=lambda: seen.append(storage.client)) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(set(seen)) == 1 and len(seen) == 8
+    assert len(seen) == 8 and all(client is seen[0] for client in seen)
 
 
 def test_a_large_s3_put_goes_multipart(
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    s3_bucket: str, moto_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     small = 5 * MB  # S3's smallest part, so 12 MB is three parts
     monkeypatch.setattr(s3_module, "MULTIPART_THRESHOLD", small)
@@ -198,8 +197,7 @@ def test_a_large_s3_put_goes_multipart(
     storage = open_storage(f"s3://{s3_bucket}/images")
     src = make_file(tmp_path, 12 * MB)
     storage.put_file("jobs/big/0.png", src, "image/png")
-    client = boto3.session.Session().client("s3")
-    head = client.head_object(Bucket=s3_bucket, Key="images/jobs/big/0.png")
+    head = moto_client.head_object(Bucket=s3_bucket, Key="images/jobs/big/0.png")
     assert head["ETag"].strip('"').endswith("-3")  # a multipart upload's ETag
     assert head["ContentType"] == "image/png"
     with storage.open("jobs/big/0.png") as stream:

@@ -53,7 +53,8 @@ def test_bad_urls_are_configuration_errors(url: str) -> None:
 @pytest.mark.parametrize(
     ("status", "code", "retryable"),
     [(403, "AccessDenied", False), (404, "NoSuchBucket", False), (400, "InvalidArgument", False),
-     (503, "SlowDown", True), (500, "InternalError", True), (400, "RequestTimeout", True),
+     (503, "SlowDown", True), (500, "InternalError", True), (502, "BadGateway", True),
+     (400, "RequestTimeout", True),
      (429, "TooManyRequests", True)],
 )  # fmt: skip
 def test_s3_answers_are_classified(status: int, code: str, retryable: bool) -> None:
@@ -64,3 +65,9 @@ def test_s3_answers_are_classified(status: int, code: str, retryable: bool) -> N
     reason, may_pass = _classify(err)
     assert may_pass is retryable
     assert code in reason and str(status) in reason
+
+
+def test_credentials_in_an_s3_url_are_refused_with_a_pointer_to_aws_variables() -> None:
+    with pytest.raises(ConfigurationError, match="AWS_") as caught:
+        open_storage("s3://AKIAEXAMPLE:hunter2@bucket/images")
+    assert "hunter2" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)

@@ -91,6 +91,8 @@ def run_demo(
     else:
         emulator = _start_emulator(err)
         batch = DEMO_BATCH
+        # the emulator cannot take fal-client's CDN upload: input images go inline
+        os.environ.setdefault("IMAGEGEN_INPUT_IMAGES_VIA", "data_uri")
     for name, value in DEMO_ENV.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("REDIS_URL", EMBEDDED_BROKER)

@@ -57,6 +57,7 @@ def run_checks(settings: Settings) -> list[Check]:
     else:
         checks.append(Check("worker", None, "skipped (no broker to ask)"))
     checks.append(_fal())
+    checks.append(_storage(settings))
     checks.append(_keys(settings))
     return checks
 
@@ -165,6 +166,23 @@ def _fal() -> Check:
     except httpx.HTTPError as exc:
         return Check("fal", False, f"https://{host}: {_first_line(exc)}", fix)
     return Check("fal", True, f"https://{host} answers (HTTP {answer.status_code})")
+
+
+def _storage(settings: Settings) -> Check:
+    """Where images are stored (IMAGEGEN_STORAGE_URL): writable / reachable."""
+    from imagegen.worker.errors import ImagegenError
+    from imagegen.worker.media.storage import open_storage
+
+    fix = "check IMAGEGEN_STORAGE_URL (and the AWS_* variables for s3://)"
+    try:
+        storage = open_storage(settings.storage_url)
+        storage.check()
+    except ImagegenError as exc:
+        return Check("storage", False, _first_line(exc), fix)
+    shown = storage.describe()
+    if not settings.store_images:
+        return Check("storage", True, f"{shown} (inputs only: IMAGEGEN_STORE_IMAGES=false)")
+    return Check("storage", True, f"{shown} is writable")
 
 
 def _keys(settings: Settings) -> Check:

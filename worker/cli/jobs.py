@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,8 +30,17 @@ def enqueue(
     idempotency_key: Annotated[str | None, typer.Option()] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the outcome (exit code: see docs)")] = False,
     wait_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds to wait")] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(help="An input image (path or URL; repeat): an edit job", show_default=False),
+    ] = None,
+    mask: Annotated[str | None, typer.Option(help="Edit mask (path or URL)")] = None,
+    consent: Annotated[
+        str | None, typer.Option(help="Consent reference image of the person shown")
+    ] = None,
 ) -> None:
-    """Queue a generation; prints the job id alone (--wait: then follows it on stderr)."""
+    """Queue a generation (with --image: an edit); prints the job id alone (--wait: then
+    follows it on stderr)."""
     from imagegen.worker.db import check_database
     from imagegen.worker.jobs.enqueue import enqueue as enqueue_job
 
@@ -49,6 +58,9 @@ def enqueue(
             num_images=num_images,
             output_format=output_format,
             idempotency_key=idempotency_key,
+            images=[_input(i) for i in image or []],
+            mask=_input(mask),
+            consent=_input(consent),
             settings=settings,
         )
     typer.echo(str(job_id))
@@ -56,6 +68,19 @@ def enqueue(
         from imagegen.worker.cli.comforts import wait_and_report
 
         raise typer.Exit(wait_and_report(job_id, wait_timeout))
+
+
+def cli_link() -> Any:
+    from imagegen.worker.media.links import settings_link
+
+    return settings_link(app_settings())
+
+
+def _input(value: str | None) -> Any:
+    """A URL stays a URL; anything else is a local file's path."""
+    if value is None or value.startswith(("http://", "https://")):
+        return value
+    return Path(value)
 
 
 @cli.command()
@@ -67,7 +92,9 @@ def job(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -
     with errors():
         uid = job_uuid(job_id)
         with db_session() as session:
-            data = job_to_dict(get_job(session=session, job_id=uid), with_attempts=True)
+            data = job_to_dict(
+                get_job(session=session, job_id=uid), with_attempts=True, link=cli_link()
+            )
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -94,7 +121,7 @@ def jobs(
             found = list_jobs(
                 session=session, status=status, category=category, since=since_at, limit=limit
             )
-            rows = [job_to_dict(j) for j in found]
+            rows = [job_to_dict(j, link=cli_link()) for j in found]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -188,6 +188,7 @@ class FakeFal:
         self.statuses: list[str] = []
         self.checked: list[str] = []
         self.cancels: list[str] = []
+        self.uploads: list[tuple[int, str]] = []
         self.while_sending: Callable[[dict[str, Any]], object] | None = None
 
     # scripting
@@ -269,6 +270,11 @@ class FakeFal:
             for n in range(request.step.images)
         ]
         return {"images": images, "seed": 42}
+
+    def upload(self, data: bytes, content_type: str) -> str:
+        with self._lock:
+            self.uploads.append((len(data), content_type))
+            return f"https://fake.fal.media/uploads/{len(self.uploads)}"
 
     def check_images(self, images: list[dict[str, Any]]) -> None:
         for image in images:

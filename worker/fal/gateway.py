@@ -169,6 +169,11 @@ class FalGateway:
             raise PermanentFalError("fal answered the result with JSON that is not an object")
         return output
 
+    def upload(self, data: bytes, content_type: str) -> str:
+        """Put an input image on fal's CDN (fal-client's upload): its URL, for a request."""
+        with _translated("upload"):
+            return str(self._client.upload(data, content_type))
+
     def check_images(self, images: list[dict[str, Any]]) -> None:
         """Each image URL must answer: a 404 from fal's CDN fails the job, clearly.
 

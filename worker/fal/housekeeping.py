@@ -39,5 +39,9 @@ class Housekeeping:
             self._count_at = now + self.COUNT_EVERY_S
             metrics.IN_FLIGHT.set(await poller._db(due.count_at_fal))
             await asyncio.to_thread(
-                republish, poller.settings, poller.app, utcnow(), (JobStatus.COLLECTING, JobStatus.STORING)
+                republish,
+                poller.settings,
+                poller.app,
+                utcnow(),
+                (JobStatus.COLLECTING, JobStatus.STORING),
             )

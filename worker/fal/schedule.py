@@ -103,7 +103,6 @@ class Schedule:
             step = min(max(elapsed_s * (self.factor - 1.0), self.initial_s), self.max_s)
             return step if job_id.int % PROBE_EVERY == 0 else step * COLD_WAIT
         return min(max(median * STEP_FRACTION, self.initial_s), self.max_s)
-        return min(max(median * STEP_FRACTION, self.initial_s), self.max_s)
 
     def plan(self, model: str, job_id: uuid.UUID, planned_s: float) -> float | None:
         """A request came due at ``planned_s`` after its submit: None to check it now, or

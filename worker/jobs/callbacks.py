@@ -29,6 +29,7 @@ import httpx
 from imagegen.worker.db import session_scope
 from imagegen.worker.errors import ConfigurationError, JobNotFound
 from imagegen.worker.jobs import queries
+from imagegen.worker.media.links import settings_link
 from imagegen.worker.settings import Settings
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the standard prefix, not a secret)
@@ -86,7 +87,7 @@ def deliver(job_id: uuid.UUID, settings: Settings, http: httpx.Client) -> str:
             job = queries.get_job(session=session, job_id=job_id)
         except JobNotFound:
             return "job gone"
-        url, data = job.callback_url, queries.job_to_dict(job)
+        url, data = job.callback_url, queries.job_to_dict(job, link=settings_link(settings))
     if url is None or data["status"] not in ("succeeded", "refused", "failed", "cancelled"):
         return "nothing to send"
     body = event_body(data)

@@ -2,7 +2,8 @@
 
 Task ids: a job's first submit task has the job's id (Celery's retries keep it); each later
 submission, each collect and each store gets its own (``<job id>/submit-<n>``,
-``<job id>/collect-<n>``, ``<job id>/store-<n>``, n = the attempt), so Flower shows one row per stage run and the last one holds the outcome.
+``<job id>/collect-<n>``, ``<job id>/store-<n>``, n = the attempt), so Flower shows one
+row per stage run and the last one holds the outcome.
 """
 
 from __future__ import annotations

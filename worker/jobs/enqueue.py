@@ -8,9 +8,10 @@ so a caller never holds an id for a job no worker will see.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -31,6 +32,8 @@ from imagegen.worker.errors import (
 )
 from imagegen.worker.jobs.params import ImageSize, JobRequest, validate_request
 from imagegen.worker.logs import get_logger
+from imagegen.worker.media.inputs import InputSource
+from imagegen.worker.media.setup import discard_inputs, edit_inputs, split_inputs
 from imagegen.worker.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -46,10 +49,17 @@ def enqueue(
     idempotency_key: str | None = None,
     deadline_s: float | None = None,
     callback_url: str | None = None,
+    images: Sequence[str | Path] = (),
+    mask: str | Path | None = None,
+    consent: str | Path | None = None,
     settings: Settings | None = None,
     app: Celery | None = None,
 ) -> uuid.UUID:
     """Queue one generation and return its job id.
+
+    ``images`` (URLs or local paths; ``mask``, ``consent`` likewise) make it an edit job:
+    each is checked (an image by its content, within the limits) and stored before the job
+    is queued; a consent reference is passed to fal as one more input image.
 
     Raises ``JobRequestError`` (a ``ValueError``) with a clear message for invalid input,
     before anything is written or published: ``worker.jobs.params.validate_request`` checks it,
@@ -70,31 +80,54 @@ def enqueue(
         "deadline_s": deadline_s,
         "callback_url": callback_url,
     }
+    urls, files = split_inputs(images, mask, consent)
+    fields.update(urls)
     request = validate_request(fields, idempotency_key=idempotency_key, settings=settings)
-    return enqueue_request(request, settings=settings, app=app)
+    return enqueue_request(request, settings=settings, app=app, uploads=files)
 
 
 def enqueue_request(
-    request: JobRequest, *, settings: Settings, app: Celery | None = None
+    request: JobRequest,
+    *,
+    settings: Settings,
+    app: Celery | None = None,
+    uploads: Sequence[InputSource] = (),
 ) -> uuid.UUID:
     """Queue a request ``validate_request`` accepted (``enqueue``'s second half, and the
-    HTTP API's); returns its job id, or the id of the job that already has its key."""
+    HTTP API's); returns its job id, or the id of the job that already has its key.
+
+    ``uploads``: input images given as files (the CLI's paths, the API's multipart parts)
+    besides the request's URLs; any input makes it an edit job (IMAGEGEN_EDIT_MODEL)."""
     row = _row(request, settings, utcnow())
+    inputs = edit_inputs(row, [*request.sources(), *uploads], settings)
+    try:
+        existing = _insert(request, row, settings)
+    except BaseException:
+        discard_inputs(inputs, settings)
+        raise
+    if existing is not None:
+        discard_inputs(inputs, settings)  # the job that has the key keeps its own
+        return existing
+    publish_many([row["id"]], settings, app)
+    return row["id"]
+
+
+def _insert(request: JobRequest, row: dict[str, Any], settings: Settings) -> uuid.UUID | None:
+    """Write the row; the id of the job that already has its key instead, if one does."""
     try:
         with session_scope(settings.database_url) as session:
-            existing = _existing(session, request)
+            existing = _existing(session, request, row.get("inputs"))
             if existing is not None:
                 return existing
             session.execute(insert(Job), [row])
     except IntegrityError:
         # Another caller created a job with this key between our read and our write.
         with session_scope(settings.database_url) as session:
-            existing = _existing(session, request)
+            existing = _existing(session, request, row.get("inputs"))
         if existing is None:
             raise
         return existing
-    publish_many([row["id"]], settings, app)
-    return row["id"]
+    return None
 
 
 def enqueue_many(
@@ -140,9 +173,12 @@ def _spec(index: int, item: str | Mapping[str, Any], settings: Settings) -> JobR
     if "size" in fields:
         fields["image_size"] = fields.pop("size")
     try:
-        return validate_request(fields, idempotency_key=key, settings=settings)
+        request = validate_request(fields, idempotency_key=key, settings=settings)
     except JobRequestError as exc:
         raise JobRequestError(f"item {index}: {exc}", exc.problems) from None
+    if request.sources():
+        raise JobRequestError(f"item {index}: input images are not taken in bulk: enqueue it alone")
+    return request
 
 
 def _row(request: JobRequest, settings: Settings, now: datetime) -> dict[str, Any]:
@@ -235,7 +271,9 @@ def default_app() -> Celery:
     return app
 
 
-def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
+def _existing(
+    session: Session, request: JobRequest, inputs: list[dict[str, Any]] | None = None
+) -> uuid.UUID | None:
     if request.idempotency_key is None:
         return None
     job = session.execute(
@@ -243,9 +281,17 @@ def _existing(session: Session, request: JobRequest) -> uuid.UUID | None:
     ).scalar_one_or_none()
     if job is None:
         return None
-    if job.prompt != request.prompt or job.params != request.params():
+    if (
+        job.prompt != request.prompt
+        or job.params != request.params()
+        or _identity(job.inputs) != _identity(inputs)
+    ):
         raise IdempotencyConflict(
             f"idempotency key {request.idempotency_key!r} is already used by job {job.id} "
-            "with a different prompt or parameters"
+            "with a different prompt, parameters or input images"
         )
     return job.id
+
+
+def _identity(inputs: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    return [(str(i["role"]), str(i["sha256"])) for i in inputs or []]

@@ -24,18 +24,13 @@ from pydantic import (
 )
 
 from imagegen.worker.constants import (
-    IMAGE_SIZE_PRESETS,
-    MAX_ASPECT_RATIO,
     MAX_DEADLINE_S,
-    MAX_EDGE_PX,
     MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_INPUT_URL_CHARS,
     MAX_NUM_IMAGES,
-    MAX_PIXELS,
     MAX_PROMPT_CHARS,
-    MIN_PIXELS,
     OUTPUT_FORMATS,
     QUALITIES,
-    SIZE_MULTIPLE_PX,
 )
 from imagegen.worker.errors import JobRequestError
 from imagegen.worker.jobs.input_rules import (
@@ -45,68 +40,11 @@ from imagegen.worker.jobs.input_rules import (
     printable,
     shown,
 )
+from imagegen.worker.jobs.sizes import SIZE_SCHEMA, ImageSize, parse_size
+from imagegen.worker.media.inputs import InputSource
 from imagegen.worker.settings import Settings, get_settings
 
-_SIZE_RE = re.compile(r"^\s*([0-9]{1,6})\s*[xX\u00d7]\s*([0-9]{1,6})\s*$")
 _KEY_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
-ImageSize = str | dict[str, int]
-
-
-def parse_size(value: Any) -> ImageSize:
-    """A preset name, ``WIDTHxHEIGHT``, a (w, h) pair or ``{"width", "height"}``."""
-    if isinstance(value, str):
-        if value in IMAGE_SIZE_PRESETS:
-            return value
-        match = _SIZE_RE.match(value)
-        if not match:
-            raise ValueError(
-                f"unknown size {shown(value)}: use one of {', '.join(IMAGE_SIZE_PRESETS)} "
-                "or WIDTHxHEIGHT such as 1024x1536"
-            )
-        width, height = int(match[1]), int(match[2])
-    elif isinstance(value, dict) and set(value) == {"width", "height"}:
-        width, height = value["width"], value["height"]
-    elif isinstance(value, list | tuple) and len(value) == 2:
-        width, height = value
-    else:
-        raise ValueError("size must be a preset name, WIDTHxHEIGHT or {width, height}")
-    _check_dimensions(width, height)
-    return {"width": width, "height": height}
-
-
-def _check_dimensions(width: Any, height: Any) -> None:
-    """fal's rules for GPT Image 2's custom sizes (presets are fal's own, always valid)."""
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
-        raise ValueError("width and height must be whole numbers of pixels")
-    if width <= 0 or height <= 0:
-        raise ValueError("width and height must be positive")
-    if width % SIZE_MULTIPLE_PX or height % SIZE_MULTIPLE_PX:
-        raise ValueError(f"width and height must be multiples of {SIZE_MULTIPLE_PX}")
-    if max(width, height) > MAX_EDGE_PX:
-        raise ValueError(f"the longest edge must be at most {MAX_EDGE_PX} px")
-    if not MIN_PIXELS <= width * height <= MAX_PIXELS:
-        raise ValueError(
-            f"the total pixels must be {MIN_PIXELS:,} (1024x640) to {MAX_PIXELS:,} "
-            f"(3840x2160); {width}x{height} is {width * height:,}"
-        )
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise ValueError("the aspect ratio must be at most 3:1")
-
-
-_SIZE_SCHEMA = {
-    "anyOf": [
-        {"type": "string", "description": "A preset name or WIDTHxHEIGHT (1024x1536)."},
-        {
-            "type": "object",
-            "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}},
-            "required": ["width", "height"],
-            "additionalProperties": False,
-        },
-    ],
-    "description": f"A preset ({', '.join(IMAGE_SIZE_PRESETS)}), WIDTHxHEIGHT or "
-    "{width, height}: multiples of 16, longest edge 3840, ratio 3:1 at most, "
-    f"{MIN_PIXELS:,} to {MAX_PIXELS:,} pixels.",
-}
 
 
 def _null_means_default(schema: dict[str, Any]) -> None:
@@ -136,7 +74,7 @@ class JobInput(BaseModel):
         description="What to draw: 1 to 32000 characters, no control characters but tab "
         "and newline (user data: stored, never logged).",
     )
-    image_size: Annotated[ImageSize, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)] = (
+    image_size: Annotated[ImageSize, BeforeValidator(parse_size), WithJsonSchema(SIZE_SCHEMA)] = (
         "landscape_4_3"
     )
     quality: str = Field("high", json_schema_extra={"enum": list(QUALITIES)})
@@ -154,6 +92,29 @@ class JobInput(BaseModel):
         description="POSTed the job's JSON (signed) when it ends; needs "
         "IMAGEGEN_CALLBACK_SECRET. Private addresses need IMAGEGEN_CALLBACK_ALLOW_PRIVATE.",
     )
+
+    image_urls: list[str] | None = Field(
+        None,
+        description="An edit job's input images (http(s) URLs; fetched and stored at "
+        "enqueue): the job runs on IMAGEGEN_EDIT_MODEL.",
+    )
+    mask_url: str | None = Field(None, description="Edit: where the first image may change.")
+    consent_url: str | None = Field(
+        None,
+        description="A consent reference for a real person's likeness: stored with the job "
+        "and passed to fal as one more input image.",
+    )
+
+    @field_validator("image_urls", "mask_url", "consent_url")
+    @classmethod
+    def _urls(cls, value: list[str] | str | None) -> list[str] | str | None:
+        for url in [value] if isinstance(value, str) else value or []:
+            if len(url) > MAX_INPUT_URL_CHARS:
+                raise ValueError(f"an input URL is longer than {MAX_INPUT_URL_CHARS} characters")
+            check_text("an input URL", url)
+        if isinstance(value, list) and not value:
+            raise ValueError("image_urls is empty: leave it out for a text-to-image job")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -209,6 +170,18 @@ class JobInput(BaseModel):
                 "set it (for the API and the workers) or leave callback_url out"
             )
         return value
+
+    def sources(self) -> list[InputSource]:
+        """The input images this request names by URL (uploads come beside it)."""
+        found = [
+            InputSource("image", url=url, label=f"image_urls[{n}]")
+            for n, url in enumerate(self.image_urls or [])
+        ]
+        if self.mask_url is not None:
+            found.append(InputSource("mask", url=self.mask_url, label="mask_url"))
+        if self.consent_url is not None:
+            found.append(InputSource("consent", url=self.consent_url, label="consent_url"))
+        return found
 
     def params(self) -> dict[str, Any]:
         """The model inputs besides the prompt, as stored in ``jobs.params`` and sent to fal."""

@@ -99,6 +99,7 @@ RETURNED = (
     JOBS.c.refusal_source,
     JOBS.c.error,
     JOBS.c.images_stored,
+    JOBS.c.inputs,
 )
 
 
@@ -119,6 +120,8 @@ class JobRow:
     error: str | None
     #: set by the store stage's succeed (None: the job never went through storing)
     images_stored: bool | None = None
+    #: an edit job's stored input images (``worker.media.inputs``)
+    inputs: list[dict[str, Any]] | None = None
 
     @property
     def overdue(self) -> bool:

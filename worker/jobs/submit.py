@@ -24,14 +24,20 @@ from sqlalchemy import Connection
 from imagegen.models import AttemptOutcome, JobStatus, utcnow
 from imagegen.worker import metrics
 from imagegen.worker.db import write
-from imagegen.worker.errors import FalError, PermanentFalError, PolicyRefusal, TransientFalError
+from imagegen.worker.errors import (
+    FalError,
+    MediaError,
+    PermanentFalError,
+    PolicyRefusal,
+    TransientFalError,
+)
 from imagegen.worker.jobs import attempts, state
 from imagegen.worker.jobs.deps import Deps
 from imagegen.worker.jobs.hooks import fire
 from imagegen.worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
 from imagegen.worker.jobs.settle import Settle
 from imagegen.worker.logs import get_logger
-from imagegen.worker.moderation import ModerationUnavailable
+from imagegen.worker.moderation import CELEBRITY_LIKENESS, ModerationUnavailable
 
 log = get_logger(__name__)
 UNKNOWN_MESSAGE = (
@@ -123,6 +129,8 @@ def _post(settle: Settle) -> Outcome:
     deps, job = settle.deps, settle.job
     hooks = _Hooks(deps.settings.database_url, job.id)
     arguments: dict[str, Any] = {"prompt": job.prompt, **job.params}
+    if job.inputs:
+        arguments.update(_fal_inputs(deps, job))
     webhook = deps.settings.webhook_url
     if webhook is not None:  # the job id is only a hint; fal signs the rest
         webhook += f"{'&' if '?' in webhook else '?'}job_id={job.id}"
@@ -170,6 +178,22 @@ def _at_fal(settle: Settle, request_id: str) -> Outcome:
     return Outcome(f"at_fal:{request_id} since {now.isoformat(timespec='seconds')}")
 
 
+def _fal_inputs(deps: Deps, job: state.JobRow) -> dict[str, Any]:
+    """The edit job's stored inputs as URLs fal can read (before the POST: nothing sent)."""
+    from imagegen.worker.media.inputs import fal_inputs
+    from imagegen.worker.media.setup import storage_for
+
+    try:
+        return fal_inputs(
+            job.inputs or [],
+            settings=deps.settings,
+            storage=deps.storage or storage_for(deps.settings.storage_url),
+            upload=deps.gateway.upload,
+        )
+    except MediaError as error:
+        raise TransientFalError(f"the input images could not be handed to fal: {error}") from None
+
+
 def _prefilter(deps: Deps, job: state.JobRow) -> None:
     """Our moderation step, before the first (billable) submit; raises its refusal."""
     chain = deps.moderation
@@ -179,7 +203,9 @@ def _prefilter(deps: Deps, job: state.JobRow) -> None:
         verdict = chain.check(job.prompt)
     except ModerationUnavailable as exc:
         raise TransientFalError(f"the moderation service is unavailable ({exc.reason})") from None
-    if verdict.refused:
+    if verdict.refused and _consented(job, verdict.category):
+        log.info("prefilter.consented", job_id=str(job.id), category=verdict.category)
+    elif verdict.refused:
         raise PolicyRefusal(
             verdict.category or "unspecified",
             verdict.message or "This prompt was refused before generation.",
@@ -187,6 +213,12 @@ def _prefilter(deps: Deps, job: state.JobRow) -> None:
             source="prefilter",
             checker=verdict.source,
         )
+
+
+def _consented(job: state.JobRow, category: str | None) -> bool:
+    """A likeness block is fal's to decide when the job carries a consent reference."""
+    has_consent = any(i.get("role") == "consent" for i in job.inputs or [])
+    return has_consent and category == CELEBRITY_LIKENESS
 
 
 def _orphaned(settle: Settle, number: int) -> Outcome:

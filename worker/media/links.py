@@ -7,6 +7,7 @@ from typing import Any
 
 from imagegen.worker.jobs.queries import ImageLink
 from imagegen.worker.media.storage import Storage
+from imagegen.worker.settings import Settings
 
 
 def image_path(job_id: uuid.UUID, index: int) -> str:
@@ -23,5 +24,17 @@ def image_link(storage: Storage | None, ttl_s: int, api_base: str = "") -> Image
             return None
         presigned = storage.presigned_url(str(image["storage_key"]), ttl_s)
         return presigned or api_base.rstrip("/") + image_path(job_id, index)
+
+    return link
+
+
+def settings_link(settings: Settings, api_base: str = "") -> ImageLink:
+    """``image_link`` for the configured storage (opened on first use of a stored image)."""
+
+    def link(job_id: uuid.UUID, index: int, image: dict[str, Any]) -> str | None:
+        from imagegen.worker.media.setup import storage_for
+
+        storage = storage_for(settings.storage_url)
+        return image_link(storage, settings.presign_ttl_s, api_base)(job_id, index, image)
 
     return link

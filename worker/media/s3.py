@@ -147,8 +147,9 @@ class S3Storage:
 
     def open(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
         """The object's StreamingBody; the GET is sent now, so a missing key raises here."""
+        name = self._key(key)
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
         except ClientError as err:
             if _code(err) in _MISSING:
                 raise StorageFailed(
@@ -188,8 +189,9 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         """S3 answers 204 for a missing key too."""
+        name = self._key(key)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self.client.delete_object(Bucket=self.bucket, Key=name)
         except (BotoCoreError, ClientError) as err:
             raise self._failed("delete", key, err) from err
 
@@ -197,10 +199,11 @@ class S3Storage:
         """A SigV4 GET URL signed here, without a request; valid ``expires_s`` (<= 7 days)."""
         if not 1 <= expires_s <= 604_800:
             raise ValueError(f"expires_s must be 1..604800 (SigV4's limit), not {expires_s}")
+        name = self._key(key)
         try:
             return self.client.generate_presigned_url(
                 "get_object",
-                Params={"Bucket": self.bucket, "Key": self._key(key)},
+                Params={"Bucket": self.bucket, "Key": name},
                 ExpiresIn=expires_s,
             )
         except (BotoCoreError, ClientError) as err:

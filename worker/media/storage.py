@@ -1,9 +1,9 @@
 """Where stored images live: one ``Storage`` interface, a local directory or an S3 bucket.
 
-``open_storage(IMAGEGEN_STORAGE_URL)`` picks the backend. S3 goes through boto3 rather than
-obstore: boto3 is the reference client (the whole AWS credential/endpoint chain, presigning
-done locally) and moto serves its API over HTTP for the tests; obstore would add a Rust wheel
-and a second configuration model for no gain at our volumes (a few objects per job).
+``open_storage(IMAGEGEN_STORAGE_URL)`` picks the backend. S3 goes through boto3, not obstore:
+both stream a file up and presign locally, but boto3 is the reference client (the whole AWS_*,
+profile and instance-role chain), pure Python, and what moto's S3 server is tested against;
+obstore adds a compiled Rust wheel and its own reading of that configuration.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from imagegen.worker.errors import ConfigurationError
 from imagegen.worker.settings import Settings, get_settings
 
-from . import access, errors, fal_webhook, health, images, jobs
+from . import access, errors, fal_webhook, health, images, jobs, uploads
 
 _bearer = HTTPBearer(auto_error=False, description="IMAGEGEN_API_KEY")
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.state.storage = None  # opened on first use: worker.web.images.app_storage
     guarded = [Depends(require_key)]
     app.include_router(jobs.router, dependencies=guarded)
+    app.include_router(uploads.router, dependencies=guarded)
     app.include_router(images.router, dependencies=guarded)
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=guarded)

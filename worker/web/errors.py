@@ -29,6 +29,7 @@ from imagegen.worker.errors import (
     JobConflict,
     JobNotFound,
     JobRequestError,
+    StorageFailed,
 )
 from imagegen.worker.logs import get_logger
 from imagegen.worker.settings import Settings
@@ -61,6 +62,7 @@ def install(app: FastAPI) -> None:
         JobNotFound: lambda _, exc: _json(404, str(exc)),
         JobConflict: lambda _, exc: _json(409, str(exc)),
         EnqueueError: _unavailable,
+        StorageFailed: _unavailable,
         HTTPException: _http,
         OperationalError: _database,
         InterfaceError: _database,
@@ -104,12 +106,24 @@ def _http(request: Request, exc: HTTPException) -> JSONResponse:
         return _json(422, [{"field": "body", "message": f"the body is {reason}"}])
     detail = str(exc.detail)
     if exc.status_code == 413:
-        detail = _too_large(_settings(request))
+        detail = _too_large(_settings(request), request.url.path)
     return _json(exc.status_code, detail, dict(exc.headers or {}))
 
 
-def _too_large(settings: Settings) -> str:
-    limit = settings.api_max_body_bytes
+UPLOADS_PATH = "/jobs/uploads"
+
+
+def body_limit(settings: Settings, path: str) -> int:
+    """The upload route takes its input images (IMAGEGEN_INPUT_MAX_BYTES each) and a job."""
+    if path == UPLOADS_PATH:
+        return settings.input_max_bytes * (settings.input_max_images + 2) + 1_048_576
+    return settings.api_max_body_bytes
+
+
+def _too_large(settings: Settings, path: str = "") -> str:
+    limit = body_limit(settings, path)
+    if path == UPLOADS_PATH:
+        return f"the upload is over {limit} bytes (IMAGEGEN_INPUT_MAX_BYTES per image)"
     return f"the request body is over {limit} bytes (IMAGEGEN_API_MAX_BODY_BYTES)"
 
 
@@ -155,7 +169,7 @@ def _without_password(url: str) -> str:
 
 
 def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, EnqueueError):
+    if isinstance(exc, (EnqueueError, StorageFailed)):
         message = str(exc).splitlines()[0]
     else:
         broker = _without_password(_settings(request).redis_url)
@@ -175,16 +189,16 @@ class BodyCap:
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.limit = settings.api_max_body_bytes
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = body_limit(self.settings, scope.get("path", ""))
         length = Headers(scope=scope).get("content-length", "")
-        if length.isdigit() and int(length) > self.limit:
-            response = _json(413, _too_large(self.settings), {"Connection": "close"})
+        if length.isdigit() and int(length) > limit:
+            response = _json(413, _too_large(self.settings, scope["path"]), {"Connection": "close"})
             await response(scope, receive, send)
             return
         seen = 0
@@ -193,7 +207,7 @@ class BodyCap:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise HTTPException(413)
             return message
 

@@ -61,9 +61,9 @@ def app_storage(request: Request) -> Storage:
     """The app's storage, opened on first use (an API that never serves an image needs none)."""
     storage: Storage | None = getattr(request.app.state, "storage", None)
     if storage is None:
-        from imagegen.worker.media.storage import open_storage
+        from imagegen.worker.media.setup import storage_for
 
-        storage = request.app.state.storage = open_storage(_settings(request).storage_url)
+        storage = request.app.state.storage = storage_for(_settings(request).storage_url)
     return storage
 
 

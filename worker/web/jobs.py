@@ -18,6 +18,7 @@ from imagegen.worker.jobs import enqueue as api
 from imagegen.worker.jobs import queries
 from imagegen.worker.jobs.cancel import cancel
 from imagegen.worker.jobs.params import validate_request
+from imagegen.worker.media.links import settings_link
 from imagegen.worker.settings import Settings
 
 from .errors import RESPONSES, TOO_LARGE
@@ -70,7 +71,7 @@ def read_job(job_id: uuid.UUID, request: Request) -> dict[str, Any]:
     """One job with its attempt log (every submission to fal)."""
     with session_scope(_settings(request).database_url) as session:
         job = queries.get_job(session=session, job_id=job_id)
-        return queries.job_to_dict(job, with_attempts=True)
+        return queries.job_to_dict(job, with_attempts=True, link=_link(request))
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -93,7 +94,8 @@ def list_jobs(
             limit=limit + 1,
             before=before,
         )
-        page = [queries.job_to_dict(job) for job in rows[:limit]]
+        link = _link(request)
+        page = [queries.job_to_dict(job, link=link) for job in rows[:limit]]
         last = rows[limit - 1] if len(rows) > limit else None
         next_cursor = _encode(last.created_at, last.id) if last is not None else None
     return JobPage(jobs=page, next_cursor=next_cursor)
@@ -118,6 +120,11 @@ def cancel_job(job_id: uuid.UUID, request: Request) -> Cancelled:
     if status != "cancelled":
         raise JobConflict(f"job {job_id} already {status}, not cancelled")
     return Cancelled(id=str(job_id), status="cancelled")
+
+
+def _link(request: Request) -> queries.ImageLink:
+    """Stored images by the URL the caller used to reach the API (or presigned, for S3)."""
+    return settings_link(_settings(request), str(request.base_url))
 
 
 def _encode(created_at: datetime, job_id: uuid.UUID) -> str:

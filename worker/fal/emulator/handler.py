@@ -11,7 +11,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from .protocol import Protocol, cancel_reply, file_reply, parse_num_images, parse_size
+from .inputs import EDIT_PATH, FETCH_TIMEOUT_S, edit_problems, load_inputs
+from .media import edit_output_size
+from .protocol import (
+    DEFAULT_SIZE,
+    Protocol,
+    cancel_reply,
+    file_reply,
+    parse_num_images,
+    parse_size,
+)
 from .reply import Reply, json_reply
 from .scenario import SUBMIT_STEPS, UnknownStep, step_for, submit_reply
 from .state import QueueState, Request
@@ -26,6 +35,8 @@ _TRUE = {"1", "true", "yes"}
 NOT_FOUND = json_reply(404, {"detail": "Not Found"})
 METHOD_NOT_ALLOWED = json_reply(405, {"detail": "Method Not Allowed"})
 REQUEST_NOT_FOUND = json_reply(404, {"detail": "Request not found"})
+# Infrastructure answers come before anything looks at the body; the others after the schema.
+_PRE_SCHEMA_STEPS = SUBMIT_STEPS - {"refuse", "refuse422", "invalid"}
 # fal's answer when the account already runs as many requests as it may (strict mode).
 OVER_LIMIT = json_reply(429, {"detail": "Concurrent request limit reached"}, ("Retry-After", "1"))
 
@@ -39,6 +50,8 @@ class AppContext:
     #: added to every answer of fal's API (not to /_emulator/ calls): the network round
     #: trip and fal's own handling, which a local emulator otherwise answers in ~1 ms
     round_trip_s: float = 0.0
+    #: how long an edit's runner waits for each http(s) input image
+    input_timeout_s: float = FETCH_TIMEOUT_S
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -49,9 +62,17 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _submit_app(path: str) -> str | None:
+def _submit_app(path: str) -> tuple[str, str] | None:
+    """(owner/app, subpath) of a submit: status and result URLs use owner/app only."""
     parts = [p for p in path.split("/") if p]
-    return "/".join(parts[:2]) if len(parts) >= 2 and not parts[0].startswith("_") else None
+    if len(parts) < 2 or parts[0].startswith("_"):
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _quality(payload: dict[str, Any]) -> str:
+    quality = payload.get("quality")
+    return quality if isinstance(quality, str) else "high"
 
 
 class FalHandler(TLSHandler):
@@ -116,39 +137,59 @@ class FalHandler(TLSHandler):
         payload = _json_object(body)
         prompt = payload.get("prompt") if payload is not None else None
         k = self.app.state.count_submission(prompt if isinstance(prompt, str) else None)
-        app = _submit_app(path)
-        if app is None:
+        target = _submit_app(path)
+        if target is None:
             return NOT_FOUND
         failure = self._auth_failure()
         if failure is not None:
             return failure
         if payload is None:
             return json_reply(422, {"detail": "Request body must be a JSON object"})
-        return self._accept(app, payload, k, webhook_url)
+        return self._accept(target, payload, k, webhook_url)
 
-    def _accept(self, app: str, payload: dict[str, Any], k: int, webhook_url: str | None) -> Reply:
+    def _accept(
+        self, target: tuple[str, str], payload: dict[str, Any], k: int, webhook_url: str | None
+    ) -> Reply:
         prompt = payload.get("prompt")
         prompt = prompt if isinstance(prompt, str) else ""
         try:
             step = step_for(prompt, k)
         except UnknownStep as error:
             return error.reply()
+        edit = target[1] == EDIT_PATH
+        if edit and step.name not in _PRE_SCHEMA_STEPS:
+            problems = edit_problems(payload)
+            if problems:
+                return json_reply(422, {"detail": problems}, ("X-Fal-Retryable", "false"))
         if step.name in SUBMIT_STEPS:
             return submit_reply(step, payload)
-        width, height = parse_size(payload.get("image_size"))
         req = Request(
             rid=str(uuid.uuid4()),
-            app=app,
+            app=target[0],
             prompt=prompt,
             step=step,
-            width=width,
-            height=height,
+            width=DEFAULT_SIZE[0],
+            height=DEFAULT_SIZE[1],
             num_images=parse_num_images(payload.get("num_images")),
             created_wall=time.time(),
             webhook_url=webhook_url,
+            quality=_quality(payload),
         )
+        self._size(req, payload, edit)
         added = self.app.state.add(req)
         return OVER_LIMIT if added is None else self.app.protocol.submit_ok(added)
+
+    def _size(self, req: Request, payload: dict[str, Any], edit: bool) -> None:
+        """Output size from `image_size`, else (edits) from the first input, which the runner
+        loads here: a failure is kept for the result GET, as fal reports it after the run."""
+        size = payload.get("image_size")
+        if edit:
+            loaded = load_inputs(payload, self.app.input_timeout_s)
+            req.inputs, req.load_error = loaded.count, loaded.error
+            if size is None and loaded.first_size is not None:
+                req.width, req.height = edit_output_size(*loaded.first_size)
+                return
+        req.width, req.height = parse_size(size)
 
     def _request_op(self, method: str, match: re.Match[str], query: dict[str, list[str]]) -> Reply:
         app, rid, tail = match["app"], match["rid"], match["tail"]

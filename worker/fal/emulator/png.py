@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
+import random
 import struct
 import zlib
 
@@ -63,3 +65,42 @@ def png_size(data: bytes) -> tuple[int, int]:
         raise ValueError("not a PNG")
     width, height = struct.unpack(">II", data[16:24])
     return int(width), int(height)
+
+
+# Bytes a noise PNG spends outside its IDAT data: signature, IHDR, IDAT, padding and IEND framing.
+_NOISE_OVERHEAD = 8 + (12 + 13) + 12 + 12 + 12
+
+
+def _noise_idat(side: int, seed: int) -> bytes:
+    """Random RGB rows (filter byte 0 each), deflated with level 0: incompressible, fast."""
+    pixels = random.Random(seed).randbytes(side * side * 3)
+    stride = side * 3
+    rows = b"".join(b"\x00" + pixels[i : i + stride] for i in range(0, len(pixels), stride))
+    return zlib.compress(rows, 0)
+
+
+@functools.lru_cache(maxsize=8)
+def noise_png(n_bytes: int) -> tuple[bytes, int, int]:
+    """A square noise PNG of exactly `n_bytes` (made once per size); returns (data, w, h).
+
+    A private ancillary `emPd` chunk pads it to the exact size; decoders skip it.
+    """
+    side = max(1, math.isqrt(max(n_bytes - _NOISE_OVERHEAD, 3) // 3))
+    idat = _noise_idat(side, n_bytes)
+    while side > 1 and len(idat) + _NOISE_OVERHEAD > n_bytes:
+        side -= 1
+        idat = _noise_idat(side, n_bytes)
+    padding = n_bytes - _NOISE_OVERHEAD - len(idat)
+    if padding < 0:
+        raise ValueError(f"{n_bytes} bytes is too small for a noise PNG")
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    data = b"".join(
+        [
+            PNG_SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"emPd", b"\x00" * padding),
+            _chunk(b"IDAT", idat),
+            _chunk(b"IEND", b""),
+        ]
+    )
+    return data, side, side

@@ -7,7 +7,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from .png import colour_for, make_png
+from .media import billable_units
+from .png import colour_for, make_png, noise_png
 from .reply import (
     DROP,
     HANG,
@@ -33,6 +34,7 @@ DEFAULT_SIZE = SIZE_PRESETS["landscape_4_3"]
 MAX_EDGE = 4096
 MAX_IMAGES = 8
 _FILE_NAME = re.compile(r"(\d+)\.png")
+BILLABLE_UNITS_HEADER = "x-fal-billable-units"
 
 
 def _edge(value: Any) -> int | None:
@@ -118,11 +120,12 @@ class Protocol:
         failure = _result_failure(req)
         if failure is not None:
             return failure
-        return json_reply(200, self.output(req), rid)
+        units = billable_units(req.quality, req.width, req.height, req.num_images, req.inputs)
+        return json_reply(200, self.output(req), rid, (BILLABLE_UNITS_HEADER, units))
 
     def output(self, req: Request) -> dict[str, Any]:
-        colour = colour_for(req.rid)
-        size = len(make_png(req.width, req.height, colour))
+        data, width, height = image_for(req)
+        size = len(data)
         missing = req.step.name == "url-404"
         images = [
             {
@@ -130,8 +133,8 @@ class Protocol:
                 "content_type": "image/png",
                 "file_name": f"{req.rid}-{i}.png",
                 "file_size": size,
-                "width": req.width,
-                "height": req.height,
+                "width": width,
+                "height": height,
             }
             for i in range(req.num_images)
         ]
@@ -148,8 +151,18 @@ def _status_error(req: Request) -> dict[str, str]:
     return {}
 
 
+def image_for(req: Request) -> tuple[bytes, int, int]:
+    """(PNG, width, height) of every output image: noise of the asked size with `bytes:N`."""
+    if req.step.image_bytes is not None:
+        return noise_png(req.step.image_bytes)
+    return make_png(req.width, req.height, colour_for(req.rid)), req.width, req.height
+
+
 def _result_failure(req: Request) -> Reply | None:
     step, rid = req.step.name, rid_header(req.rid)
+    if req.load_error is not None:  # the runner could not load an input: fal's model error
+        headers = [("X-Fal-Retryable", "false"), (BILLABLE_UNITS_HEADER, "0"), rid]
+        return json_reply(422, {"detail": req.load_error}, *headers)
     if step in {"late-refuse", "status-refuse"}:
         return policy_422(req.step.arg or "", req.prompt, rid)
     if step == "header-refuse":
@@ -180,5 +193,4 @@ def file_reply(req: Request | None, name: str) -> Reply:
     match = _FILE_NAME.fullmatch(name)
     if req is None or match is None or int(match.group(1)) >= req.num_images:
         return json_reply(404, {"detail": "File not found"})
-    data = make_png(req.width, req.height, colour_for(req.rid))
-    return Reply(status=200, body=data, content_type="image/png")
+    return Reply(status=200, body=image_for(req)[0], content_type="image/png")

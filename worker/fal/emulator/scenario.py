@@ -1,14 +1,15 @@
 """Scenario directives: `[[fal:STEP1,STEP2,...]]` inside a prompt steers the emulator.
 
 The k-th submission (0-based) of a prompt uses STEP[min(k, len-1)]; no directive means `ok`.
-A step may carry `+`-joined modifiers: `latency:S`, and `nowebhook` (the callback to
-`fal_webhook` is never delivered, as if lost).
+A step may carry `+`-joined modifiers: `latency:S`, `nowebhook` (the callback to
+`fal_webhook` is never delivered, as if lost) and `bytes:N` (every output image is a noise PNG
+of exactly N bytes, for copy benchmarks; N from MIN_IMAGE_BYTES to MAX_IMAGE_BYTES).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .reply import (
@@ -69,6 +70,8 @@ _NEEDS_CATEGORY = frozenset(
 )
 _NEEDS_SECONDS = frozenset({"slow"})
 _OPTIONAL_SECONDS = frozenset({"429"})
+MIN_IMAGE_BYTES = 1024
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # each size is cached in memory once
 
 CONTENT_POLICY = "content_policy_violation"
 REFUSAL_MESSAGES = {
@@ -112,6 +115,8 @@ class Step:
     arg: str | None = None
     latency_s: float | None = None
     webhook: bool = True
+    #: the `bytes:N` modifier: output images are noise PNGs of exactly N bytes
+    image_bytes: int | None = None
 
     @property
     def seconds(self) -> float:
@@ -138,24 +143,30 @@ def _arg_ok(name: str, arg: str | None) -> bool:
     return arg is None
 
 
+def _image_bytes(value: str) -> int | None:
+    number = int(value) if value.isdigit() else 0
+    return number if MIN_IMAGE_BYTES <= number <= MAX_IMAGE_BYTES else None
+
+
 def parse_step(text: str) -> Step:
-    """Parse `name[:arg][+latency:S][+nowebhook]`; raise UnknownStep when it is not valid."""
+    """Parse `name[:arg][+latency:S][+nowebhook][+bytes:N]`; raise UnknownStep if invalid."""
     head, *modifiers = text.strip().split("+")
     name, _, arg_text = head.partition(":")
     arg = arg_text if ":" in head else None
     if name not in SUBMIT_STEPS | CREATE_STEPS or not _arg_ok(name, arg):
         raise UnknownStep(text.strip())
-    latency: float | None = None
-    webhook = True
+    step = Step(name, arg)
     for modifier in modifiers:
         key, _, value = modifier.partition(":")
         if modifier == "nowebhook":
-            webhook = False
+            step = replace(step, webhook=False)
         elif key == "latency" and _is_seconds(value):
-            latency = float(value)
+            step = replace(step, latency_s=float(value))
+        elif key == "bytes" and _image_bytes(value) is not None:
+            step = replace(step, image_bytes=_image_bytes(value))
         else:
             raise UnknownStep(text.strip())
-    return Step(name, arg, latency, webhook)
+    return step
 
 
 def step_for(prompt: str | None, k: int) -> Step:

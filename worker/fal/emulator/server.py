@@ -52,8 +52,10 @@ class FalEmulator:
         expected_key: str | None = None,
         reject_over_limit: bool = False,
         round_trip_s: float = 0.0,
+        input_timeout_s: float = 5.0,
     ) -> None:
         self.host = host
+        self.input_timeout_s = input_timeout_s
         self.round_trip_s = round_trip_s
         self.port = port
         self.ca_file = ""
@@ -91,7 +93,9 @@ class FalEmulator:
         self.port = int(server.server_address[1])
         protocol = Protocol(self.host_port)
         jwks = jwks_for(self._signing_key)
-        app = AppContext(self._state, protocol, self._expected_key, jwks, self.round_trip_s)
+        app = AppContext(
+            self._state, protocol, self._expected_key, jwks, self.round_trip_s, self.input_timeout_s
+        )
         server.RequestHandlerClass = bind_handler(app)
         self._webhooks = WebhookSender(self._state, protocol, self._signing_key)
         self._webhooks.start()

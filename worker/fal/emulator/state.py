@@ -46,6 +46,11 @@ class Request:
     webhook_url: str | None = None
     webhook_due: bool = False
     webhooks_sent: int = 0
+    quality: str = "high"
+    #: input images (and mask) of an edit; 0 for text-to-image
+    inputs: int = 0
+    #: the 422 `detail` an edit's runner met loading an input (the result GET answers it)
+    load_error: list[dict[str, Any]] | None = None
 
     @property
     def inference_time(self) -> float:

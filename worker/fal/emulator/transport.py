@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 120.0
+STREAM_CHUNK = 256 * 1024  # bodies larger than this are written in pieces of this size
 _QUIET_ERRORS = (OSError, ValueError)  # disconnects, TLS failures, timeouts
 
 
@@ -135,7 +136,15 @@ class TLSHandler(BaseHTTPRequestHandler):
         head.append(f"Content-Type: {reply.content_type}")
         head.append(f"Content-Length: {len(reply.body)}")
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(data + reply.body if self.command != "HEAD" else data)
+        if self.command == "HEAD":
+            self.wfile.write(data)
+        elif len(reply.body) <= STREAM_CHUNK:
+            self.wfile.write(data + reply.body)
+        else:  # a big (cached) image: written in chunks, never copied whole
+            self.wfile.write(data)
+            body = memoryview(reply.body)
+            for start in range(0, len(body), STREAM_CHUNK):
+                self.wfile.write(body[start : start + STREAM_CHUNK])
         if logger.isEnabledFor(logging.DEBUG):
             self.log_request(reply.status)
 
