@@ -24,7 +24,12 @@ from typer.testing import CliRunner
 from imagegen.models import JobStatus, utcnow
 from imagegen.worker.media.storage import Storage, open_storage
 from tests.conftest import API_KEY
-from tests.media.conftest import moto_endpoint, s3_bucket, s3_storage_url  # noqa: F401 (fixtures)
+from tests.media.conftest import (  # noqa: F401 (the moto fixtures s3_storage_url needs)
+    moto_client,
+    moto_endpoint,
+    s3_bucket,
+    s3_storage_url,
+)
 from tests.stored_jobs import imagegen, insert_job, keys_of, listing, put, read, row, stored_job
 from tests.test_retention import cli_env  # noqa: F401 (a fixture)
 
