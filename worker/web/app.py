@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from imagegen.worker.errors import ConfigurationError
 from imagegen.worker.settings import Settings, get_settings
 
-from . import access, errors, fal_webhook, health, jobs, uploads
+from . import access, errors, fal_webhook, health, images, jobs, uploads
 
 _bearer = HTTPBearer(auto_error=False, description="IMAGEGEN_API_KEY")
 
@@ -44,9 +44,11 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.add_middleware(errors.BodyCap, settings=settings)
     app.state.settings = settings
     app.state.celery = celery
+    app.state.storage = None  # opened on first use: worker.web.images.app_storage
     guarded = [Depends(require_key)]
     app.include_router(jobs.router, dependencies=guarded)
     app.include_router(uploads.router, dependencies=guarded)
+    app.include_router(images.router, dependencies=guarded)
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=guarded)
     app.include_router(fal_webhook.router)
