@@ -38,6 +38,8 @@ from imagegen.worker.constants import (
     CALLBACK_TASK,
     COLLECT_TASK,
     JOB_QUEUE,
+    PURGE_INTERVAL_S,
+    PURGE_TASK,
     STORE_TASK,
     SUBMIT_TASK,
     SWEEP_TASK,
@@ -93,6 +95,12 @@ def create_app(settings: Settings) -> Celery:
         task_time_limit=settings.visibility_timeout_s * 5 // 6,
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
+            # retention is off unless asked for: nothing is deleted on a schedule by default
+            **(
+                {"purge": {"task": PURGE_TASK, "schedule": PURGE_INTERVAL_S}}
+                if settings.image_retention_days or settings.prompt_retention_days
+                else {}
+            ),
         },
     )
     return app

@@ -15,6 +15,9 @@ COLLECT_TASK = "imagegen.collect"
 STORE_TASK = "imagegen.store"
 #: The beat task that re-publishes jobs whose broker message was lost.
 SWEEP_TASK = "imagegen.sweep"
+PURGE_TASK = "imagegen.purge"
+#: how often beat runs the retention purge (when a retention is set)
+PURGE_INTERVAL_S = 86_400.0
 CALLBACK_TASK = "imagegen.callback"
 #: Celery queues: generations, and job-event callbacks to web apps (their own lane).
 JOB_QUEUE = "imagegen"

@@ -21,6 +21,7 @@ from imagegen.worker.celery_app import app
 from imagegen.worker.constants import (
     CALLBACK_TASK,
     COLLECT_TASK,
+    PURGE_TASK,
     STORE_TASK,
     SUBMIT_TASK,
     SWEEP_TASK,
@@ -170,3 +171,15 @@ def sweep_task() -> str:
     if report is None:
         return "skipped: the database or the broker is unreachable (the next pass retries)"
     return report.summary()
+
+
+@app.task(name=PURGE_TASK, ignore_result=True)
+def purge_task() -> str:
+    """Retention (celery beat, daily, when IMAGEGEN_*_RETENTION_DAYS is set)."""
+    from imagegen.worker.media.retention import purge_from_settings
+    from imagegen.worker.media.setup import storage_for
+
+    settings = get_settings()
+    report = purge_from_settings(settings, storage_for(settings.storage_url))
+    get_logger(__name__).info("purge.done", **report.as_dict())
+    return str(report.as_dict())
