@@ -4,8 +4,11 @@ fal-client against the emulator; local storage in a temporary directory."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -211,3 +214,64 @@ def test_api_refuses_bad_inputs_with_nothing_queued(stack: Stack, tmp_path: Path
     assert answer.status_code == 422 and "not a PNG, JPEG or WebP" in answer.text, answer.text
     assert _job_count(stack.database_url) == 0
     assert prompt not in stack.emulator.stats()["submissions_by_prompt"]
+
+
+class _Inputs(http.server.BaseHTTPRequestHandler):
+    """/photo.png: an image; /drip: headers, then a byte every 0.2 s for a minute."""
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 32), (9, 9, 9)).save(buffer, "PNG")
+        body = buffer.getvalue() if self.path == "/photo.png" else b"x" * 300
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            if self.path == "/photo.png":
+                self.wfile.write(body)
+                return
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def test_api_url_inputs_fetched_once_and_a_download_that_never_ends_is_cut(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from tests.conftest import API_KEY
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Inputs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    stack.env.update(
+        {
+            **_storage_env(tmp_path),
+            "IMAGEGEN_INPUT_ALLOW_PRIVATE": "true",  # the test's server is on loopback
+            "IMAGEGEN_DOWNLOAD_TIMEOUT_S": "1",
+        }
+    )
+    base = stack.start_api()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    prompt = unique("an edit from a URL")
+    started = time.monotonic()
+    slow = {"prompt": prompt, "image_urls": [f"{origin}/drip"]}
+    answer = httpx.post(f"{base}/jobs", json=slow, headers=auth, timeout=30)
+    assert answer.status_code == 422 and "image_urls[0]" in answer.text, answer.text
+    assert time.monotonic() - started < 10
+    assert _job_count(stack.database_url) == 0
+    ok = {"prompt": prompt, "image_urls": [f"{origin}/photo.png"]}
+    created = httpx.post(f"{base}/jobs", json=ok, headers=auth, timeout=30)
+    assert created.status_code == 201, created.text
+    [source] = _api_job(base, created.json()["id"])["inputs"]
+    assert (source["source_url"], source["width"], source["height"]) == (
+        ok["image_urls"][0],
+        48,
+        32,
+    )
+    server.shutdown()
