@@ -95,7 +95,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 progress(f"{name}: {args.concurrent} copies of {args.concurrent_bytes:,} at once")
                 conc = copy_concurrent(deps, big, args.concurrent_bytes, args.concurrent)
                 data.update(conc.summary(f"{name}_"))
-                data[f"{name}_concurrent_failures"] = len(conc.failures)
                 for failure in sorted(set(conc.failures))[:5]:
                     progress(f"  failed: {failure}")
                 progress(f"  {name}: {json.dumps({k: v for k, v in data.items() if name in k})}")

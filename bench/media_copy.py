@@ -126,6 +126,7 @@ class Concurrent:
     baseline_mb: float
     peak_mb: float
     wall_s: float
+    copy_s: list[float]
     failures: list[str]
 
     @property
@@ -138,20 +139,25 @@ class Concurrent:
             f"{prefix}rss_peak_mb": round(self.peak_mb, 1),
             f"{prefix}rss_growth_mb": round(self.growth_mb, 1),
             f"{prefix}concurrent_wall_s": round(self.wall_s, 2),
+            f"{prefix}concurrent_copy_s_max": round(max(self.copy_s, default=0.0), 2),
+            f"{prefix}concurrent_failures": len(self.failures),
         }
 
 
 def copy_concurrent(deps: CopyDeps, url: str, size: int, count: int) -> Concurrent:
     """``count`` threads, one copy each, released together; one shared fetch client."""
     failures: list[str] = []
+    copy_s: list[float] = []
     go = threading.Event()
 
     def one() -> None:
         go.wait()
+        start = time.perf_counter()
         try:
             copy_one(deps, url, size)
         except Exception as error:  # counted and reported, the run goes on
             failures.append(f"{type(error).__name__}: {error}")
+        copy_s.append(time.perf_counter() - start)  # list.append is atomic
 
     baseline_kb = rss_kb(os.getpid())  # before the threads: their stacks count as growth
     sampler = RssSampler().start()
@@ -164,7 +170,7 @@ def copy_concurrent(deps: CopyDeps, url: str, size: int, count: int) -> Concurre
         thread.join()
     wall_s = time.perf_counter() - start
     peak_kb = sampler.stop()
-    return Concurrent(baseline_kb / 1024, peak_kb / 1024, wall_s, failures)
+    return Concurrent(baseline_kb / 1024, peak_kb / 1024, wall_s, copy_s, failures)
 
 
 def _round(value: float | None) -> float | None:

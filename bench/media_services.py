@@ -31,8 +31,13 @@ FAKE_AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
 }
 #: Whatever the machine has configured must not reach (or redirect) the bench.
-_CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION")
-_CLEARED += ("AWS_ENDPOINT_URL_S3",)
+_CLEARED = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL_S3",
+)
 MODEL = "fal-ai/bench-media"
 
 
