@@ -132,15 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(data), flush=True)
         return code
     except KeyboardInterrupt:
-        progress("interrupted: stopping the emulator and moto")
-        return 130
+        progress("interrupted: the emulator and moto are stopped, the temporary files removed")
+        code = 130
+        return code
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if args.keep_logs or code != 0:
-            for log in ("emulator.log", "moto.log"):
-                if (work / log).exists():
-                    progress(f"log kept: {work / log}")
-            shutil.rmtree(work / "local", ignore_errors=True)
+        keep = args.keep_logs or code not in (0, 130)  # a failure's logs are worth a look
+        shutil.rmtree(work / "local", ignore_errors=True)
+        if keep:
+            progress(f"logs kept in {work} (emulator.log, moto.log)")
         else:
             shutil.rmtree(work, ignore_errors=True)
 
