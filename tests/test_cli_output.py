@@ -61,7 +61,8 @@ def tsv(text: str) -> list[list[str]]:
 def test_pipes_get_tab_separated_lines_and_terminals_whole_ids(running: Stack) -> None:
     job_id = running.enqueue(unique("a lighthouse at dawn"), num_images=2)
     shown = running.wait_terminal(job_id)
-    urls = [image["url"] for image in shown["images"]]
+    # the CLI shows the stored copies, on this machine's disk
+    keys = [image["storage_key"] for image in shown["images"]]
 
     listing = tsv(imagegen(running, "jobs").stdout)
     assert listing[0] == ["id", "created", "status", "attempts", "prompt", "outcome"]
@@ -71,7 +72,9 @@ def test_pipes_get_tab_separated_lines_and_terminals_whole_ids(running: Stack) -
     one = imagegen(running, "job", str(job_id)).stdout
     facts = tsv(one.split("\n\n")[0])
     assert facts[0] == ["field", "value"]
-    assert [value for key, value in facts if key == "image"] == urls
+    shown_urls = [value for key, value in facts if key == "image"]
+    assert len(shown_urls) == len(keys) == 2
+    assert all(u.startswith("file:///") and u.endswith(k) for u, k in zip(shown_urls, keys))
     assert "…" not in one
 
     table = on_a_terminal(running, "jobs")

@@ -51,7 +51,9 @@ def test_enqueue_wait_and_read_typed_jobs(client: Client, stack: Stack) -> None:
     assert again.id != created.id  # no idempotency key: a second job
     job = client.wait(created.id, timeout_s=60, poll_s=0.1)
     assert isinstance(job, contract.JobDetail) and job.status == "succeeded"
-    assert len(job.images) == 2 and job.images[0].url.startswith("https://")
+    assert len(job.images) == 2 and job.images_stored is True
+    assert job.images[0].url.endswith(f"/jobs/{created.id}/images/0")  # the stored copy
+    assert job.images[0].fal_url is not None and job.images[0].fal_url.startswith("https://")
     assert job.images[0].width == 1024 and job.attempt_log[0].outcome == "succeeded"
     assert job.deadline_at is not None and job.finished_at is not None
     assert client.health().status == "ok"

@@ -71,8 +71,8 @@ class EventFeed:
 
 
 def stages(*job_ids: object) -> set[str]:
-    """The task ids of a job that succeeded on its first submit: the submit, the collect."""
-    return {t for j in job_ids for t in (str(j), f"{j}/collect-1")}
+    """The task ids of a job that succeeded on its first submit: submit, collect, store."""
+    return {t for j in job_ids for t in (str(j), f"{j}/collect-1", f"{j}/store-1")}
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from imagegen.worker.constants import COLLECT_TASK, JOB_QUEUE, SUBMIT_TASK
+from imagegen.worker.constants import JOB_QUEUE, STORE_TASK, SUBMIT_TASK
 from imagegen.worker.jobs.enqueue import enqueue_many
 from tests.conftest import ROOT, Stack, unique
 
@@ -164,9 +164,10 @@ def _task_in_state(flower: Flower, task_id: str, state: str) -> dict[str, Any] |
 
 
 def _stage_order(task_id: str) -> tuple[int, int]:
-    """A stage task's place in its job's life: the job id (submit), collect-1, submit-2, ..."""
+    """A stage task's place in its job's life: the job id (submit), collect-1, store-1,
+    submit-2, ..."""
     kind, _, number = task_id.partition("/")[2].rpartition("-")
-    return (int(number), 0 if kind == "submit" else 1) if number else (1, 0)
+    return (int(number), {"submit": 0, "collect": 1}.get(kind, 2)) if number else (1, 0)
 
 
 def _stage_tasks(flower: Flower, job_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -176,7 +177,12 @@ def _stage_tasks(flower: Flower, job_id: uuid.UUID) -> list[dict[str, Any]]:
     return sorted(mine, key=lambda task: _stage_order(task["uuid"]))
 
 
-NOT_AN_OUTCOME = ("at_fal:", "resubmitting:", "skipped")  # the job goes on, or nothing done
+NOT_AN_OUTCOME = (
+    "at_fal:",
+    "resubmitting:",
+    "skipped",
+    "storing",
+)  # the job goes on, or nothing done
 
 
 def _outcome_task(flower: Flower, job_id: uuid.UUID) -> dict[str, Any] | None:
@@ -214,7 +220,7 @@ def test_flower_shows_success_and_refusal_with_job_id_only(flower: Flower) -> No
     # recorded, not a task failure. fal refuses this one at submit (the job id's task).
     ok = flower.wait_for("the succeeded job's outcome", partial(_outcome_task, flower, ok_id))
     refused = flower.wait_for("the refusal", partial(_outcome_task, flower, refused_id))
-    assert (ok["uuid"], ok["name"]) == (f"{ok_id}/collect-1", COLLECT_TASK), ok
+    assert (ok["uuid"], ok["name"]) == (f"{ok_id}/store-1", STORE_TASK), ok
     assert (refused["uuid"], refused["name"]) == (str(refused_id), SUBMIT_TASK), refused
     assert (ok["state"], ok["result"]) == ("SUCCESS", repr("succeeded")), ok
     assert (refused["state"], refused["result"]) == ("SUCCESS", "'refused:celebrity_likeness'")
@@ -231,7 +237,7 @@ def test_flower_shows_success_and_refusal_with_job_id_only(flower: Flower) -> No
 
     for job_id, prompt in ((ok_id, ok_prompt), (refused_id, refused_prompt)):
         stages = _stage_tasks(flower, job_id)
-        assert stages and stages[-1]["uuid"] in (str(job_id), f"{job_id}/collect-1"), stages
+        assert stages and stages[-1]["uuid"] in (str(job_id), f"{job_id}/store-1"), stages
         for task in stages:
             assert task["routing_key"] == JOB_QUEUE, task
             assert task["sent"] and task["received"], f"task-sent/received missing: {task}"
@@ -279,7 +285,7 @@ def test_flower_keeps_its_history_across_a_restart(stack: Stack) -> None:
     try:
         info = _outcome_task(second, job_id)
         assert info is not None, f"history lost across a restart\n{second.diagnostics()}"
-        assert (info["uuid"], info["result"]) == (f"{job_id}/collect-1", repr("succeeded"))
+        assert (info["uuid"], info["result"]) == (f"{job_id}/store-1", repr("succeeded"))
         at_fal = _task_in_state(second, str(job_id), "SUCCESS")
         assert at_fal is not None and "at_fal:" in at_fal["result"], at_fal
     finally:

@@ -173,8 +173,20 @@ def test_deadline_fails_the_job_with_a_timeout_error_when_it_passes(stack: Stack
     assert running.emulator.stats()["requests"][request_id]["state"] == "CANCELLED"
 
 
-def test_image_url_that_404s_fails_clearly(running: Stack) -> None:
-    job = running.wait_terminal(running.enqueue(unique("[[fal:url-404]] a missing file")))
+def test_image_url_that_404s_is_reported_clearly(stack: Stack) -> None:
+    """Stored (the default): the copy gives up at once, the job says why; not stored: the
+    image check fails the job (IMAGEGEN_STORE_IMAGES=false, IMAGEGEN_VERIFY_IMAGES)."""
+    stack.start_worker()
+    prompt = unique("[[fal:url-404]] a missing file")
+    job = stack.wait_terminal(stack.enqueue(prompt))
+    assert job["status"] == "succeeded" and job["images_stored"] is False, job
+    assert "404" in job["storage_error"]
+    assert stack.emulator.stats()["submissions_by_prompt"][prompt] == 1
+    stack.stop()
+    stack.workers.clear()
+    stack.poller = None
+    stack.start_worker(extra_env={"IMAGEGEN_STORE_IMAGES": "false"})
+    job = stack.wait_terminal(stack.enqueue(unique("[[fal:url-404]] a missing file")))
     assert job["status"] == "failed" and "answers 404" in job["error"]
 
 

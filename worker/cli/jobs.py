@@ -73,7 +73,7 @@ def enqueue(
 def cli_link() -> Any:
     from imagegen.worker.media.links import settings_link
 
-    return settings_link(app_settings())
+    return settings_link(app_settings(), files=True)
 
 
 def _input(value: str | None) -> Any:

@@ -33,6 +33,7 @@ _WHY_NOT = {
     JobStatus.SUBMITTING: "is being submitted to fal",
     JobStatus.AT_FAL: "is at fal",
     JobStatus.COLLECTING: "is being collected from fal",
+    JobStatus.STORING: "succeeded at fal; its images are being stored",
 }
 
 _NOW = bindparam("now", type_=UTCDateTime())

@@ -21,6 +21,7 @@ STATUS_STYLE = {
     "submitting": "cyan",
     "at_fal": "cyan",
     "collecting": "cyan",
+    "storing": "cyan",
     "succeeded": "green",
     "refused": "yellow",
     "failed": "red",

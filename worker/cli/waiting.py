@@ -59,7 +59,7 @@ def wait_for_outcome(
         elapsed = time.monotonic() - started
         if on_progress is not None:
             on_progress(Progress(job["status"], job["attempts"], elapsed))
-        if job["status"] not in ("queued", "submitting", "at_fal", "collecting"):
+        if job["status"] not in ("queued", "submitting", "at_fal", "collecting", "storing"):
             return WaitResult(WaitExit[job["status"].upper()], job)
         if timeout_s is not None and elapsed >= timeout_s:
             return WaitResult(WaitExit.TIMEOUT, job)
