@@ -74,7 +74,7 @@ def test_pipes_get_tab_separated_lines_and_terminals_whole_ids(running: Stack) -
     assert facts[0] == ["field", "value"]
     shown_urls = [value for key, value in facts if key == "image"]
     assert len(shown_urls) == len(keys) == 2
-    assert all(u.startswith("file:///") and u.endswith(k) for u, k in zip(shown_urls, keys))
+    assert all(u.startswith("file:///") and u.endswith(k) for u, k in zip(shown_urls, keys, strict=True))
     assert "…" not in one
 
     table = on_a_terminal(running, "jobs")
@@ -85,7 +85,8 @@ def test_pipes_get_tab_separated_lines_and_terminals_whole_ids(running: Stack) -
     assert any(str(job_id) in line and "succeeded" in line for line in table.splitlines())
     assert any(line.split() == ["id", str(job_id)] for line in view.splitlines())
     assert any(line.split() == ["status", "succeeded"] for line in view.splitlines())
-    assert all(any(url in line for line in view.splitlines()) for url in urls)
+    flat = "".join(view.split())  # a long file:// URL folds over lines on a terminal
+    assert all(key in flat for key in keys)
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def _listed_in_state(flower: Flower, state: str, task_id: str) -> dict[str, Any]
 
 def _counted(flower: Flower, event_type: str) -> float:
     """Flower's Prometheus count of stage-task events of this type (all workers)."""
-    tasks = (f'task="{SUBMIT_TASK}"', f'task="{COLLECT_TASK}"')
+    tasks = (f'task="{SUBMIT_TASK}"', f'task="{COLLECT_TASK}"', f'task="{STORE_TASK}"')
     lines = flower.get("/metrics", auth=False).text.splitlines()
     counts = [line for line in lines if line.startswith("flower_events_total{")]
     ours = [c for c in counts if f'type="{event_type}"' in c and any(t in c for t in tasks)]
