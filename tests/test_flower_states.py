@@ -130,14 +130,20 @@ def _started_again(flower: Flower, task_id: str, before: float) -> bool | None:
 _BACKLOG = {
     "ok": ("[[fal:ok+latency:2]] a slow lighthouse", "succeeded", "SUCCESS", "'succeeded'"),
     "refused": ("[[fal:late-refuse:violence]] a duel", "refused", "SUCCESS", "'refused:violence'"),
-    "failed": ("[[fal:url-404]] a vanished file", "failed", "FAILURE", None),
+    "failed": ("[[fal:no-images]] an empty answer", "failed", "FAILURE", None),
+    "unstored": (
+        "[[fal:url-404]] a vanished file",
+        "succeeded",
+        "SUCCESS",
+        "'succeeded:images_not_stored'",
+    ),
     "retried": ("[[fal:runner-disconnected,ok]] a flaky runner", "succeeded", "SUCCESS", None),
 }
 
 
 @pytest.mark.timeout(240)
 def test_flower_shows_every_outcome_of_a_backlog(stack: Stack) -> None:
-    """20 slow, late-refused, failing and resubmitted jobs on a worker with two threads:
+    """25 slow, late-refused, failing, unstored and resubmitted jobs on a worker with two threads:
     Flower shows each job's outcome (none missing, none a stage's interim result)."""
     flower = start_flower(stack)
     try:
