@@ -476,3 +476,18 @@ def test_a_request_past_the_generation_timeout_is_given_up() -> None:
     assert "IMAGEGEN_GENERATION_TIMEOUT_S" in (row.give_up(now, generation_timeout_s=40) or "")
     late = Due(uuid.uuid4(), "m", "r", now, now - timedelta(seconds=1), 1, now)
     assert late.give_up(now, generation_timeout_s=60) == DEADLINE_ERROR
+
+
+@pytest.mark.slow
+def test_the_poller_republishes_a_lost_queued_message_without_the_sweeper(running: Stack) -> None:
+    """A queued row whose message is gone (its worker was killed holding it) past its grace:
+    the poller's housekeeping publishes it again within seconds; no beat runs here."""
+    from datetime import timedelta
+
+    from imagegen.models import JobStatus, utcnow
+    from tests.conftest import add_jobs
+
+    [job_id] = add_jobs(
+        running.database_url, 1, JobStatus.QUEUED, lease_until=utcnow() - timedelta(seconds=1)
+    )
+    assert running.wait_terminal(job_id, timeout_s=30)["status"] == "succeeded"

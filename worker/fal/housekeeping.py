@@ -1,7 +1,7 @@
 """What the poller does beside its checks, on short timers: queued jobs past their
-deadline failed, collects that were never published (Redis was away) published again,
-and the at-fal gauge. The sweeper does the same on its longer schedule: a host without
-a poller loses nothing, it only waits longer."""
+deadline failed, stage messages that were lost (Redis was away, a worker was killed with
+messages it had taken) published again, and the at-fal gauge. The sweeper does the same
+on its longer schedule: a host without a poller loses nothing, it only waits longer."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from imagegen.models import JobStatus, utcnow
+from imagegen.models import utcnow
 from imagegen.worker import metrics
 from imagegen.worker.fal import due
 from imagegen.worker.jobs.hooks import fire
-from imagegen.worker.jobs.sweeper import republish
+from imagegen.worker.jobs.sweeper import STAGED, republish
 
 if TYPE_CHECKING:
     from imagegen.worker.fal.poller import Poller
@@ -38,10 +38,5 @@ class Housekeeping:
         if now >= self._count_at:
             self._count_at = now + self.COUNT_EVERY_S
             metrics.IN_FLIGHT.set(await poller._db(due.count_at_fal))
-            await asyncio.to_thread(
-                republish,
-                poller.settings,
-                poller.app,
-                utcnow(),
-                (JobStatus.COLLECTING, JobStatus.STORING),
-            )
+            # every 5 s, not the sweeper's minute: after a crash the stall is the grace alone
+            await asyncio.to_thread(republish, poller.settings, poller.app, utcnow(), STAGED)
