@@ -121,16 +121,41 @@ def test_a_failure_is_not_cached(stub: tuple[Stub, str]) -> None:
         (200, b'{"price": 1}', "without a 'prices' list", False),
         (200, b'["a"]', "without a 'prices' list", False),
         (200, b'{"prices": []}', "no price for that endpoint", False),
-        (200, b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": "x",'
-         b' "unit": "units", "currency": "USD"}]}', "is not a number", False),
-        (200, b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": null,'
-         b' "unit": "units", "currency": "USD"}]}', "not a number", False),
-        (200, b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": -1,'
-         b' "unit": "units", "currency": "USD"}]}', "is not a price", False),
-        (200, b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": 1,'
-         b' "currency": "USD"}]}', "names no unit", False),
-        (200, b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": 1,'
-         b' "unit": "units", "currency": "EUR"}]}', "not USD", False),
+        (
+            200,
+            b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": "x",'
+            b' "unit": "units", "currency": "USD"}]}',
+            "is not a number",
+            False,
+        ),
+        (
+            200,
+            b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": null,'
+            b' "unit": "units", "currency": "USD"}]}',
+            "not a number",
+            False,
+        ),
+        (
+            200,
+            b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": -1,'
+            b' "unit": "units", "currency": "USD"}]}',
+            "is not a price",
+            False,
+        ),
+        (
+            200,
+            b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": 1,'
+            b' "currency": "USD"}]}',
+            "names no unit",
+            False,
+        ),
+        (
+            200,
+            b'{"prices": [{"endpoint_id": "openai/gpt-image-2", "unit_price": 1,'
+            b' "unit": "units", "currency": "EUR"}]}',
+            "not USD",
+            False,
+        ),
     ],
 )
 def test_clear_errors(
@@ -161,7 +186,9 @@ def test_no_answer_is_retryable_and_names_no_key() -> None:
     assert "no answer" in str(raised.value) and KEY not in str(raised.value)
 
 
-def test_key_never_logged_on_success(stub: tuple[Stub, str], caplog: pytest.LogCaptureFixture) -> None:
+def test_key_never_logged_on_success(
+    stub: tuple[Stub, str], caplog: pytest.LogCaptureFixture
+) -> None:
     _, base = stub
     caplog.set_level(logging.DEBUG)
     client(base).unit_price(MODEL)

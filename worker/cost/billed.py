@@ -20,17 +20,20 @@ log = logging.getLogger(__name__)
 BILLABLE_UNITS_HEADER = "x-fal-billable-units"
 #: money is kept to a millionth of a dollar (fal's billing events report nano-USD)
 USD_PLACES = Decimal("0.000001")
+#: more units than any one request could be billed: the header is garbage, not a bill (and
+#: quantizing a number this size to 6 places would overflow Decimal's precision)
+MAX_UNITS = Decimal(10) ** 9
 
 
 def parse_units(value: str | None, *, request_id: str | None = None) -> Decimal | None:
-    """The header's units as a Decimal; None when absent or not a finite number >= 0."""
+    """The header's units as a Decimal; None when absent or not a number in [0, MAX_UNITS]."""
     if value is None:
         return None
     try:
         units = Decimal(value.strip())
     except InvalidOperation:
         units = None
-    if units is None or not units.is_finite() or units < 0:
+    if units is None or not units.is_finite() or not 0 <= units <= MAX_UNITS:
         # the value is fal's, not user data; logged so an odd header is noticed
         log.warning("ignoring x-fal-billable-units %r (request %s)", value[:40], request_id)
         return None
