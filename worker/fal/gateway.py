@@ -16,6 +16,9 @@ protocol, but give its ``SyncClient`` our own httpx transport, ``FalTransport``:
 So one ``submit()`` sends exactly one POST, and only ``worker.jobs.retry.RetryPolicy`` decides
 whether another is sent. Status and result polls get their own short timeout. fal-client
 reads ``FAL_QUEUE_RUN_HOST`` at import; ``SSL_CERT_FILE`` is honoured by httpx.
+
+What fal billed is in the result GET's ``x-fal-billable-units`` header, which fal-client
+would drop: ``result_with_units`` does that GET itself and returns it (``FalResult``).
 """
 
 from __future__ import annotations
