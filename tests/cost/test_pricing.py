@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imagegen.worker.cost.pricing import PricingClient
-from imagegen.worker.errors import ImagegenError, PricingUnavailable
+from imagegen.worker.cost.pricing import FixedPricing, PricingClient, UnitPrices
+from imagegen.worker.errors import ConfigurationError, ImagegenError, PricingUnavailable
 
 KEY = "pricing-key-do-not-log-1234"
 MODEL = "openai/gpt-image-2"
@@ -194,3 +194,14 @@ def test_key_never_logged_on_success(
     client(base).unit_price(MODEL)
     assert caplog.records  # httpx did log the request
     assert KEY not in caplog.text
+
+
+def test_an_empty_key_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="FAL_KEY"):
+        PricingClient(key=" ")
+
+
+def test_fixed_pricing_for_the_emulator() -> None:
+    prices: UnitPrices = FixedPricing(Decimal("0.5"))
+    assert prices.unit_price(MODEL) == Decimal("0.5")
+    assert FixedPricing().unit_price("any/model") == Decimal(1)
