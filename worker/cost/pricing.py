@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from imagegen.worker.errors import PricingUnavailable
+from imagegen.worker.errors import ConfigurationError, PricingUnavailable
 
 FAL_PLATFORM_API = "https://api.fal.ai/v1"
 #: the only currency a unit price is accepted in (budgets and bills are USD)
@@ -36,6 +36,22 @@ class UnitPrice:
     currency: str
 
 
+class UnitPrices(Protocol):
+    """Where billed cost gets its unit price (PricingClient; FixedPricing for an emulator)."""
+
+    def unit_price(self, endpoint_id: str) -> Decimal: ...
+
+
+@dataclass(frozen=True)
+class FixedPricing:
+    """One unit price for every endpoint: for the emulator, whose units are its own."""
+
+    price: Decimal = Decimal(1)
+
+    def unit_price(self, endpoint_id: str) -> Decimal:
+        return self.price
+
+
 class PricingClient:
     """Unit prices from fal's pricing API, cached per endpoint for ``ttl_s`` seconds."""
 
@@ -49,6 +65,8 @@ class PricingClient:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not key.strip():
+            raise ConfigurationError("fal's pricing API needs FAL_KEY, which is empty")
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Key {key}"},
