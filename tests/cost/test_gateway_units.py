@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from fal_client import client as fal_client_module
 from PIL import Image
 
 from imagegen.worker.errors import FalError, PermanentFalError, PolicyRefusal
@@ -36,8 +37,11 @@ class _NoHooks:
 
 
 @pytest.fixture
-def gateway(emulator: Any) -> Iterator[FalGateway]:
+def gateway(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FalGateway]:
     emulator.configure(latency_s=0.05)
+    # fal-client reads its host at import; a conftest that imported it before the session's
+    # emulator was up (tests/stages) left fal.ai's there, so point it at the emulator here
+    monkeypatch.setattr(fal_client_module, "QUEUE_URL_FORMAT", f"https://{emulator.host_port}/")
     gw = FalGateway(key="test-key-not-secret", submit_timeout_s=5, poll_timeout_s=5)
     yield gw
     gw.close()
