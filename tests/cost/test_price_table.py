@@ -65,6 +65,19 @@ def test_size_buckets(table: PriceTable, size: tuple[int, int], bucket: str, hig
     assert table.image_price(T2I, "high", *size) == Decimal(high)
 
 
+def test_the_shipped_table_has_no_gaps(table: PriceTable) -> None:
+    assert table.gaps([T2I, EDIT], QUALITIES) == []
+
+
+def test_gaps_name_every_missing_entry(tmp_path: Path) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        "[size_buckets]\n1k = 1048576\n2k = 4194304\n"
+        + '[models."m".per_image]\nlow = { 1k = 0.01 }\n'
+    )
+    assert PriceTable.load(path).gaps(["m", "n"], ["low"]) == ["m low 2k", "n low 1k", "n low 2k"]
+
+
 def test_input_image_price(table: PriceTable) -> None:
     assert table.input_price(EDIT) == Decimal("0.012")
     assert table.input_price(T2I) == Decimal(0)

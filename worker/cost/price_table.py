@@ -19,8 +19,9 @@ File shape (see prices.toml)::
 
 from __future__ import annotations
 
+import itertools
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -86,6 +87,17 @@ class PriceTable:
                 f"at size bucket {bucket!r} ({width}x{height})"
             )
         return price
+
+    def gaps(self, models: Iterable[str], qualities: Iterable[str]) -> list[str]:
+        """Every (model, quality, bucket) the table cannot price, for a check at start-up."""
+        missing = []
+        for model, quality in itertools.product(models, qualities):
+            for bucket, most in self.buckets:
+                try:
+                    self.image_price(model, quality, 1, most)
+                except PriceUnknown:
+                    missing.append(f"{model} {quality} {bucket}")
+        return missing
 
     def input_price(self, model: str) -> Decimal:
         """USD per input image (edits); 0 when the model's entry gives none."""
