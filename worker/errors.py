@@ -7,6 +7,7 @@ every answer from fal into. Only ``worker.fal.gateway`` sees fal-client's own ex
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 
@@ -110,6 +111,9 @@ class FalError(ImagegenError):
     """An answer from fal (or the lack of one), classified; carries what fal said."""
 
     retryable: bool = False
+    #: ``x-fal-billable-units`` of the answer, when it carried one (a 422 may be billed);
+    #: None: fal did not say (unknown, never read as 0). Set by the gateway's result read.
+    billable_units: Decimal | None = None
 
     def __init__(
         self,
@@ -199,3 +203,19 @@ class JobFailed(ImagegenError):
 
 class JobRetrying(ImagegenError):
     """The job runs again later; Flower shows it (and its reason) while the task is RETRY."""
+
+
+# Cost (worker/cost): a job is refused rather than priced at a guess.
+class PriceUnknown(ImagegenError):
+    """The price table has no entry for this model, quality or size: no estimate is made."""
+
+
+class PricingUnavailable(ImagegenError):
+    """fal's pricing API gave no usable unit price (refused the key, failed, odd answer).
+
+    ``retryable``: a 5xx or no answer may pass later; a 401/403 or a malformed answer will not.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

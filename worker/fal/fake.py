@@ -23,12 +23,13 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from imagegen.worker.constants import CONTENT_POLICY
 from imagegen.worker.errors import FalError, PermanentFalError, TransientFalError
 from imagegen.worker.fal.answers import classify_answer
-from imagegen.worker.fal.gateway import FalStatus, SubmitHooks
+from imagegen.worker.fal.gateway import FalResult, FalStatus, SubmitHooks
 
 #: fal's CDN, as the fake's image URLs name it
 FILES_URL = "https://fake.fal.media/files"
@@ -176,6 +177,8 @@ class FakeFal:
 
     ``while_sending``: called with the submit's arguments while its POST is out (after
     ``hooks.sending()``), for what happens meanwhile: a cancel, a worker that dies (raise).
+    ``units``: the ``x-fal-billable-units`` every result read reports (None: no header),
+    on the result and on the error a failed read raises alike.
     """
 
     def __init__(self) -> None:
@@ -190,6 +193,7 @@ class FakeFal:
         self.cancels: list[str] = []
         self.uploads: list[tuple[int, str]] = []
         self.while_sending: Callable[[dict[str, Any]], object] | None = None
+        self.units: Decimal | None = Decimal("1")
 
     # scripting
     def script(self, prompt: str, *steps: Step) -> None:
@@ -258,18 +262,23 @@ class FakeFal:
         return FalStatus("COMPLETED")
 
     def result(self, model: str, request_id: str) -> dict[str, Any]:
+        return self.result_with_units(model, request_id).output
+
+    def result_with_units(self, model: str, request_id: str) -> FalResult:
         self.results.append(request_id)
         request = self._request(request_id)
         results = request.step.results
         reply = results[min(request.reads, len(results) - 1)]
         request.reads += 1
         if reply is not None:
-            raise reply.error("result")
+            error = reply.error("result")
+            error.billable_units = self.units if reply.status is not None else None
+            raise error
         images = [
             {"url": f"{FILES_URL}/{request_id}/{n}.png", "content_type": "image/png"}
             for n in range(request.step.images)
         ]
-        return {"images": images, "seed": 42}
+        return FalResult({"images": images, "seed": 42}, self.units)
 
     def upload(self, data: bytes, content_type: str) -> str:
         with self._lock:

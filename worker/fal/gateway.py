@@ -16,6 +16,9 @@ protocol, but give its ``SyncClient`` our own httpx transport, ``FalTransport``:
 So one ``submit()`` sends exactly one POST, and only ``worker.jobs.retry.RetryPolicy`` decides
 whether another is sent. Status and result polls get their own short timeout. fal-client
 reads ``FAL_QUEUE_RUN_HOST`` at import; ``SSL_CERT_FILE`` is honoured by httpx.
+
+What fal billed is in the result GET's ``x-fal-billable-units`` header, which fal-client
+would drop: ``result_with_units`` does that GET itself and returns it (``FalResult``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import fal_client
@@ -31,6 +35,7 @@ import httpx
 from fal_client import client as fal_client_module
 
 from imagegen.worker.constants import FAL_PRODUCTION_QUEUE_HOST
+from imagegen.worker.cost.billed import BILLABLE_UNITS_HEADER, parse_units
 from imagegen.worker.errors import (
     ConfigurationError,
     FalError,
@@ -68,6 +73,18 @@ class FalStatus:
         if self.done and (self.error or self.error_type):
             return classify_completed_error(self.error_type, self.error)
         return None
+
+
+@dataclass(frozen=True)
+class FalResult:
+    """A COMPLETED request's output and what fal billed for it.
+
+    ``billable_units``: the result GET's ``x-fal-billable-units`` (in the endpoint's pricing
+    unit; fal-client drops this header); None when fal did not send it (unknown, not 0).
+    """
+
+    output: dict[str, Any]
+    billable_units: Decimal | None
 
 
 def queue_host() -> str:
@@ -157,17 +174,35 @@ class FalGateway:
         return FalStatus("COMPLETED", error=status.error, error_type=status.error_type)
 
     def result(self, model: str, request_id: str) -> dict[str, Any]:
-        """The output of a COMPLETED request (one GET of the handle's response URL).
+        """The output of a COMPLETED request (``result_with_units`` without the units)."""
+        return self.result_with_units(model, request_id).output
 
-        fal-client's ``handle.get()`` would poll the status once more first; we have just
-        seen COMPLETED, so the handle's own client fetches the result directly.
+    def result_with_units(self, model: str, request_id: str) -> FalResult:
+        """The output of a COMPLETED request and its billable units (one GET).
+
+        fal-client's ``handle.get()`` would poll the status once more first and drops the
+        response headers; we have just seen COMPLETED, so the handle's own client fetches
+        the result directly. An error answer (a 422 refusal) is raised as before, with the
+        units it carried on the exception's ``billable_units``.
         """
-        with _translated("result"):
-            handle = self._client.get_handle(model, request_id)
-            output = handle.client.get(handle.response_url).json()
+        response: httpx.Response | None = None
+        try:
+            with _translated("result"):
+                handle = self._client.get_handle(model, request_id)
+                response = handle.client.get(handle.response_url)
+                output = response.json()
+        except FalError as exc:
+            answered = exc.__cause__.response if isinstance(exc.__cause__, Answered) else None
+            source = answered if answered is not None else response
+            if source is not None:
+                exc.billable_units = _units(source, request_id)
+            raise
+        units = _units(response, request_id)
         if not isinstance(output, dict):
-            raise PermanentFalError("fal answered the result with JSON that is not an object")
-        return output
+            error = PermanentFalError("fal answered the result with JSON that is not an object")
+            error.billable_units = units
+            raise error
+        return FalResult(output, units)
 
     def upload(self, data: bytes, content_type: str) -> str:
         """Put an input image on fal's CDN (fal-client's upload): its URL, for a request."""
@@ -209,6 +244,10 @@ class FalGateway:
 
 #: bytes check_images reads when a file host ignores its Range header (then it closes).
 _CHECK_READ_CAP = 256 * 1024
+
+
+def _units(response: httpx.Response, request_id: str) -> Decimal | None:
+    return parse_units(response.headers.get(BILLABLE_UNITS_HEADER), request_id=request_id)
 
 
 @contextmanager

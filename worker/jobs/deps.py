@@ -9,7 +9,7 @@ import httpx
 from celery import Celery
 
 from imagegen.worker.fal.account import AccountGuard
-from imagegen.worker.fal.gateway import SubmitHooks
+from imagegen.worker.fal.gateway import FalResult, SubmitHooks
 from imagegen.worker.fal.limits import FalLimiter
 from imagegen.worker.jobs.retry import RetryPolicy
 from imagegen.worker.media.storage import Storage
@@ -29,6 +29,10 @@ class Gateway(Protocol):
     ) -> str: ...
 
     def result(self, model: str, request_id: str) -> dict[str, Any]: ...
+
+    def result_with_units(self, model: str, request_id: str) -> FalResult:
+        """The output and its ``x-fal-billable-units`` (None: fal did not say)."""
+        ...
 
     def upload(self, data: bytes, content_type: str) -> str: ...
 
