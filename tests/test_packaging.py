@@ -116,6 +116,7 @@ def test_a_built_wheel_carries_the_package_data(tmp_path: Path) -> None:
     needed = {
         "imagegen/__init__.py",
         "imagegen/worker/moderation/default_rules.toml",
+        "imagegen/worker/cost/prices.toml",
         "imagegen/migrations/script.py.mako",
     }
     assert needed <= names, f"missing from the wheel: {needed - names}"
