@@ -288,3 +288,22 @@ def test_a_permanent_submit_error_fails_at_once(deps: Deps, fal: FakeFal) -> Non
     assert outcome.failed and outcome.reason is not None and "HTTP 422" in outcome.reason
     assert job(deps, job_id)["status"] is JobStatus.FAILED and len(fal.submits) == 1
     assert [a["outcome"] for a in attempts_of(deps, job_id)] == [AttemptOutcome.PERMANENT]
+
+
+def test_a_submit_whose_task_died_is_taken_over_after_the_sweeper_republishes_it(
+    deps: Deps, fal: FakeFal
+) -> None:
+    """The republish pushes the grace forward (no second publish meanwhile) and frees the
+    dead task's lease: the submit it publishes claims the job instead of skipping it."""
+    from imagegen.worker.jobs.sweeper import republish
+
+    job_id = add_job(deps)
+    past = utcnow() - timedelta(seconds=1)
+    values = {"lease_until": past}
+    write(
+        deps.settings.database_url,
+        lambda db: state.move(db, job_id, "claim", owner="dead", lease_s=60, values=values),
+    )
+    assert republish(deps.settings, deps.app, utcnow()) == [job_id]
+    assert submit.run(job_id, deps).summary.startswith("at_fal:")
+    assert len(fal.submits) == 1

@@ -99,8 +99,13 @@ def republish(
         ids = list(db.execute(query).scalars())
         if not ids:
             return []
-        # the grace pushed forward: the next pass does not publish them again meanwhile
-        bump = update(state.JOBS).where(J.id.in_(ids), stale).values(lease_until=grace)
+        # the grace pushed forward: the next pass does not publish them again meanwhile; the
+        # dead task's lease is over, so the message published now can take the job
+        bump = (
+            update(state.JOBS)
+            .where(J.id.in_(ids), stale)
+            .values(lease_until=grace, lease_owner=None)
+        )
         return list(db.execute(bump.returning(J.id, J.status, J.attempts)).all())
 
     rows = write(settings.database_url, work)
