@@ -50,6 +50,10 @@ def default_env(url: str, redis_url: str, emulator: Emulator) -> dict[str, str]:
     """The default settings: no IMAGEGEN_* of the caller, only the services pointed at."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGEN_")}
     env.update(DATABASE_URL=url, REDIS_URL=redis_url, FAL_KEY="chaos-key", **emulator.env)
+    # stored images in a temporary directory, not the working directory
+    env.setdefault(
+        "IMAGEGEN_STORAGE_URL", "file:" + tempfile.mkdtemp(prefix="imagegen-bench-images-")
+    )
     return env
 
 

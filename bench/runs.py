@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,10 @@ def worker_env(url: str, redis_url: str, emulator: Emulator, concurrency: int) -
     env = {k: v for k, v in os.environ.items() if k != "IMAGEGEN_WEBHOOK_URL"}
     env.update(DATABASE_URL=url, REDIS_URL=redis_url, FAL_KEY="bench", **emulator.env)
     env.update(IMAGEGEN_FAL_CONCURRENCY=str(concurrency), IMAGEGEN_LOG_FORMAT="json")
+    # stored images in a temporary directory, not the working directory
+    env.setdefault(
+        "IMAGEGEN_STORAGE_URL", "file:" + tempfile.mkdtemp(prefix="imagegen-bench-images-")
+    )
     return env
 
 
