@@ -25,8 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 # the shared column types and helpers live in models.base (models.tenants needs them too);
 # re-exported here so ``from imagegen.models import Base, utcnow`` keeps working
-from .base import JSONType, UTCDateTime, _enum, _not_null, utcnow
-from .base import Base as Base
+from .base import Base, JSONType, UTCDateTime, _enum, _not_null, utcnow
 from .tenants import DEFAULT_TENANT_ID, Tenant, TenantKey
 
 
@@ -216,10 +215,10 @@ __all__ = [
     "AttemptOutcome",
     "Base",
     "FalWebhook",
+    "JSONType",
     "Job",
     "JobAttempt",
     "JobStatus",
-    "JSONType",
     "Tenant",
     "TenantKey",
     "UTCDateTime",
