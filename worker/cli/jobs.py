@@ -28,12 +28,8 @@ def enqueue(
     num_images: Annotated[int | None, typer.Option(help="1 to 4")] = None,
     output_format: Annotated[str | None, typer.Option(help="jpeg, png or webp")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
-    tenant: Annotated[
-        str | None, typer.Option(help="The tenant's name (default: the default tenant)")
-    ] = None,
-    end_user: Annotated[
-        str | None, typer.Option(help="Your id of the user the job is for (1-200 chars)")
-    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Its tenant (default: default)")] = None,
+    end_user: Annotated[str | None, typer.Option(help="Your id of its user")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the outcome (exit code: see docs)")] = False,
     wait_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds to wait")] = None,
     image: Annotated[
@@ -52,12 +48,8 @@ def enqueue(
 
     with errors():
         text = read_prompt(prompt, prompt_file)
-        for value, what in (
-            (size, "--size"),
-            (idempotency_key, "--idempotency-key"),
-            (tenant, "--tenant"),
-            (end_user, "--end-user"),
-        ):
+        named = {"--size": size, "--idempotency-key": idempotency_key, "--tenant": tenant}
+        for what, value in {**named, "--end-user": end_user}.items():
             if value is not None:
                 strict_utf8(value, what)
         settings = app_settings()

@@ -144,8 +144,11 @@ def job_to_dict(
     CLI's ``--json``, the HTTP API and job callbacks all send this. Every column is there;
     ``images`` is ``[]`` until the job succeeded; ``link`` makes a stored image's ``url``
     (``worker.media.links``)."""
-    data: dict[str, Any] = {column: getattr(job, column) for column in _COLUMNS}
+    data: dict[str, Any] = {
+        column: getattr(job, column) for column in _COLUMNS if column != "tenant"
+    }
     data["id"] = str(job.id)
+    data["tenant_id"] = str(job.tenant_id)
     data["tenant"] = job.tenant.name  # a many-to-one: one query per tenant per session
     data["retry_of"] = str(job.retry_of) if job.retry_of else None
     data["images"] = [_image(job, n, image, link) for n, image in enumerate(job.images or [])]
