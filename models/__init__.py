@@ -84,12 +84,10 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     #: whose job it is; the server default (the default tenant) keeps writers that predate
-    #: tenants working (32 hex digits: how a UUID is written on Postgres and SQLite alike)
+    #: tenants working (32 hex digits: how a UUID is written on Postgres and SQLite alike).
+    #: No Python default: an insert that does not name it works on an older schema too.
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid,
-        ForeignKey("tenants.id"),
-        default=DEFAULT_TENANT_ID,
-        server_default=text(f"'{DEFAULT_TENANT_ID.hex}'"),
+        Uuid, ForeignKey("tenants.id"), server_default=text(f"'{DEFAULT_TENANT_ID.hex}'")
     )
     #: the web app's own user id (per-user limits); never interpreted
     end_user: Mapped[str | None] = mapped_column(String(200))

@@ -114,8 +114,10 @@ def enqueue_request(
 
     ``uploads``: input images given as files (the CLI's paths, the API's multipart parts)
     besides the request's URLs; any input makes it an edit job (IMAGEGEN_EDIT_MODEL)."""
-    with session_scope(settings.database_url) as session:
-        tenant_id = tenant_ids(session, [request.tenant])[request.tenant]  # before any write
+    tenant_id = DEFAULT_TENANT_ID
+    if request.tenant is not None:  # checked before anything is written or stored
+        with session_scope(settings.database_url) as session:
+            tenant_id = tenant_ids(session, [request.tenant])[request.tenant]
     row = _row(request, settings, utcnow(), tenant_id)
     inputs = edit_inputs(row, [*request.sources(), *uploads], settings)
     try:
