@@ -190,6 +190,11 @@ def test_cli_errors_are_one_line_with_their_exit_codes(stack: Stack) -> None:
     assert done.returncode == 0, done.stderr
     shown = json.loads(imagegen(stack, "job", done.stdout.strip(), "--json").stdout)
     assert (shown["tenant"], shown["end_user"]) == ("acme", "u-1")
+    assert imagegen(stack, "enqueue", "another fox").returncode == 0  # the default tenant's
+    listed = json.loads(imagegen(stack, "jobs", "--tenant", "acme", "--json").stdout)
+    assert [j["id"] for j in listed] == [shown["id"]]
+    assert len(json.loads(imagegen(stack, "jobs", "--json").stdout)) == 2
+    one_line_error(imagegen(stack, "jobs", "--tenant", "nobody"), 3, "no tenant named")
 
 
 def test_rows_written_without_a_tenant_get_the_default(database_url: str) -> None:

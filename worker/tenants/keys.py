@@ -96,7 +96,8 @@ def list_tenants(database_url: str) -> list[TenantInfo]:
         return [_tenant_info(row) for row in rows]
 
 
-def _tenant(session: Session, name: str) -> Tenant:
+def find_tenant(session: Session, name: str) -> Tenant:
+    """The tenant named ``name``; TenantNotFound (exit code 3) if there is none."""
     check_name(name)
     row = session.execute(select(Tenant).where(Tenant.name == name)).scalar_one_or_none()
     if row is None:
@@ -108,7 +109,7 @@ def create_key(database_url: str, tenant: str) -> NewKey:
     """A new key for ``tenant`` (TenantNotFound if there is none): returned once."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     with session_scope(database_url) as session:
-        owner = _tenant(session, tenant)
+        owner = find_tenant(session, tenant)
         row = TenantKey(
             id=uuid.uuid4(),
             tenant_id=owner.id,
@@ -124,7 +125,7 @@ def create_key(database_url: str, tenant: str) -> NewKey:
 def list_keys(database_url: str, tenant: str) -> list[KeyInfo]:
     """The tenant's keys, oldest first, revoked ones included."""
     with session_scope(database_url) as session:
-        owner = _tenant(session, tenant)
+        owner = find_tenant(session, tenant)
         rows = session.execute(
             select(TenantKey)
             .where(TenantKey.tenant_id == owner.id)
