@@ -112,19 +112,27 @@ def jobs(
     category: Annotated[str | None, typer.Option(help="Refusal category")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, or 30m / 2h / 7d ago")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent jobs, newest first, filtered by status, refusal category and age."""
+    """Recent jobs, newest first, filtered by status, refusal category, age and tenant."""
     from imagegen.worker.cli.views import show_jobs
     from imagegen.worker.jobs.queries import job_to_dict, list_jobs
+    from imagegen.worker.tenants.keys import find_tenant
 
     with errors():
         since_at = parse_since(since) if since else None
         if category is not None:
             strict_utf8(category, "--category")
         with db_session() as session:
+            scope = find_tenant(session, strict_utf8(tenant, "--tenant")).id if tenant else None
             found = list_jobs(
-                session=session, status=status, category=category, since=since_at, limit=limit
+                session=session,
+                status=status,
+                category=category,
+                since=since_at,
+                limit=limit,
+                tenant_id=scope,
             )
             rows = [job_to_dict(j, link=cli_link()) for j in found]
     if as_json:
