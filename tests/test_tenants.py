@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
@@ -85,6 +86,10 @@ def test_key_lifecycle_stores_only_a_hash(database_url: str) -> None:
     assert listed.last_used_at is not None and new.key not in json.dumps(listed.to_json())
     resolve_key(database_url, new.key)  # within a minute: last_used_at is not written again
     assert keys.list_keys(database_url, "acme")[0].last_used_at == listed.last_used_at
+    assert listed.last_used_at is not None
+    later = listed.last_used_at + timedelta(minutes=2)
+    resolve_key(database_url, new.key, now=later)  # a minute on: written again
+    assert keys.list_keys(database_url, "acme")[0].last_used_at == later
     keys.revoke_key(database_url, new.info.id)
     with pytest.raises(Unauthenticated):
         resolve_key(database_url, new.key)
