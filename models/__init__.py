@@ -4,48 +4,29 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
-    DateTime,
-    Enum,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     SmallInteger,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     Uuid,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware timestamp on every backend (SQLite hands back naive ones: UTC)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+# the shared column types and helpers live in models.base (models.tenants needs them too);
+# re-exported here so ``from imagegen.models import Base, utcnow`` keeps working
+from .base import Base, JSONType, UTCDateTime, _enum, _not_null, utcnow
+from .tenants import DEFAULT_TENANT_ID, Tenant, TenantKey
 
 
 class JobStatus(enum.StrEnum):
@@ -96,41 +77,20 @@ class AttemptOutcome(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(
-        naming_convention={
-            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-            "uq": "uq_%(table_name)s_%(column_0_name)s",
-            "ck": "ck_%(table_name)s_%(constraint_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        }
-    )
-
-
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    return Enum(
-        cls,
-        name=name,
-        native_enum=False,
-        create_constraint=True,
-        length=16,
-        values_callable=lambda members: [m.value for m in members],
-    )
-
-
-def _not_null(column: str) -> dict[str, Any]:
-    """A partial index's predicate: only rows with a value (migration 0007 says why)."""
-    predicate = text(f"{column} IS NOT NULL")
-    return {"postgresql_where": predicate, "sqlite_where": predicate}
-
-
 class Job(Base):
     """One image-generation request and its outcome."""
 
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    #: whose job it is; the server default (the default tenant) keeps writers that predate
+    #: tenants working (32 hex digits: how a UUID is written on Postgres and SQLite alike).
+    #: No Python default: an insert that does not name it works on an older schema too.
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id"), server_default=text(f"'{DEFAULT_TENANT_ID.hex}'")
+    )
+    #: the web app's own user id (per-user limits); never interpreted
+    end_user: Mapped[str | None] = mapped_column(String(200))
     prompt: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSONType)
     model: Mapped[str] = mapped_column(String(200))
@@ -178,15 +138,20 @@ class Job(Base):
     attempt_rows: Mapped[list[JobAttempt]] = relationship(
         back_populates="job", order_by="JobAttempt.number", passive_deletes=True
     )
+    #: loaded on first use only (the stages never read it); a many-to-one from the identity map
+    tenant: Mapped[Tenant] = relationship()
 
     __table_args__ = (
         Index(None, "status", "created_at"),
         Index(None, "refusal_category", "created_at", **_not_null("refusal_category")),
         Index(None, "created_at"),
+        Index(None, "tenant_id", "created_at"),  # a tenant's own listing, newest first
+        Index(None, "end_user", "created_at", **_not_null("end_user")),
         Index(None, "status", "lease_until"),
         Index(None, "fal_request_id", **_not_null("fal_request_id")),
-        Index(
+        Index(  # per tenant: another tenant's key neither conflicts nor reveals its job
             "uq_jobs_idempotency_key",
+            "tenant_id",
             "idempotency_key",
             unique=True,
             **_not_null("idempotency_key"),
@@ -241,15 +206,21 @@ class FalWebhook(Base):
 
 
 __all__ = [
+    "DEFAULT_TENANT_ID",
     "IN_PROGRESS_STATUSES",
     "OPEN_STATUSES",
     "TERMINAL_STATUSES",
     "AttemptOutcome",
     "Base",
     "FalWebhook",
+    "JSONType",
     "Job",
     "JobAttempt",
     "JobStatus",
+    "Tenant",
+    "TenantKey",
+    "UTCDateTime",
+    "utcnow",
 ]
 
 

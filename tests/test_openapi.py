@@ -70,7 +70,8 @@ def _check(published: dict[str, Any], path: str, method: str, response: httpx.Re
 
 
 def test_the_model_is_every_column_of_the_row() -> None:
-    assert set(contract.Job.model_fields) == set(JobRow.__table__.columns.keys())
+    # and the tenant's name beside its id (issue 24)
+    assert set(contract.Job.model_fields) == set(JobRow.__table__.columns.keys()) | {"tenant"}
     attempt_columns = set(JobAttempt.__table__.columns.keys()) - {"id", "job_id"}
     assert set(contract.Attempt.model_fields) == attempt_columns
     assert set(contract.Job.model_fields["status"].annotation.__args__) == {  # type: ignore[union-attr]

@@ -81,6 +81,9 @@ class Job(BaseModel):
     """A job: every column of its row. ``images`` is ``[]`` until it succeeded."""
 
     id: str
+    tenant_id: str | None = Field(None, description="The tenant that owns the job.")
+    tenant: str = Field("default", description="Its name (not a column: tenants.name).")
+    end_user: str | None = Field(None, description="The caller's user id, as given.")
     status: Status
     prompt: str
     params: dict[str, Any] = Field(description="What fal is sent: image_size, quality, ...")

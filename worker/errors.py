@@ -38,6 +38,18 @@ class JobNotFound(ImagegenError, LookupError):
     """No job has this id."""
 
 
+class TenantNotFound(ImagegenError, LookupError):
+    """No tenant has this name (or no key has this id)."""
+
+
+class TenantConflict(ImagegenError):
+    """A tenant with this name exists already."""
+
+
+class Unauthenticated(ImagegenError):
+    """An API key that no tenant has, or one that was revoked (the API's 401)."""
+
+
 class ApiError(ImagegenError):
     """The HTTP API answered an error ``worker.client`` has no better class for."""
 

@@ -14,7 +14,7 @@ from imagegen.worker.cli.app import cli, state
 from imagegen.worker.cli.errors import report
 
 #: The command modules, in the order their commands are listed in ``imagegen --help``.
-COMMAND_MODULES = ("jobs", "ops", "comforts", "media", "serve", "poller")
+COMMAND_MODULES = ("jobs", "ops", "comforts", "media", "serve", "poller", "tenants")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"imagegen.worker.cli.{_name}")

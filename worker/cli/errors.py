@@ -1,8 +1,9 @@
 """How the CLI reports errors: one line on stderr, with the fix, and a documented exit code.
 
 Exit codes: 0 done; 1 any other error (an unexpected one says how to see its traceback);
-2 usage (bad arguments, invalid input or configuration); 3 not found (no such job);
-4 conflict (the job's state or an idempotency key does not allow it); 69 service
+2 usage (bad arguments, invalid input or configuration); 3 not found (no such job, tenant
+or key);
+4 conflict (the job's state or an idempotency key does not allow it, the tenant exists); 69 service
 unavailable (Postgres or Redis unreachable, refusing connections, or not migrated; sysexits'
 EX_UNAVAILABLE). ``imagegen --debug ...`` raises instead, with the traceback.
 """
@@ -30,6 +31,8 @@ from imagegen.worker.errors import (
     JobRequestError,
     NotRetryable,
     ServiceUnavailable,
+    TenantConflict,
+    TenantNotFound,
 )
 
 EXIT_ERROR = 1
@@ -43,7 +46,9 @@ _CODES: tuple[tuple[type[BaseException], int], ...] = (
     (IdempotencyConflict, EXIT_CONFLICT),
     (JobConflict, EXIT_CONFLICT),
     (NotRetryable, EXIT_CONFLICT),
+    (TenantConflict, EXIT_CONFLICT),
     (JobNotFound, EXIT_NOT_FOUND),
+    (TenantNotFound, EXIT_NOT_FOUND),
     (JobRequestError, EXIT_USAGE),
     (ConfigurationError, EXIT_USAGE),
     (ServiceUnavailable, EXIT_UNAVAILABLE),

@@ -28,6 +28,8 @@ def enqueue(
     num_images: Annotated[int | None, typer.Option(help="1 to 4")] = None,
     output_format: Annotated[str | None, typer.Option(help="jpeg, png or webp")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    tenant: Annotated[str | None, typer.Option(help="Its tenant (default: default)")] = None,
+    end_user: Annotated[str | None, typer.Option(help="Your id of its user")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the outcome (exit code: see docs)")] = False,
     wait_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds to wait")] = None,
     image: Annotated[
@@ -46,7 +48,8 @@ def enqueue(
 
     with errors():
         text = read_prompt(prompt, prompt_file)
-        for value, what in ((size, "--size"), (idempotency_key, "--idempotency-key")):
+        named = {"--size": size, "--idempotency-key": idempotency_key, "--tenant": tenant}
+        for what, value in {**named, "--end-user": end_user}.items():
             if value is not None:
                 strict_utf8(value, what)
         settings = app_settings()
@@ -58,6 +61,8 @@ def enqueue(
             num_images=num_images,
             output_format=output_format,
             idempotency_key=idempotency_key,
+            tenant=tenant,
+            end_user=end_user,
             images=[_input(i) for i in image or []],
             mask=_input(mask),
             consent=_input(consent),
@@ -107,19 +112,27 @@ def jobs(
     category: Annotated[str | None, typer.Option(help="Refusal category")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, or 30m / 2h / 7d ago")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent jobs, newest first, filtered by status, refusal category and age."""
+    """Recent jobs, newest first, filtered by status, refusal category, age and tenant."""
     from imagegen.worker.cli.views import show_jobs
     from imagegen.worker.jobs.queries import job_to_dict, list_jobs
+    from imagegen.worker.tenants.keys import find_tenant
 
     with errors():
         since_at = parse_since(since) if since else None
         if category is not None:
             strict_utf8(category, "--category")
         with db_session() as session:
+            scope = find_tenant(session, strict_utf8(tenant, "--tenant")).id if tenant else None
             found = list_jobs(
-                session=session, status=status, category=category, since=since_at, limit=limit
+                session=session,
+                status=status,
+                category=category,
+                since=since_at,
+                limit=limit,
+                tenant_id=scope,
             )
             rows = [job_to_dict(j, link=cli_link()) for j in found]
     if as_json:

@@ -42,6 +42,7 @@ _RETRY = insert(JOBS).from_select(
     [
         "id", "prompt", "params", "model", "status", "callback_url", "attempts",
         "created_at", "updated_at", "lease_until", "deadline_at", "retry_of",
+        "tenant_id", "end_user",  # the retry is the same tenant's (and user's) job
     ],
     select(
         bindparam("new_id", type_=JOBS.c.id.type),
@@ -56,6 +57,8 @@ _RETRY = insert(JOBS).from_select(
         bindparam("lease_until", type_=UTCDateTime()),
         bindparam("deadline_at", type_=UTCDateTime()),
         JOBS.c.id,
+        JOBS.c.tenant_id,
+        JOBS.c.end_user,
     ).where(JOBS.c.id == bindparam("old_id"), JOBS.c.status == JobStatus.FAILED),
 ).returning(JOBS.c.id)  # fmt: skip
 

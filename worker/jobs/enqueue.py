@@ -8,33 +8,42 @@ so a caller never holds an id for a job no worker will see.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Producer
-from kombu.exceptions import BatchPublishError, OperationalError
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from imagegen.models import Job, JobStatus, utcnow
-from imagegen.worker import metrics
-from imagegen.worker.constants import SUBMIT_TASK
+from imagegen.models import DEFAULT_TENANT_ID, Job, JobStatus, utcnow
 from imagegen.worker.db import session_scope
-from imagegen.worker.errors import (
-    EnqueueError,
-    IdempotencyConflict,
-    JobRequestError,
-)
+from imagegen.worker.errors import IdempotencyConflict, JobRequestError
 from imagegen.worker.jobs.params import ImageSize, JobRequest, validate_request
+from imagegen.worker.jobs.publish import (
+    PUBLISH_BATCH,
+    SENT_EVENTS_PER_MESSAGE,
+    default_app,
+    publish_many,
+)
 from imagegen.worker.logs import get_logger
 from imagegen.worker.media.inputs import InputSource
 from imagegen.worker.media.setup import discard_inputs, edit_inputs, split_inputs
 from imagegen.worker.settings import Settings, get_settings
+from imagegen.worker.tenants.resolve import tenant_ids
+
+#: re-exported: callers (``imagegen retry``, ``cancel``, tests) import them from here
+__all__ = [
+    "PUBLISH_BATCH",
+    "SENT_EVENTS_PER_MESSAGE",
+    "default_app",
+    "enqueue",
+    "enqueue_many",
+    "enqueue_request",
+    "publish_many",
+]
 
 log = get_logger(__name__)
 
@@ -49,6 +58,8 @@ def enqueue(
     idempotency_key: str | None = None,
     deadline_s: float | None = None,
     callback_url: str | None = None,
+    tenant: str | None = None,
+    end_user: str | None = None,
     images: Sequence[str | Path] = (),
     mask: str | Path | None = None,
     consent: str | Path | None = None,
@@ -69,6 +80,9 @@ def enqueue(
     returns the existing job's id. ``deadline_s`` (default IMAGEGEN_JOB_DEADLINE_S) bounds
     how long the job may take from now; past it the job ends ``failed``. ``callback_url``
     gets the job's JSON, HMAC-signed, when it ends (see ``worker.jobs.callbacks``).
+    ``tenant`` (a tenant's name; default: the ``default`` tenant) owns the job, an unknown
+    one is a JobRequestError naming it; ``end_user`` is the caller's own user id (1-200
+    printable characters), kept with the job.
     """
     settings = settings or get_settings()
     fields = {
@@ -79,6 +93,8 @@ def enqueue(
         "output_format": output_format,
         "deadline_s": deadline_s,
         "callback_url": callback_url,
+        "tenant": tenant,
+        "end_user": end_user,
     }
     urls, files = split_inputs(images, mask, consent)
     fields.update(urls)
@@ -98,7 +114,11 @@ def enqueue_request(
 
     ``uploads``: input images given as files (the CLI's paths, the API's multipart parts)
     besides the request's URLs; any input makes it an edit job (IMAGEGEN_EDIT_MODEL)."""
-    row = _row(request, settings, utcnow())
+    tenant_id = DEFAULT_TENANT_ID
+    if request.tenant is not None:  # checked before anything is written or stored
+        with session_scope(settings.database_url) as session:
+            tenant_id = tenant_ids(session, [request.tenant])[request.tenant]
+    row = _row(request, settings, utcnow(), tenant_id)
     inputs = edit_inputs(row, [*request.sources(), *uploads], settings)
     try:
         existing = _insert(request, row, settings)
@@ -116,14 +136,14 @@ def _insert(request: JobRequest, row: dict[str, Any], settings: Settings) -> uui
     """Write the row; the id of the job that already has its key instead, if one does."""
     try:
         with session_scope(settings.database_url) as session:
-            existing = _existing(session, request, row.get("inputs"))
+            existing = _existing(session, request, row["tenant_id"], row.get("inputs"))
             if existing is not None:
                 return existing
             session.execute(insert(Job), [row])
     except IntegrityError:
         # Another caller created a job with this key between our read and our write.
         with session_scope(settings.database_url) as session:
-            existing = _existing(session, request, row.get("inputs"))
+            existing = _existing(session, request, row["tenant_id"], row.get("inputs"))
         if existing is None:
             raise
         return existing
@@ -140,25 +160,27 @@ def enqueue_many(
 
     Each item is a prompt, or a mapping of ``enqueue``'s keyword arguments (``prompt``,
     ``size``, ``quality``, ``num_images``, ``output_format``, ``idempotency_key``,
-    ``deadline_s``, ``callback_url``). Every item is validated before anything is written;
-    the first invalid one raises ``JobRequestError`` naming its index. Returns the ids in
-    item order (an existing job's id for a known idempotency key).
+    ``deadline_s``, ``callback_url``, ``tenant``, ``end_user``). Every item is validated
+    before anything is written; the first invalid one raises ``JobRequestError`` naming its
+    index (an unknown tenant: naming the tenant). Returns the ids in item order (an
+    existing job's id for a known idempotency key).
     """
     settings = settings or get_settings()
     specs = [_spec(i, item, settings) for i, item in enumerate(items)]
-    keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
+    keys = [(spec.tenant, spec.idempotency_key) for spec in specs if spec.idempotency_key]
     if keys and len(set(keys)) != len(keys):
         raise JobRequestError("invalid job request: an idempotency key repeats in the batch")
     now = utcnow()
     rows: list[dict[str, Any]] = []
     ids: list[uuid.UUID] = []
     with session_scope(settings.database_url) as session:
+        tenants = tenant_ids(session, [spec.tenant for spec in specs])
         for request in specs:
-            existing = _existing(session, request)
+            existing = _existing(session, request, tenants[request.tenant])
             if existing is not None:
                 ids.append(existing)
                 continue
-            row = _row(request, settings, now)
+            row = _row(request, settings, now, tenants[request.tenant])
             rows.append(row)
             ids.append(row["id"])
         if rows:
@@ -181,9 +203,13 @@ def _spec(index: int, item: str | Mapping[str, Any], settings: Settings) -> JobR
     return request
 
 
-def _row(request: JobRequest, settings: Settings, now: datetime) -> dict[str, Any]:
+def _row(
+    request: JobRequest, settings: Settings, now: datetime, tenant_id: uuid.UUID = DEFAULT_TENANT_ID
+) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "end_user": request.end_user,
         "prompt": request.prompt,
         "params": request.params(),
         "model": settings.model,
@@ -198,86 +224,19 @@ def _row(request: JobRequest, settings: Settings, now: datetime) -> dict[str, An
     }
 
 
-def publish_many(job_ids: list[uuid.UUID], settings: Settings, app: Celery | None) -> None:
-    if not job_ids:
-        return
-    app = app or default_app()
-    try:
-        # Redis pipelines of PUBLISH_BATCH task messages (a round trip and a client per
-        # message otherwise); if one fails, delivery is uncertain: the rows go, and a worker
-        # that gets a message without its row skips it.
-        with (
-            app.producer_or_acquire() as producer,
-            _sent_events(app, producer) as events,
-            producer.batch(max_size=PUBLISH_BATCH),
-        ):
-            for job_id in job_ids:
-                app.send_task(
-                    SUBMIT_TASK,
-                    args=[str(job_id)],
-                    task_id=str(job_id),
-                    producer=producer,
-                    event_dispatcher=events,
-                )
-    except (OperationalError, BatchPublishError, OSError) as exc:
-        with session_scope(settings.database_url) as session:
-            session.execute(delete(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED))
-        raise EnqueueError(f"the broker could not be reached, job(s) not queued: {exc}") from exc
-    metrics.ENQUEUED.inc(len(job_ids))
-
-
-class _BatchedSentEvents:
-    """Celery's ``task-sent`` events for a batch of task messages, handed to Celery's own
-    event dispatcher with the ``task`` group buffered: it publishes them ``SENT_EVENTS_PER_MESSAGE``
-    to a message (routing key ``task.multi``, which Flower reads like a worker's batched task
-    events) where Celery publishes one message per event, ~a third of ``enqueue_many``'s CPU.
-    ``send_task`` calls ``publish`` for each message it sends."""
-
-    def __init__(self, app: Celery, producer: Producer) -> None:
-        self.dispatcher = app.events.Dispatcher(
-            channel=producer.channel, buffer_group=["task"], buffer_limit=SENT_EVENTS_PER_MESSAGE
-        )
-
-    def publish(self, kind: str, fields: dict[str, Any], producer: Producer, **_: Any) -> None:
-        self.dispatcher.send(kind, **fields)
-
-
-#: task messages per Redis pipeline: enough to amortise a round trip, few enough that workers
-#: start on a big batch's first jobs while the rest are serialised (kombu's 1000 held them)
-PUBLISH_BATCH = 100
-
-#: task-sent events in one message: ~400 bytes each
-SENT_EVENTS_PER_MESSAGE = 500
-
-
-@contextmanager
-def _sent_events(app: Celery, producer: Producer) -> Iterator[_BatchedSentEvents | None]:
-    """The batch's task-sent events (None when ``task_send_sent_event`` is off): published
-    when the batch's messages have been, on the same connection."""
-    if not app.conf.task_send_sent_event:
-        yield None
-        return
-    events = _BatchedSentEvents(app, producer)
-    try:
-        yield events
-        events.dispatcher.flush()
-    finally:
-        events.dispatcher.close()
-
-
-def default_app() -> Celery:
-    from imagegen.worker.celery_app import app
-
-    return app
-
-
 def _existing(
-    session: Session, request: JobRequest, inputs: list[dict[str, Any]] | None = None
+    session: Session,
+    request: JobRequest,
+    tenant_id: uuid.UUID,
+    inputs: list[dict[str, Any]] | None = None,
 ) -> uuid.UUID | None:
+    """The tenant's job with the request's idempotency key (another tenant's is not seen)."""
     if request.idempotency_key is None:
         return None
     job = session.execute(
-        select(Job).where(Job.idempotency_key == request.idempotency_key)
+        select(Job).where(
+            Job.tenant_id == tenant_id, Job.idempotency_key == request.idempotency_key
+        )
     ).scalar_one_or_none()
     if job is None:
         return None

@@ -43,6 +43,7 @@ from imagegen.worker.jobs.input_rules import (
 from imagegen.worker.jobs.sizes import SIZE_SCHEMA, ImageSize, parse_size
 from imagegen.worker.media.inputs import InputSource
 from imagegen.worker.settings import Settings, get_settings
+from imagegen.worker.tenants.names import MAX_END_USER_CHARS, end_user_problem, name_problem
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
 
@@ -93,6 +94,20 @@ class JobInput(BaseModel):
         "IMAGEGEN_CALLBACK_SECRET. Private addresses need IMAGEGEN_CALLBACK_ALLOW_PRIVATE.",
     )
 
+    #: who the job is for: not model inputs (``params()`` leaves them out)
+    tenant: str | None = Field(
+        None,
+        json_schema_extra={"maxLength": 64, "pattern": "^[a-z0-9][a-z0-9_-]*$"},
+        description="The tenant that owns the job (default: the default tenant). Only the "
+        "operator key may name one; a tenant key's jobs are its tenant's.",
+    )
+    end_user: str | None = Field(
+        None,
+        json_schema_extra={"minLength": 1, "maxLength": MAX_END_USER_CHARS},
+        description="Your own id of the user the job is for (1-200 printable characters): "
+        "kept with the job, for per-user limits.",
+    )
+
     image_urls: list[str] | None = Field(
         None,
         description="An edit job's input images (http(s) URLs; fetched and stored at "
@@ -114,6 +129,22 @@ class JobInput(BaseModel):
             check_text("an input URL", url)
         if isinstance(value, list) and not value:
             raise ValueError("image_urls is empty: leave it out for a text-to-image job")
+        return value
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str | None) -> str | None:
+        problem = None if value is None else name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("end_user")
+    @classmethod
+    def _end_user(cls, value: str | None) -> str | None:
+        problem = None if value is None else end_user_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("prompt")

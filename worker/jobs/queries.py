@@ -15,10 +15,12 @@ from imagegen.worker import contract
 from imagegen.worker.errors import JobNotFound
 
 
-def get_job(*, session: Session, job_id: uuid.UUID) -> Job:
-    job = session.execute(
-        select(Job).where(Job.id == job_id).options(selectinload(Job.attempt_rows))
-    ).scalar_one_or_none()
+def get_job(*, session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Job:
+    """The job; with ``tenant_id`` only that tenant's (another's is as unknown as no job)."""
+    query = select(Job).where(Job.id == job_id).options(selectinload(Job.attempt_rows))
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    job = session.execute(query).scalar_one_or_none()
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
     return job
@@ -32,12 +34,16 @@ def list_jobs(
     since: datetime | None = None,
     limit: int = 50,
     before: tuple[datetime, uuid.UUID] | None = None,
+    tenant_id: uuid.UUID | None = None,
 ) -> list[Job]:
     """Newest first; each filter is served by an index on (column, created_at).
 
-    ``before`` (the created_at and id of the last row of a page) continues after that row.
+    ``before`` (the created_at and id of the last row of a page) continues after that row;
+    ``tenant_id``: that tenant's jobs only (None: every tenant's).
     """
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
     if before is not None:
         query = query.where(tuple_(Job.created_at, Job.id) < tuple_(*before))
     if status is not None:
@@ -49,13 +55,16 @@ def list_jobs(
     return list(session.execute(query).scalars())
 
 
-def stats(*, session: Session) -> dict[str, Any]:
+def stats(*, session: Session, tenant_id: uuid.UUID | None = None) -> dict[str, Any]:
     """Counts by status and by refusal category, plus submissions sent to fal.
 
     On Postgres from the totals triggers keep (``models.JobCount``), and a live count of the
-    open jobs only; elsewhere (SQLite) by counting the tables.
+    open jobs only; elsewhere (SQLite), and for one tenant (``tenant_id``: the totals are
+    not kept per tenant), by counting the tables.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if tenant_id is not None:
+        by_status, refusals, submissions = live_counts(session, tenant_id)
+    elif session.get_bind().dialect.name == "postgresql":
         by_status, refusals, submissions = _kept_counts(session)
     else:
         by_status, refusals, submissions = live_counts(session)
@@ -82,17 +91,23 @@ def _status_counts(session: Session, *where: Any) -> dict[str, int]:
     return {status.value: count for status, count in session.execute(query).all()}
 
 
-def live_counts(session: Session) -> tuple[dict[str, int], _Refusals, int]:
-    by_status = _status_counts(session)
+def live_counts(
+    session: Session, tenant_id: uuid.UUID | None = None
+) -> tuple[dict[str, int], _Refusals, int]:
+    mine = [] if tenant_id is None else [Job.tenant_id == tenant_id]
+    by_status = _status_counts(session, *mine)
     refusals = [
         (str(category), source, count)
         for category, source, count in session.execute(
             select(Job.refusal_category, Job.refusal_source, func.count())
-            .where(Job.refusal_category.is_not(None))
+            .where(Job.refusal_category.is_not(None), *mine)
             .group_by(Job.refusal_category, Job.refusal_source)
         ).all()
     ]
-    submissions = session.execute(select(func.count()).select_from(JobAttempt)).scalar_one()
+    attempts = select(func.count()).select_from(JobAttempt)
+    if tenant_id is not None:
+        attempts = attempts.join(Job, Job.id == JobAttempt.job_id).where(*mine)
+    submissions = session.execute(attempts).scalar_one()
     return by_status, refusals, submissions
 
 
@@ -129,8 +144,12 @@ def job_to_dict(
     CLI's ``--json``, the HTTP API and job callbacks all send this. Every column is there;
     ``images`` is ``[]`` until the job succeeded; ``link`` makes a stored image's ``url``
     (``worker.media.links``)."""
-    data: dict[str, Any] = {column: getattr(job, column) for column in _COLUMNS}
+    data: dict[str, Any] = {
+        column: getattr(job, column) for column in _COLUMNS if column != "tenant"
+    }
     data["id"] = str(job.id)
+    data["tenant_id"] = str(job.tenant_id)
+    data["tenant"] = job.tenant.name  # a many-to-one: one query per tenant per session
     data["retry_of"] = str(job.retry_of) if job.retry_of else None
     data["images"] = [_image(job, n, image, link) for n, image in enumerate(job.images or [])]
     data["inputs"] = job.inputs or []

@@ -22,6 +22,7 @@ from imagegen.worker.jobs import queries
 from imagegen.worker.media.retention import erase
 from imagegen.worker.settings import Settings
 
+from .auth import tenant_scope
 from .errors import RESPONSES
 from .schemas import ErrorBody
 
@@ -82,7 +83,7 @@ def read_image(
     IMAGEGEN_PRESIGN_TTL_S). 404 says which: no job, no such image, not stored, deleted."""
     settings = _settings(request)
     with session_scope(settings.database_url) as session:
-        job = queries.get_job(session=session, job_id=job_id)
+        job = queries.get_job(session=session, job_id=job_id, tenant_id=tenant_scope(request))
         images, purged_at = list(job.images or []), job.images_purged_at
         status, storage_error = job.status.value, job.storage_error
     if purged_at is not None:
@@ -143,7 +144,8 @@ def erase_job(job_id: uuid.UUID, request: Request) -> dict[str, Any]:
     an erased job, the same. 409 for a job that has not ended (cancel it first)."""
     settings = _settings(request)
     with session_scope(settings.database_url) as session:
-        queries.get_job(session=session, job_id=job_id)  # a 404 needs no storage
+        # a 404 (no job, or another tenant's) needs no storage
+        queries.get_job(session=session, job_id=job_id, tenant_id=tenant_scope(request))
     try:
         erase(settings.database_url, app_storage(request), job_id)
     except StorageFailed as exc:

@@ -21,6 +21,7 @@ from imagegen.worker.jobs.params import validate_request
 from imagegen.worker.media.links import settings_link
 from imagegen.worker.settings import Settings
 
+from .auth import owned_fields, tenant_scope
 from .errors import RESPONSES, TOO_LARGE
 from .schemas import ErrorBody, JobCreated, JobIn, JobPage
 
@@ -56,21 +57,23 @@ def create_job(
     settings = _settings(request)
     # The body is checked by the same function as worker.enqueue, not by FastAPI, so both
     # refuse the same requests with the same problems.
-    job_request = validate_request(body, idempotency_key=idempotency_key, settings=settings)
+    fields = owned_fields(request, body)  # a tenant key's job is its tenant's
+    job_request = validate_request(fields, idempotency_key=idempotency_key, settings=settings)
     try:
         job_id = api.enqueue_request(job_request, settings=settings, app=request.app.state.celery)
     except EnqueueError as exc:
         raise HTTPException(503, str(exc)) from None
     with session_scope(settings.database_url) as session:
-        job = queries.get_job(session=session, job_id=job_id)
+        job = queries.get_job(session=session, job_id=job_id, tenant_id=tenant_scope(request))
         return JobCreated(id=str(job_id), status=job.status.value)
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=_NOT_FOUND)
 def read_job(job_id: uuid.UUID, request: Request) -> dict[str, Any]:
-    """One job with its attempt log (every submission to fal)."""
+    """One job with its attempt log (every submission to fal). Another tenant's job is a
+    404, as an unknown id is."""
     with session_scope(_settings(request).database_url) as session:
-        job = queries.get_job(session=session, job_id=job_id)
+        job = queries.get_job(session=session, job_id=job_id, tenant_id=tenant_scope(request))
         return queries.job_to_dict(job, with_attempts=True, link=_link(request))
 
 
@@ -83,7 +86,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> JobPage:
-    """Newest first, filtered; follow ``next_cursor`` for older jobs."""
+    """Newest first, filtered; follow ``next_cursor`` for older jobs. A tenant key lists
+    its tenant's jobs only."""
     before = _decode(cursor) if cursor else None
     with session_scope(_settings(request).database_url) as session:
         rows = queries.list_jobs(
@@ -93,6 +97,7 @@ def list_jobs(
             since=since,
             limit=limit + 1,
             before=before,
+            tenant_id=tenant_scope(request),
         )
         link = _link(request)
         page = [queries.job_to_dict(job, link=link) for job in rows[:limit]]
@@ -103,9 +108,10 @@ def list_jobs(
 
 @router.get("/stats", response_model=Stats)
 def stats(request: Request) -> dict[str, Any]:
-    """Counts by status and refusal category, and submissions sent to fal."""
+    """Counts by status and refusal category, and submissions sent to fal: a tenant key's
+    of its own jobs only."""
     with session_scope(_settings(request).database_url) as session:
-        return queries.stats(session=session)
+        return queries.stats(session=session, tenant_id=tenant_scope(request))
 
 
 @router.post(
@@ -115,11 +121,21 @@ def stats(request: Request) -> dict[str, Any]:
 )
 def cancel_job(job_id: uuid.UUID, request: Request) -> Cancelled:
     """Cancel: a queued job never reaches fal, a running one is cancelled there. Cancelling
-    a cancelled job again is a 200; one that ended otherwise is a 409 naming its status."""
+    a cancelled job again is a 200; one that ended otherwise is a 409 naming its status.
+    Another tenant's job is a 404, as an unknown id is."""
+    _owned(request, job_id)
     status = cancel(job_id, settings=_settings(request), app=request.app.state.celery)
     if status != "cancelled":
         raise JobConflict(f"job {job_id} already {status}, not cancelled")
     return Cancelled(id=str(job_id), status="cancelled")
+
+
+def _owned(request: Request, job_id: uuid.UUID) -> None:
+    """JobNotFound (404) unless the caller may see the job (a tenant: only its own)."""
+    scope = tenant_scope(request)
+    if scope is not None:
+        with session_scope(_settings(request).database_url) as session:
+            queries.get_job(session=session, job_id=job_id, tenant_id=scope)
 
 
 def _link(request: Request) -> queries.ImageLink:

@@ -12,6 +12,7 @@ from imagegen.worker.jobs import enqueue as api
 from imagegen.worker.jobs.params import validate_request
 from imagegen.worker.media.inputs import InputSource
 
+from .auth import owned_fields
 from .errors import RESPONSES, TOO_LARGE, UPLOADS_PATH
 from .schemas import JobCreated
 
@@ -30,7 +31,7 @@ def create_edit_job(
     """Queue an edit job: each uploaded image is checked by its content (type, bytes,
     dimensions) and stored before the job is queued; a bad one is a 422, nothing queued."""
     settings = request.app.state.settings
-    fields = _job_fields(job)
+    fields = owned_fields(request, _job_fields(job))  # a tenant key's job is its tenant's
     job_request = validate_request(fields, idempotency_key=idempotency_key, settings=settings)
     uploads = [_source("image", f"image[{n}]", part) for n, part in enumerate(image or [])]
     uploads += [_source(r, r, p) for r, p in (("mask", mask), ("consent", consent)) if p]
