@@ -17,6 +17,7 @@ from imagegen.worker.errors import EnqueueError, JobConflict, JobRequestError
 from imagegen.worker.jobs import enqueue as api
 from imagegen.worker.jobs import queries
 from imagegen.worker.jobs.cancel import cancel
+from imagegen.worker.jobs.input_rules import check_text
 from imagegen.worker.jobs.params import validate_request
 from imagegen.worker.media.links import settings_link
 from imagegen.worker.settings import Settings
@@ -88,6 +89,8 @@ def list_jobs(
 ) -> JobPage:
     """Newest first, filtered; follow ``next_cursor`` for older jobs. A tenant key lists
     its tenant's jobs only."""
+    if category is not None:
+        _check_query("category", category)
     before = _decode(cursor) if cursor else None
     with session_scope(_settings(request).database_url) as session:
         rows = queries.list_jobs(
@@ -141,6 +144,14 @@ def _owned(request: Request, job_id: uuid.UUID) -> None:
 def _link(request: Request) -> queries.ImageLink:
     """Stored images by the URL the caller used to reach the API (or presigned, for S3)."""
     return settings_link(_settings(request), str(request.base_url))
+
+
+def _check_query(name: str, value: str) -> None:
+    """A query value the database could not take (a NUL byte) is a 422, not a 500."""
+    try:
+        check_text(name, value)
+    except ValueError as exc:
+        raise JobRequestError(str(exc), [{"field": name, "message": str(exc)}]) from None
 
 
 def _encode(created_at: datetime, job_id: uuid.UUID) -> str:

@@ -14,12 +14,20 @@ from imagegen.worker.media.inputs import InputSource
 
 from .auth import owned_fields
 from .errors import RESPONSES, TOO_LARGE, UPLOADS_PATH
-from .schemas import JobCreated
+from .schemas import ErrorBody, JobCreated
 
 router = APIRouter(tags=["jobs"], responses=RESPONSES)
 
 
-@router.post(UPLOADS_PATH, status_code=201, response_model=JobCreated, responses=TOO_LARGE)
+#: FastAPI's answer to a multipart body it cannot parse
+_UNPARSED: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The multipart body could not be parsed"}
+}
+
+
+@router.post(
+    UPLOADS_PATH, status_code=201, response_model=JobCreated, responses={**TOO_LARGE, **_UNPARSED}
+)
 def create_edit_job(
     request: Request,
     job: Annotated[str, Form(description="The job as JSON, as POST /jobs takes it.")],
