@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -13,11 +14,13 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     SmallInteger,
     String,
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     func,
     text,
 )
@@ -112,6 +115,11 @@ class Job(Base):
     inputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     images_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     prompt_redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: cost (migration 0012 says what each means; NULL: not known)
+    estimated_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    billable_units: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
+    billed_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    possibly_billed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     #: the web app's URL that gets the job's JSON (HMAC-signed) when it ends
     callback_url: Mapped[str | None] = mapped_column(String(2000))

@@ -9,6 +9,7 @@ CLI's ``--json``, the API and job callbacks all send.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,6 +103,18 @@ class Job(BaseModel):
     inputs: list[InputImage] = Field(default_factory=list, description="Edit jobs' inputs.")
     images_purged_at: datetime | None = Field(None, description="Images deleted (retention).")
     prompt_redacted_at: datetime | None = Field(None, description="Prompt removed (retention).")
+    estimated_cost_usd: Decimal | None = Field(
+        None, description="By the price table at enqueue (an estimate; a decimal string)."
+    )
+    billable_units: Decimal | None = Field(
+        None, description="fal's x-fal-billable-units of the result (null: not known)."
+    )
+    billed_cost_usd: Decimal | None = Field(
+        None, description="billable_units x fal's unit price (null: not known)."
+    )
+    possibly_billed: bool = Field(
+        False, description="A submit's answer was lost: fal may have billed it (not known)."
+    )
     idempotency_key: str | None
     callback_url: str | None
     retry_of: str | None = Field(description="The failed job this one retries (imagegen retry).")

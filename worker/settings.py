@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         default=None, gt=0, alias="IMAGEGEN_PROMPT_RETENTION_DAYS"
     )
 
+    # Cost: an estimate at enqueue (a price table), the bill from fal's units x unit price.
+    price_table: Path | None = Field(default=None, alias="IMAGEGEN_PRICE_TABLE")
+    fal_pricing_url: str = Field(default="https://api.fal.ai/v1", alias="IMAGEGEN_FAL_PRICING_URL")
+    fal_pricing_ttl_s: float = Field(default=3600.0, gt=0, alias="IMAGEGEN_FAL_PRICING_TTL_S")
+
     # Celery / Redis.
     # How long a message a worker took may stay unacknowledged before Redis hands it out again
     # (a SIGKILLed worker's): above the longest stage; retry countdowns are capped at half.

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from imagegen.models import AttemptOutcome, JobStatus
+from imagegen.worker.cost.record import bill
 from imagegen.worker.db import write
 from imagegen.worker.errors import (
     FalError,
@@ -22,6 +23,7 @@ from imagegen.worker.errors import (
 )
 from imagegen.worker.fal import webhook_store
 from imagegen.worker.fal import webhooks as fal_webhook
+from imagegen.worker.fal.gateway import FalResult
 from imagegen.worker.jobs import state
 from imagegen.worker.jobs.deps import Deps
 from imagegen.worker.jobs.dispatch import send_submit
@@ -48,22 +50,27 @@ def run(job_id: uuid.UUID, deps: Deps, *, retries: int = 0) -> Outcome:
     if request_id is None:  # collecting always has one; a row edited by hand might not
         return settle.fail("collecting a job that has no fal request id")
     try:
-        images = _images(deps, moved.job, request_id)
+        images = _images(deps, settle, request_id)
         if deps.storage is not None:  # the store stage copies them, then ends the job
             return settle.collected(images)
         return settle.succeed(images)
     except PolicyRefusal as refusal:
+        settle.cost = bill(deps.settings, moved.job.model, refusal.billable_units)
         return settle.refused(refusal)
     except RequestCancelled:
         return settle.fail("fal reports the request cancelled", AttemptOutcome.CANCELLED)
     except FalError as error:
+        settle.cost = bill(deps.settings, moved.job.model, error.billable_units)
         return _failed(settle, error, retries)
 
 
-def _images(deps: Deps, job: state.JobRow, request_id: str) -> list[dict[str, Any]]:
+def _images(deps: Deps, settle: Settle, request_id: str) -> list[dict[str, Any]]:
+    """fal's images; ``settle.cost`` gets the bill (webhook mode: units not known)."""
     output = _from_webhook(deps, request_id)
     if output is None:
-        output = _fetch(deps, job.model, request_id)
+        result = _fetch(deps, settle.job.model, request_id)
+        settle.cost = bill(deps.settings, settle.job.model, result.billable_units)
+        output = result.output
     images = output.get("images")
     if not isinstance(images, list) or not images:
         raise PermanentFalError("fal completed the request but returned no images")
@@ -89,9 +96,9 @@ def _from_webhook(deps: Deps, request_id: str) -> dict[str, Any] | None:
     return result  # None: fal could not serialise the output, read it once
 
 
-def _fetch(deps: Deps, model: str, request_id: str) -> dict[str, Any]:
+def _fetch(deps: Deps, model: str, request_id: str) -> FalResult:
     try:
-        return deps.gateway.result(model, request_id)
+        return deps.gateway.result_with_units(model, request_id)
     except TransientFalError as error:
         # fal's own error type means the request itself failed: submit anew
         error.resubmit = error.resubmit or error.error_type is not None

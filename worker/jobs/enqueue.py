@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from imagegen.models import DEFAULT_TENANT_ID, Job, JobStatus, utcnow
+from imagegen.worker.cost.record import estimate
 from imagegen.worker.db import session_scope
 from imagegen.worker.errors import IdempotencyConflict, JobRequestError
 from imagegen.worker.jobs.params import ImageSize, JobRequest, validate_request
@@ -119,7 +120,12 @@ def enqueue_request(
         with session_scope(settings.database_url) as session:
             tenant_id = tenant_ids(session, [request.tenant])[request.tenant]
     row = _row(request, settings, utcnow(), tenant_id)
-    inputs = edit_inputs(row, [*request.sources(), *uploads], settings)
+    sources = [*request.sources(), *uploads]
+    if sources:  # an edit: priced on the edit model before its inputs are fetched
+        row["estimated_cost_usd"] = estimate(
+            settings, settings.edit_model, row["params"], len(sources)
+        )
+    inputs = edit_inputs(row, sources, settings)
     try:
         existing = _insert(request, row, settings)
     except BaseException:
@@ -221,6 +227,7 @@ def _row(
         "updated_at": now,
         "lease_until": now + timedelta(seconds=settings.queued_grace_s),
         "deadline_at": now + timedelta(seconds=request.deadline_s or settings.job_deadline_s),
+        "estimated_cost_usd": estimate(settings, settings.model, request.params()),
     }
 
 

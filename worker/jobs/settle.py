@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -33,6 +33,8 @@ class Settle:
     holds_slot: bool = False
     at_fal: bool = False
     request_id: str | None = None
+    #: cost columns for the move that ends this run (``worker.cost.record``)
+    cost: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.request_id = self.job.fal_request_id
@@ -45,6 +47,7 @@ class Settle:
         **values: Any,
     ) -> state.Moved | None:
         number = self.number
+        values = {**self.cost, **values}
 
         def work(db: Connection) -> state.Moved | None:
             moved = state.move(db, self.job.id, name, owner=self.owner, values=values)
@@ -107,7 +110,7 @@ class Settle:
     def requeue(self, delay_s: float, reason: str, *, forget_request: bool = False) -> Outcome:
         """Back to queued; the next submit comes after ``delay_s`` (swept if it never does)."""
         grace = timedelta(seconds=delay_s + self.deps.settings.queued_grace_s)
-        values: dict[str, Any] = {"lease_until": utcnow() + grace}
+        values: dict[str, Any] = {**self.cost, "lease_until": utcnow() + grace}
         if forget_request:
             values.update(fal_request_id=None, submitted_at=None, poll_at=None)
         moved = write(

@@ -229,6 +229,7 @@ def _orphaned(settle: Settle, number: int) -> Outcome:
 
 def _unknown(settle: Settle, number: int | None) -> Outcome:
     deps = settle.deps
+    settle.cost = {"possibly_billed": True}  # fal may have created it: spend's upper bound
     if number is not None:
         write(
             deps.settings.database_url,
