@@ -162,6 +162,20 @@ class Stats(BaseModel):
     fal_submissions: int
 
 
+class TenantStats(BaseModel):
+    """One tenant's jobs, refusals and spend (``GET /stats/tenants``)."""
+
+    tenant: str
+    jobs: int
+    refused: int
+    refusals_by_category: dict[str, int]
+    billed_usd: str = Field(description="What fal billed, where known (a decimal string).")
+    spend_upper_bound_usd: str = Field(
+        description="Plus the estimate of jobs that may have been billed without a known bill."
+    )
+    possibly_billed: int = Field(description="Jobs whose submit's answer was lost.")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded", "unavailable"] = Field(
         description="unavailable (503): the database or broker does not answer; degraded "

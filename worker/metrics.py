@@ -73,6 +73,12 @@ CALLBACKS = Counter(
     ["result"],
     registry=WORKER,
 )
+SPEND = Counter(
+    "imagegen_spend_usd_total",
+    "What fal billed for ended jobs, where known (units x unit price), by tenant id.",
+    ["tenant_id"],
+    registry=WORKER,
+)
 IMAGES_STORED = Counter(
     "imagegen_jobs_images_stored_total",
     "Succeeded jobs by whether their images were copied to storage (false: fal's URLs kept).",

@@ -52,10 +52,16 @@ def test_collect_records_fals_units_and_the_bill(
 
     # fal's pricing API is not reachable here: a fixed unit price (as for the emulator)
     monkeypatch.setattr(record, "unit_prices", lambda _settings: FixedPricing(Decimal("2")))
+    from imagegen.models import DEFAULT_TENANT_ID
+    from imagegen.worker import metrics
+
+    spend = metrics.SPEND.labels(str(DEFAULT_TENANT_ID))
+    before = spend._value.get()
     fal.units = Decimal("0.25")
     job_id = add_job(deps)
     to_collecting(deps, job_id)
     assert collect.run(job_id, deps).summary == "succeeded"
+    assert spend._value.get() - before == pytest.approx(0.5)  # the tenant's spend counter
     row = job(deps, job_id)
     assert (row["billable_units"], row["billed_cost_usd"]) == (Decimal("0.25"), Decimal("0.5"))
     assert row["possibly_billed"] is False

@@ -142,17 +142,39 @@ def jobs(
 
 
 @cli.command()
-def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Counts by status and by refusal category."""
+def stats(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    by: Annotated[str | None, typer.Option(help="tenant: jobs, refusals, spend per tenant")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="With --by: jobs created since (24h, ISO)")
+    ] = None,
+) -> None:
+    """Counts by status and by refusal category (--by tenant: per tenant, with spend)."""
     from imagegen.worker.cli.views import show_stats
     from imagegen.worker.jobs.queries import stats as job_stats
 
+    if by is not None:
+        _tenant_stats(by, since)
+        return
     with errors(), db_session() as session:
         data = job_stats(session=session)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     show_stats(out, data, plain=plain())
+
+
+def _tenant_stats(by: str, since: str | None) -> None:
+    from imagegen.worker.errors import JobRequestError
+    from imagegen.worker.jobs.tenant_stats import tenant_stats
+
+    with errors():
+        if by != "tenant":
+            raise JobRequestError(f"--by takes 'tenant', not {by!r}")
+        cut = parse_since(since) if since else None
+        with db_session() as session:
+            rows = tenant_stats(session, since=cut)
+    typer.echo(json.dumps(rows, indent=2))
 
 
 @cli.command()

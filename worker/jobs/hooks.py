@@ -47,6 +47,8 @@ def _count(moved: Moved, _app: Celery | None) -> None:
         metrics.FAL_LATENCY.observe(max(0.0, (moved.at - job.submitted_at).total_seconds()))
     if job.status in TERMINAL_STATUSES:
         metrics.JOBS_FINISHED.labels(job.status.value).inc()
+        if job.billed_cost_usd is not None:
+            metrics.SPEND.labels(str(job.tenant_id)).inc(float(job.billed_cost_usd))
         if job.images_stored is not None:
             metrics.IMAGES_STORED.labels(str(job.images_stored).lower()).inc()
         if job.status is JobStatus.REFUSED:

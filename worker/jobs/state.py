@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -100,6 +101,8 @@ RETURNED = (
     JOBS.c.error,
     JOBS.c.images_stored,
     JOBS.c.inputs,
+    JOBS.c.tenant_id,
+    JOBS.c.billed_cost_usd,
 )
 
 
@@ -122,6 +125,9 @@ class JobRow:
     images_stored: bool | None = None
     #: an edit job's stored input images (``worker.media.inputs``)
     inputs: list[dict[str, Any]] | None = None
+    tenant_id: uuid.UUID | None = None
+    #: what fal billed for it, where known (``worker.cost.record``)
+    billed_cost_usd: Decimal | None = None
 
     @property
     def overdue(self) -> bool:

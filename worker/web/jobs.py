@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
 
 from imagegen.models import JobStatus
-from imagegen.worker.contract import Cancelled, JobDetail, Stats
+from imagegen.worker.contract import Cancelled, JobDetail, Stats, TenantStats
 from imagegen.worker.db import session_scope
 from imagegen.worker.errors import EnqueueError, JobConflict, JobRequestError
 from imagegen.worker.jobs import enqueue as api
@@ -19,6 +19,7 @@ from imagegen.worker.jobs import queries
 from imagegen.worker.jobs.cancel import cancel
 from imagegen.worker.jobs.input_rules import check_text
 from imagegen.worker.jobs.params import validate_request
+from imagegen.worker.jobs.tenant_stats import tenant_stats
 from imagegen.worker.media.links import settings_link
 from imagegen.worker.settings import Settings
 
@@ -115,6 +116,16 @@ def stats(request: Request) -> dict[str, Any]:
     of its own jobs only."""
     with session_scope(_settings(request).database_url) as session:
         return queries.stats(session=session, tenant_id=tenant_scope(request))
+
+
+@router.get("/stats/tenants", response_model=list[TenantStats])
+def stats_by_tenant(
+    request: Request,
+    since: Annotated[datetime | None, Query(description="ISO 8601, created at or after.")] = None,
+) -> list[dict[str, Any]]:
+    """Jobs, refusals by category and spend per tenant (a tenant key: its own line)."""
+    with session_scope(_settings(request).database_url) as session:
+        return tenant_stats(session, since=since, tenant_id=tenant_scope(request))
 
 
 @router.post(
