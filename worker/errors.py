@@ -231,3 +231,16 @@ class PricingUnavailable(ImagegenError):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class QuotaExceeded(JobRequestError):
+    """Queuing the job would pass one of its tenant's quotas; nothing was written.
+
+    ``quota``: which one (``max_in_flight``, ``max_jobs_per_day``, ``max_spend_per_day_usd``,
+    ``max_spend_per_month_usd``); ``retry_after_s``: when it may pass (the API's Retry-After).
+    """
+
+    def __init__(self, message: str, *, quota: str, retry_after_s: int) -> None:
+        super().__init__(message, [{"field": quota, "message": message}])
+        self.quota = quota
+        self.retry_after_s = retry_after_s

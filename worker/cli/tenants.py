@@ -53,6 +53,42 @@ def create(
     typer.echo(str(tenant.id))
 
 
+@tenant_cli.command("quota")
+def quota(
+    name: Annotated[str, typer.Argument(help="The tenant's name")],
+    max_in_flight: Annotated[int | None, typer.Option(help="Open jobs at most")] = None,
+    max_jobs_per_day: Annotated[int | None, typer.Option(help="Jobs a UTC day")] = None,
+    max_spend_per_day: Annotated[str | None, typer.Option(help="USD a UTC day")] = None,
+    max_spend_per_month: Annotated[str | None, typer.Option(help="USD a UTC month")] = None,
+    clear: Annotated[list[str] | None, typer.Option(help="A quota to remove (repeat)")] = None,
+) -> None:
+    """Set a tenant's quotas (checked at enqueue: over one, the enqueue is refused); prints
+    its quotas as JSON."""
+    from decimal import Decimal, InvalidOperation
+
+    from imagegen.worker.tenants.quotas import set_quotas
+
+    given = {
+        "max_in_flight": max_in_flight,
+        "max_jobs_per_day": max_jobs_per_day,
+        "max_spend_per_day_usd": max_spend_per_day,
+        "max_spend_per_month_usd": max_spend_per_month,
+    }
+    with errors():
+        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        for key in ("max_spend_per_day_usd", "max_spend_per_month_usd"):
+            if key in changes:
+                try:
+                    changes[key] = Decimal(changes[key])
+                except InvalidOperation:
+                    raise JobRequestError(f"{key} must be a number of USD") from None
+        changes.update({q: None for q in clear or []})
+        if not changes:
+            raise JobRequestError("nothing to set: give a --max-... option or --clear QUOTA")
+        shown = set_quotas(_database_url(), name, changes)
+    typer.echo(json.dumps(shown, default=str, indent=2))
+
+
 @tenant_cli.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every tenant, by name."""

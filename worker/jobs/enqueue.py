@@ -33,6 +33,7 @@ from imagegen.worker.logs import get_logger
 from imagegen.worker.media.inputs import InputSource
 from imagegen.worker.media.setup import discard_inputs, edit_inputs, split_inputs
 from imagegen.worker.settings import Settings, get_settings
+from imagegen.worker.tenants.quotas import check_quotas
 from imagegen.worker.tenants.resolve import tenant_ids
 
 #: re-exported: callers (``imagegen retry``, ``cancel``, tests) import them from here
@@ -145,6 +146,7 @@ def _insert(request: JobRequest, row: dict[str, Any], settings: Settings) -> uui
             existing = _existing(session, request, row["tenant_id"], row.get("inputs"))
             if existing is not None:
                 return existing
+            check_quotas(session, row["tenant_id"], [row["estimated_cost_usd"]], row["created_at"])
             session.execute(insert(Job), [row])
     except IntegrityError:
         # Another caller created a job with this key between our read and our write.
@@ -189,6 +191,9 @@ def enqueue_many(
             row = _row(request, settings, now, tenants[request.tenant])
             rows.append(row)
             ids.append(row["id"])
+        for tenant_id in {row["tenant_id"] for row in rows}:
+            mine = [r["estimated_cost_usd"] for r in rows if r["tenant_id"] == tenant_id]
+            check_quotas(session, tenant_id, mine, now)
         if rows:
             session.execute(insert(Job), rows)
     publish_many([row["id"] for row in rows], settings, app)

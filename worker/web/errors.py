@@ -29,6 +29,7 @@ from imagegen.worker.errors import (
     JobConflict,
     JobNotFound,
     JobRequestError,
+    QuotaExceeded,
     StorageFailed,
 )
 from imagegen.worker.logs import get_logger
@@ -41,6 +42,7 @@ _Handler = Callable[[Request, Any], Awaitable[JSONResponse] | JSONResponse]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong API key"},
     422: {"model": ValidationErrorBody, "description": "Invalid request; nothing was written"},
+    429: {"model": ErrorBody, "description": "Over a tenant quota (named; Retry-After)"},
     500: {"model": ErrorBody, "description": "A bug: the API's log has the details"},
     503: {"model": ErrorBody, "description": "The database or the broker does not answer"},
 }
@@ -58,6 +60,9 @@ def install(app: FastAPI) -> None:
         Unauthorized: _unauthorized,
         JobRequestError: lambda _, exc: _json(422, exc.problems),
         IdempotencyConflict: lambda _, exc: _json(422, [_key_problem(exc)]),
+        QuotaExceeded: lambda _, exc: _json(
+            429, str(exc), {"Retry-After": str(exc.retry_after_s), "X-Imagegen-Quota": exc.quota}
+        ),
         RequestValidationError: lambda _, exc: _json(422, [problem(e) for e in exc.errors()]),
         JobNotFound: lambda _, exc: _json(404, str(exc)),
         JobConflict: lambda _, exc: _json(409, str(exc)),
