@@ -29,7 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 # the shared column types and helpers live in models.base (models.tenants needs them too);
 # re-exported here so ``from imagegen.models import Base, utcnow`` keeps working
 from .base import Base, JSONType, UTCDateTime, _enum, _not_null, utcnow
-from .tenants import DEFAULT_TENANT_ID, Tenant, TenantKey
+from .tenants import DEFAULT_TENANT_ID, Cooldown, Tenant, TenantKey
 
 
 class JobStatus(enum.StrEnum):
@@ -220,6 +220,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "AttemptOutcome",
     "Base",
+    "Cooldown",
     "FalWebhook",
     "JSONType",
     "Job",

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Integer, Numeric, String, Uuid
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, Numeric, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, UTCDateTime, utcnow
@@ -70,3 +70,24 @@ class TenantKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Cooldown(Base):
+    """A repeat offender slowed down: an end user (or, without one, a tenant) whose prompts
+    fal or the pre-filter refused too often; new jobs are refused at enqueue until ``until``
+    (``worker.tenants.cooldown``), unless lifted."""
+
+    __tablename__ = "cooldowns"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    #: NULL: the tenant as a whole (jobs without an end user)
+    end_user: Mapped[str | None] = mapped_column(String(200))
+    refusals: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    until: Mapped[datetime] = mapped_column(UTCDateTime())
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(None, "tenant_id", "end_user", "until"),)

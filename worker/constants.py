@@ -16,6 +16,7 @@ STORE_TASK = "imagegen.store"
 #: The beat task that re-publishes jobs whose broker message was lost.
 SWEEP_TASK = "imagegen.sweep"
 PURGE_TASK = "imagegen.purge"
+COOLDOWN_TASK = "imagegen.cooldown"
 #: how often beat runs the retention purge (when a retention is set)
 PURGE_INTERVAL_S = 86_400.0
 CALLBACK_TASK = "imagegen.callback"

@@ -244,3 +244,8 @@ class QuotaExceeded(JobRequestError):
         super().__init__(message, [{"field": quota, "message": message}])
         self.quota = quota
         self.retry_after_s = retry_after_s
+
+
+class CoolingDown(QuotaExceeded):
+    """The end user (or tenant) is in a repeat-offender cool-down: too many refused prompts
+    recently; new jobs are refused until it ends (or an operator lifts it)."""

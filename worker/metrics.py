@@ -73,6 +73,12 @@ CALLBACKS = Counter(
     ["result"],
     registry=WORKER,
 )
+COOLDOWNS = Counter(
+    "imagegen_cooldowns_started_total",
+    "Repeat-offender cool-downs started, by tenant id.",
+    ["tenant_id"],
+    registry=WORKER,
+)
 SPEND = Counter(
     "imagegen_spend_usd_total",
     "What fal billed for ended jobs, where known (units x unit price), by tenant id.",

@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     fal_pricing_url: str = Field(default="https://api.fal.ai/v1", alias="IMAGEGEN_FAL_PRICING_URL")
     fal_pricing_ttl_s: float = Field(default=3600.0, gt=0, alias="IMAGEGEN_FAL_PRICING_TTL_S")
 
+    # Repeat offenders: this many policy refusals of one end user (else tenant) within the
+    # window start a cool-down of its new jobs (0 refusals: off).
+    cooldown_refusals: int = Field(default=5, ge=0, alias="IMAGEGEN_COOLDOWN_REFUSALS")
+    cooldown_window_min: float = Field(default=10.0, gt=0, alias="IMAGEGEN_COOLDOWN_WINDOW_MIN")
+    cooldown_min: float = Field(default=30.0, gt=0, alias="IMAGEGEN_COOLDOWN_MIN")
+
     # Celery / Redis.
     # How long a message a worker took may stay unacknowledged before Redis hands it out again
     # (a SIGKILLed worker's): above the longest stage; retry countdowns are capped at half.

@@ -21,6 +21,7 @@ from imagegen.worker.celery_app import app
 from imagegen.worker.constants import (
     CALLBACK_TASK,
     COLLECT_TASK,
+    COOLDOWN_TASK,
     PURGE_TASK,
     STORE_TASK,
     SUBMIT_TASK,
@@ -183,3 +184,20 @@ def purge_task() -> str:
     report = purge_from_settings(settings, storage_for(settings.storage_url))
     get_logger(__name__).info("purge.done", **report.as_dict())
     return str(report.as_dict())
+
+
+@app.task(name=COOLDOWN_TASK, bind=True, acks_late=True, autoretry_for=(DBAPIError,))
+def cooldown_task(self: Task, tenant_id: str, end_user: str | None) -> str:
+    """After a refusal: start a repeat-offender cool-down when the refusals reach the limit
+    (the result says whom it stops and until when: Flower shows it)."""
+    from imagegen.worker.tenants.cooldown import after_refusal
+
+    started = after_refusal(get_settings(), uuid.UUID(tenant_id), end_user)
+    if started is None:
+        return "no cool-down"
+    metrics.COOLDOWNS.labels(tenant_id).inc()
+    who = f"end user {end_user!r}" if end_user is not None else "the tenant"
+    get_logger(__name__).warning(
+        "cooldown.started", tenant_id=tenant_id, refusals=started.refusals, until=str(started.until)
+    )
+    return f"cooldown: {who} of tenant {tenant_id} until {started.until.isoformat()}"

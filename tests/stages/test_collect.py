@@ -164,3 +164,16 @@ def test_webhook_mode_resubmits_a_request_whose_callback_reports_it_failed(
     assert collect.run(job_id, deps).summary.startswith("resubmitting: ")
     assert job(deps, job_id)["status"] is JobStatus.QUEUED and fal.results == []
     assert app.names()[-1] == SUBMIT_TASK
+
+
+def test_a_refusal_asks_the_cooldown_task_about_its_end_user(
+    deps: Deps, fal: FakeFal, app: RecordingApp
+) -> None:
+    from imagegen.models import DEFAULT_TENANT_ID
+    from imagegen.worker.constants import COOLDOWN_TASK
+
+    job_id = add_job(deps, end_user="u-7")
+    fal.then(fake.refuse_at_result("violence"))
+    to_collecting(deps, job_id)
+    assert collect.run(job_id, deps).summary == "refused:violence"
+    assert (COOLDOWN_TASK, [str(DEFAULT_TENANT_ID), "u-7"], {}) in app.sent

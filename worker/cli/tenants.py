@@ -21,6 +21,8 @@ tenant_cli = typer.Typer(help="Tenants and their API keys.", no_args_is_help=Tru
 key_cli = typer.Typer(help="A tenant's API keys.", no_args_is_help=True)
 cli.add_typer(tenant_cli, name="tenant")
 tenant_cli.add_typer(key_cli, name="key")
+cooldown_cli = typer.Typer(help="Repeat-offender cool-downs.", no_args_is_help=True)
+cli.add_typer(cooldown_cli, name="cooldown")
 
 
 def _database_url() -> str:
@@ -144,3 +146,28 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key lis
             raise JobRequestError(message) from None
         key = revoke_key(_database_url(), parsed)
     typer.echo(f"revoked key {key.id} ({key.prefix}...) of tenant {key.tenant}")
+
+
+@cooldown_cli.command("list")
+def cooldown_list() -> None:
+    """The active cool-downs as JSON: tenant, end user, refusals, since, until."""
+    from imagegen.worker.tenants.cooldown import list_active
+
+    with errors():
+        rows = list_active(_database_url())
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@cooldown_cli.command("lift")
+def cooldown_lift(
+    tenant: Annotated[str, typer.Argument(help="The tenant's name")],
+    end_user: Annotated[
+        str | None, typer.Option(help="The end user (else the tenant's own)")
+    ] = None,
+) -> None:
+    """End a cool-down now; prints how many were lifted."""
+    from imagegen.worker.tenants.cooldown import lift
+
+    with errors():
+        lifted = lift(_database_url(), tenant, end_user)
+    typer.echo(str(lifted))

@@ -33,6 +33,7 @@ from imagegen.worker.logs import get_logger
 from imagegen.worker.media.inputs import InputSource
 from imagegen.worker.media.setup import discard_inputs, edit_inputs, split_inputs
 from imagegen.worker.settings import Settings, get_settings
+from imagegen.worker.tenants import cooldown
 from imagegen.worker.tenants.quotas import check_quotas
 from imagegen.worker.tenants.resolve import tenant_ids
 
@@ -146,6 +147,7 @@ def _insert(request: JobRequest, row: dict[str, Any], settings: Settings) -> uui
             existing = _existing(session, request, row["tenant_id"], row.get("inputs"))
             if existing is not None:
                 return existing
+            cooldown.check(session, row["tenant_id"], row["end_user"], row["created_at"])
             check_quotas(session, row["tenant_id"], [row["estimated_cost_usd"]], row["created_at"])
             session.execute(insert(Job), [row])
     except IntegrityError:
@@ -191,6 +193,8 @@ def enqueue_many(
             row = _row(request, settings, now, tenants[request.tenant])
             rows.append(row)
             ids.append(row["id"])
+        for who in {(row["tenant_id"], row["end_user"]) for row in rows}:
+            cooldown.check(session, *who, now)
         for tenant_id in {row["tenant_id"] for row in rows}:
             mine = [r["estimated_cost_usd"] for r in rows if r["tenant_id"] == tenant_id]
             check_quotas(session, tenant_id, mine, now)

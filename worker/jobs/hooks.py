@@ -12,7 +12,7 @@ from celery import Celery
 
 from imagegen.models import TERMINAL_STATUSES, JobStatus
 from imagegen.worker import metrics
-from imagegen.worker.constants import CALLBACK_TASK
+from imagegen.worker.constants import CALLBACK_TASK, COOLDOWN_TASK
 from imagegen.worker.jobs.state import Moved
 from imagegen.worker.logs import get_logger, prompt_hash
 
@@ -80,3 +80,11 @@ def _callback(moved: Moved, app: Celery | None) -> None:
     job = moved.job
     if app is not None and job.callback_url is not None and job.status in TERMINAL_STATUSES:
         app.send_task(CALLBACK_TASK, args=[str(job.id)])
+
+
+@listen
+def _cooldown(moved: Moved, app: Celery | None) -> None:
+    """A refusal may make its end user a repeat offender (``worker.tenants.cooldown``)."""
+    job = moved.job
+    if app is not None and job.status is JobStatus.REFUSED and job.tenant_id is not None:
+        app.send_task(COOLDOWN_TASK, args=[str(job.tenant_id), job.end_user])

@@ -103,6 +103,7 @@ RETURNED = (
     JOBS.c.inputs,
     JOBS.c.tenant_id,
     JOBS.c.billed_cost_usd,
+    JOBS.c.end_user,
 )
 
 
@@ -128,6 +129,7 @@ class JobRow:
     tenant_id: uuid.UUID | None = None
     #: what fal billed for it, where known (``worker.cost.record``)
     billed_cost_usd: Decimal | None = None
+    end_user: str | None = None
 
     @property
     def overdue(self) -> bool:
