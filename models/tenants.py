@@ -80,9 +80,7 @@ class Cooldown(Base):
     __tablename__ = "cooldowns"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="CASCADE")
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"))
     #: NULL: the tenant as a whole (jobs without an end user)
     end_user: Mapped[str | None] = mapped_column(String(200))
     refusals: Mapped[int] = mapped_column(Integer)
