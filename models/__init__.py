@@ -119,7 +119,7 @@ class Job(Base):
     estimated_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
     billable_units: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
     billed_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
-    possibly_billed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    possibly_billed: Mapped[bool] = mapped_column(Boolean, server_default=false())
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     #: the web app's URL that gets the job's JSON (HMAC-signed) when it ends
     callback_url: Mapped[str | None] = mapped_column(String(2000))
