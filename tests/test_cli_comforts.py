@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import Stack, unique
 from tests.test_cli import imagegen as run_imagegen
 
-pytestmark = pytest.mark.timeout(90)
+#: real API or CLI processes against Postgres and Redis: left out of the quick run
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 
 def imagegen(stack: Stack | None, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:

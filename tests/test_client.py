@@ -24,7 +24,8 @@ from imagegen.worker.errors import (
 )
 from tests.conftest import API_KEY, ROOT, Stack, add_jobs, unique
 
-pytestmark = pytest.mark.timeout(120)
+#: real API or CLI processes against Postgres and Redis: left out of the quick run
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ import pytest
 
 from imagegen.worker.fal.emulator import FalEmulator
 
-pytestmark = pytest.mark.timeout(30)
+#: the emulator over HTTPS with waits for its latencies: left out of the quick run
+pytestmark = [pytest.mark.timeout(30), pytest.mark.slow]
 
 APP = "openai/gpt-image-2"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

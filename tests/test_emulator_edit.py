@@ -22,7 +22,7 @@ from PIL import Image
 
 from imagegen.worker.fal.emulator import FalEmulator
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 EDIT = "openai/gpt-image-2/edit"
 

@@ -464,6 +464,7 @@ class _CountingServer:
         self.server.server_close()
 
 
+@pytest.mark.slow  # waits out the keep-alive
 @pytest.mark.parametrize(("keepalive_s", "connections"), [(60.0, 1), (0.3, 2)])
 def test_an_idle_connection_is_kept_for_keepalive_s(keepalive_s: float, connections: int) -> None:
     """IMAGEGEN_FAL_KEEPALIVE_S reaches httpx: a connection idle for less than it is reused

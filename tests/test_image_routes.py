@@ -33,7 +33,7 @@ from tests.media.conftest import (  # noqa: F401 (the moto fixtures s3_storage_u
 from tests.stored_jobs import imagegen, insert_job, keys_of, listing, put, read, row, stored_job
 from tests.test_retention import cli_env  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 

@@ -30,7 +30,8 @@ from imagegen.models import JobAttempt, JobStatus
 from imagegen.worker import contract
 from tests.conftest import API_KEY, ROOT, Stack, add_jobs, unique
 
-pytestmark = pytest.mark.timeout(120)
+#: real API or CLI processes against Postgres and Redis: left out of the quick run
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 RESPONSE_CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,

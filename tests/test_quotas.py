@@ -9,6 +9,9 @@ from imagegen.worker.errors import QuotaExceeded
 from tests.conftest import API_KEY, Stack, unique
 from tests.test_cli_comforts import imagegen
 
+#: real Postgres, Redis and subprocesses: the quick run (-m "not slow") leaves these out
+pytestmark = pytest.mark.slow
+
 
 def _count(stack: Stack) -> int:
     from sqlalchemy import func, select

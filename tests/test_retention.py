@@ -21,7 +21,7 @@ from imagegen.worker.errors import JobConflict, JobNotFound, StorageFailed
 from imagegen.worker.media.storage import Storage, open_storage
 from tests.stored_jobs import FlakyDeletes, imagegen, keys_of, listing, row, stored_job
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 DAY = timedelta(days=1)
 
 

@@ -7,9 +7,14 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
 from imagegen.models import DEFAULT_TENANT_ID, JobStatus, utcnow
 from tests.conftest import Stack, add_jobs
 from tests.test_cli_comforts import imagegen
+
+#: real Postgres, Redis and subprocesses: the quick run (-m "not slow") leaves these out
+pytestmark = pytest.mark.slow
 
 
 def test_spend_and_refusals_per_tenant(stack: Stack) -> None:

@@ -17,7 +17,7 @@ from imagegen.worker.tenants.resolve import key_hash, resolve_key
 from tests.conftest import Stack, add_jobs
 from tests.test_cli import imagegen, one_line_error
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 def _count_jobs(database_url: str) -> int:

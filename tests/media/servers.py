@@ -134,7 +134,7 @@ def serve(ssl_context: ssl.SSLContext | None = None) -> Iterator[int]:
     server.daemon_threads = True
     if ssl_context is not None:
         server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server.server_address[1]
