@@ -179,6 +179,7 @@ def _start(settings: Any, role: str) -> subprocess.Popen[bytes]:
         **os.environ,
         "REDIS_URL": _absolute_sqlite(settings.redis_url),
         "DATABASE_URL": _absolute_sqlite(settings.database_url),
+        "IMAGEGEN_STORAGE_URL": _absolute_storage(settings.storage_url),
     }
     # Run from the project root: a stray ``worker/`` folder in the cwd would shadow the package.
     root = Path(__file__).resolve().parent.parent
@@ -197,6 +198,15 @@ def _absolute_sqlite(url: str) -> str:
     if not sep or "sqlite" not in prefix or path.startswith("/"):
         return url
     return f"{prefix}:///{Path(path).resolve()}"
+
+
+def _absolute_storage(url: str) -> str:
+    """A relative ``file:`` storage of this cwd, made absolute likewise (the CLI and the
+    worker must see the same directory)."""
+    path = url.removeprefix("file:") if "://" not in url else None
+    if path is None or path.startswith("/"):
+        return url
+    return f"file:{Path(path).resolve()}"
 
 
 def _wait(settings: Any, ids: list[uuid.UUID], console: Console, timeout_s: float = 180) -> bool:
