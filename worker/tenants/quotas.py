@@ -61,36 +61,24 @@ def check_quotas(
     month = day.replace(day=1)
     adding, cost = len(estimates), sum((e or Decimal(0) for e in estimates), Decimal(0))
     mine = Job.tenant_id == tenant_id
-    if tenant.max_in_flight is not None:
-        open_jobs = _scalar(session, func.count(Job.id), mine, Job.status.in_(OPEN_STATUSES))
-        _over(tenant, "max_in_flight", open_jobs + adding, tenant.max_in_flight, IN_FLIGHT_RETRY_S)
-    if tenant.max_jobs_per_day is not None:
-        today = _scalar(session, func.count(Job.id), mine, Job.created_at >= day)
-        _over(
-            tenant,
-            "max_jobs_per_day",
-            today + adding,
-            tenant.max_jobs_per_day,
-            _until(now, day + timedelta(days=1)),
-        )
-    if tenant.max_spend_per_day_usd is not None:
-        spent = Decimal(_scalar(session, _SPEND, mine, Job.created_at >= day))
-        _over(
-            tenant,
-            "max_spend_per_day_usd",
-            spent + cost,
-            tenant.max_spend_per_day_usd,
-            _until(now, day + timedelta(days=1)),
-        )
-    if tenant.max_spend_per_month_usd is not None:
-        spent = Decimal(_scalar(session, _SPEND, mine, Job.created_at >= month))
-        _over(
-            tenant,
-            "max_spend_per_month_usd",
-            spent + cost,
-            tenant.max_spend_per_month_usd,
-            _until(now, _next_month(month)),
-        )
+    tomorrow = _until(now, day + timedelta(days=1))
+    #: (quota, its limit, what it counts, over which jobs, what this enqueue adds, retry after)
+    checks = (
+        ("max_in_flight", tenant.max_in_flight, func.count(Job.id),
+         Job.status.in_(OPEN_STATUSES), adding, IN_FLIGHT_RETRY_S),
+        ("max_jobs_per_day", tenant.max_jobs_per_day, func.count(Job.id),
+         Job.created_at >= day, adding, tomorrow),
+        ("max_spend_per_day_usd", tenant.max_spend_per_day_usd, _SPEND,
+         Job.created_at >= day, cost, tomorrow),
+        ("max_spend_per_month_usd", tenant.max_spend_per_month_usd, _SPEND,
+         Job.created_at >= month, cost, _until(now, _next_month(month))),
+    )  # fmt: skip
+    for quota, limit, measure, which, added, retry_after_s in checks:
+        if limit is not None:
+            current = _scalar(session, measure, mine, which)
+            if isinstance(added, Decimal):  # money: exact, whatever the driver hands back
+                current = Decimal(current)
+            _over(tenant, quota, current + added, limit, retry_after_s)
 
 
 def _scalar(session: Session, what: Any, *where: Any) -> Any:
