@@ -37,6 +37,7 @@ class JobStatus(enum.StrEnum):
     terminal."""
 
     QUEUED = "queued"  # waiting for a submit task
+    WAITING = "waiting"  # the fleet is at its cap: waits for a slot (``worker.jobs.fairshare``)
     SUBMITTING = "submitting"  # a submit task holds it (lease): pre-filter, slot, POST
     AT_FAL = "at_fal"  # fal has the request (fal_request_id); checked again at poll_at
     COLLECTING = "collecting"  # fal finished it: a collect task reads the result (lease)
@@ -57,6 +58,7 @@ TERMINAL_STATUSES = frozenset(
 #: not terminal yet (as a tuple: SQL ``IN`` lists keep their order)
 OPEN_STATUSES = (
     JobStatus.QUEUED,
+    JobStatus.WAITING,
     JobStatus.SUBMITTING,
     JobStatus.AT_FAL,
     JobStatus.COLLECTING,
@@ -131,6 +133,8 @@ class Job(Base):
     #: undisturbed; queued: after when the sweeper considers the job's broker message lost.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(64))
+    #: queued: a fal slot was kept for it at this time (waiting -> queued, the fair share)
+    slot_granted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: after this the job ends ``failed`` with a timeout error, wherever it is.
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -165,6 +169,20 @@ class Job(Base):
             **_not_null("idempotency_key"),
         ),
         Index("uq_jobs_retry_of", "retry_of", unique=True, **_not_null("retry_of")),
+        Index(  # the fair share: a tenant's oldest job waiting for a fal slot
+            "ix_jobs_waiting",
+            "tenant_id",
+            "created_at",
+            postgresql_where=text("status = 'waiting'"),
+            sqlite_where=text("status = 'waiting'"),
+        ),
+        Index(  # the fair share: what each tenant holds of the fleet cap
+            "ix_jobs_holding",
+            "tenant_id",
+            "status",
+            postgresql_where=text("status IN ('queued', 'submitting', 'at_fal')"),
+            sqlite_where=text("status IN ('queued', 'submitting', 'at_fal')"),
+        ),
         Index(
             "ix_jobs_poll_at_at_fal",
             "poll_at",

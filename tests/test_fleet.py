@@ -38,6 +38,26 @@ def test_admits_up_to_the_limit_and_a_held_token_again(
     assert limiter.in_flight() == 2
 
 
+def test_while_jobs_wait_only_a_kept_slot_admits_until_the_flag_goes(
+    parts: tuple[FalLimiter, AccountGuard],
+) -> None:
+    limiter, guard = parts
+    assert limiter.try_acquire("granted")  # the granter keeps a slot for its job
+    limiter.mark_waiting(20)
+    assert limiter.anyone_waiting()
+    assert not limiter.admit("newcomer", guard).admitted  # a slot is free, but jobs wait
+    assert limiter.admit("granted", guard).admitted
+    limiter.clear_waiting()
+    assert not limiter.anyone_waiting() and limiter.admit("newcomer", guard).admitted
+
+
+def test_the_waiting_flag_lapses_on_its_own(parts: tuple[FalLimiter, AccountGuard]) -> None:
+    limiter, guard = parts
+    limiter.mark_waiting(0.2)
+    time.sleep(0.3)
+    assert not limiter.anyone_waiting() and limiter.admit("a", guard).admitted
+
+
 def test_a_cool_down_refuses_with_the_time_left(parts: tuple[FalLimiter, AccountGuard]) -> None:
     limiter, guard = parts
     limiter.cool_down(20)

@@ -80,7 +80,7 @@ def test_kept_totals_follow_every_change_a_job_goes_through(database_url: str) -
         db.execute(delete(state.JOBS).where(state.JOBS.c.id == queued[3]))
     stats = _kept(database_url)
     assert stats["by_status"] == {
-        "queued": 0, "submitting": 1, "at_fal": 0, "collecting": 0, "storing": 0,
+        "queued": 0, "waiting": 0, "submitting": 1, "at_fal": 0, "collecting": 0, "storing": 0,
         "succeeded": 3, "refused": 2, "failed": 0, "cancelled": 1,
     }  # fmt: skip
     assert stats["by_refusal_category"] == {"trademark_ip": 1, "celebrity_likeness": 1}

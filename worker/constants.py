@@ -30,6 +30,8 @@ ACCOUNT_LOCK_KEY = "imagegen:fal:account-locked"
 #: Fleet-wide fal limits (worker/fal/limits.py): a cool-down after a 429 and the in-flight slots.
 FAL_COOLDOWN_KEY = "imagegen:fal:cooldown-until"
 FAL_SLOTS_KEY = "imagegen:fal:slots"
+#: set while jobs wait for a slot: a new submit then waits too, the granter picks fairly
+FAL_WAITING_KEY = "imagegen:fal:waiting"
 
 #: fal's error type for a content-policy refusal, in every shape it comes in.
 CONTENT_POLICY = "content_policy_violation"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal[
     "queued",
+    "waiting",
     "submitting",
     "at_fal",
     "collecting",

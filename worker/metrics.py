@@ -85,6 +85,12 @@ SPEND = Counter(
     ["tenant_id"],
     registry=WORKER,
 )
+SLOT_GRANTS = Counter(
+    "imagegen_slot_grants_total",
+    "fal slots granted to a waiting job while the fleet was at its cap, by tenant id.",
+    ["tenant_id"],
+    registry=WORKER,
+)
 IMAGES_STORED = Counter(
     "imagegen_jobs_images_stored_total",
     "Succeeded jobs by whether their images were copied to storage (false: fal's URLs kept).",

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
 
     # Fleet-wide cap on fal requests in flight (a Redis semaphore); unset: no cap.
     fal_concurrency: int | None = Field(default=None, ge=1, alias="IMAGEGEN_FAL_CONCURRENCY")
+    # At the cap, a freed slot goes to the tenant furthest below its weighted share; false:
+    # to the oldest waiting job of any tenant (plain FIFO).
+    fair_share: bool = Field(default=True, alias="IMAGEGEN_FAIR_SHARE")
 
     # Webhook mode: fal calls back (ED25519-signed) instead of being polled; polling resumes
     # for a job whose callback has not come IMAGEGEN_WEBHOOK_FALLBACK_S after its submit.

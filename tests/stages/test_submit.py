@@ -20,7 +20,7 @@ from imagegen.worker.constants import COLLECT_TASK
 from imagegen.worker.db import write
 from imagegen.worker.fal import fake
 from imagegen.worker.fal.fake import FakeFal
-from imagegen.worker.jobs import collect, dispatch, state, submit
+from imagegen.worker.jobs import collect, dispatch, fairshare, state, submit
 from imagegen.worker.jobs.deps import Deps
 from imagegen.worker.moderation import Chain, Verdict
 from tests.stages.kit import (
@@ -57,7 +57,7 @@ def test_success_runs_queued_submitting_at_fal_collecting_succeeded(
     ]
     assert deps.limiter.in_flight() == 1  # held while fal works on it
     # what the poller calls: the slot goes back and the collect is published
-    assert dispatch.heard_completed(deps.settings.database_url, deps.app, deps.limiter, job_id)
+    assert dispatch.heard_completed(deps.settings, deps.app, deps.limiter, job_id)
     assert job(deps, job_id)["status"] is JobStatus.COLLECTING and deps.limiter.in_flight() == 0
     assert app.sent[-1] == (COLLECT_TASK, [str(job_id)], {"task_id": f"{job_id}/collect-1"})
     assert collect.run(job_id, deps).summary == "succeeded"
@@ -200,20 +200,6 @@ def test_a_submit_whose_worker_died_is_taken_over_after_its_lease(
     assert len(fal.submits) == 1
 
 
-def test_a_full_fleet_requeues_without_submitting(
-    url: str, fal: FakeFal, app: RecordingApp
-) -> None:
-    deps = make_deps(url, fal, app, limit=1)
-    assert deps.limiter.try_acquire("another-job")
-    job_id = add_job(deps)
-    outcome = submit.run(job_id, deps)
-    assert outcome.summary == "retry" and outcome.retry_in is not None
-    assert 0.5 <= outcome.retry_in <= 2.0
-    row = job(deps, job_id)
-    assert row["status"] is JobStatus.QUEUED and row["attempts"] == 0 and fal.submits == []
-    assert deps.limiter.in_flight() == 1  # the other job's slot is untouched
-
-
 class CountingChecker:
     """A moderation checker that passes every prompt and counts the prompts it was asked."""
 
@@ -235,9 +221,10 @@ def test_a_job_waiting_for_a_slot_is_moderated_once(
     deps.moderation = Chain([checker])
     assert deps.limiter.try_acquire("another-job")
     job_id = add_job(deps)
-    for _ in range(3):
-        assert submit.run(job_id, deps).summary == "retry"
+    assert submit.run(job_id, deps).summary == "waiting"
+    assert submit.run(job_id, deps).summary == "skipped"  # a second message while it waits
     deps.limiter.release("another-job")
+    assert fairshare.grant(deps.settings, deps.app, deps.limiter) == 1
     assert submit.run(job_id, deps).summary.startswith("at_fal:")
     assert checker.asked == 1
 

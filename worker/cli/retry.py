@@ -30,6 +30,7 @@ _WHY_NOT = {
     JobStatus.SUCCEEDED: "succeeded: there is nothing to retry",
     JobStatus.CANCELLED: "was cancelled: enqueue it again to run it",
     JobStatus.QUEUED: "is still queued",
+    JobStatus.WAITING: "is waiting for a fal slot (the fleet is at its cap)",
     JobStatus.SUBMITTING: "is being submitted to fal",
     JobStatus.AT_FAL: "is at fal",
     JobStatus.COLLECTING: "is being collected from fal",

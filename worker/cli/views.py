@@ -18,6 +18,7 @@ from imagegen.worker.constants import SOFT_BLOCK_CATEGORIES
 
 STATUS_STYLE = {
     "queued": "dim",
+    "waiting": "dim",
     "submitting": "cyan",
     "at_fal": "cyan",
     "collecting": "cyan",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from imagegen.models import OPEN_STATUSES
 from imagegen.worker.db import session_scope
 from imagegen.worker.jobs.queries import get_job, job_to_dict
 from imagegen.worker.settings import Settings
@@ -59,7 +60,7 @@ def wait_for_outcome(
         elapsed = time.monotonic() - started
         if on_progress is not None:
             on_progress(Progress(job["status"], job["attempts"], elapsed))
-        if job["status"] not in ("queued", "submitting", "at_fal", "collecting", "storing"):
+        if job["status"] not in OPEN_STATUSES:
             return WaitResult(WaitExit[job["status"].upper()], job)
         if timeout_s is not None and elapsed >= timeout_s:
             return WaitResult(WaitExit.TIMEOUT, job)

@@ -97,10 +97,10 @@ def fail_at_fal(db: Connection, job_id: uuid.UUID, error: str) -> state.Moved | 
 
 
 def expire_queued(db: Connection, now: datetime) -> list[state.Moved]:
-    """Fail the queued jobs whose deadline passed before a submit took them."""
+    """Fail the queued (or waiting) jobs whose deadline passed before a submit took them."""
     ids = db.execute(
         select(JOBS.c.id)
-        .where(JOBS.c.status == JobStatus.QUEUED, JOBS.c.deadline_at < now)
+        .where(JOBS.c.status.in_((JobStatus.QUEUED, JobStatus.WAITING)), JOBS.c.deadline_at < now)
         .limit(EXPIRE_BATCH)
         .with_for_update(skip_locked=True)
     ).scalars()

@@ -1,7 +1,8 @@
 """What the poller does beside its checks, on short timers: queued jobs past their
-deadline failed, stage messages that were lost (Redis was away, a worker was killed with
-messages it had taken) published again, and the at-fal gauge. The sweeper does the same
-on its longer schedule: a host without a poller loses nothing, it only waits longer."""
+deadline failed, free fal slots granted to waiting jobs (the fair share), stage messages
+that were lost (Redis was away, a worker was killed with messages it had taken) published
+again, and the at-fal gauge. The sweeper does the same on its longer schedule: a host
+without a poller loses nothing, it only waits longer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from imagegen.models import utcnow
 from imagegen.worker import metrics
 from imagegen.worker.fal import due
+from imagegen.worker.jobs import fairshare
 from imagegen.worker.jobs.hooks import fire
 from imagegen.worker.jobs.sweeper import STAGED, republish
 
@@ -35,6 +37,9 @@ class Housekeeping:
             moved = await poller._db(lambda db: due.expire_queued(db, utcnow()))
             for one in moved:
                 await asyncio.to_thread(fire, one, poller.app)
+            # slots freed without a grant (a lease that ran out, a crash): to waiting jobs
+            args = (poller.settings, poller.app, poller.limiter)
+            await asyncio.to_thread(fairshare.grant, *args, always=True)
         if now >= self._count_at:
             self._count_at = now + self.COUNT_EVERY_S
             metrics.IN_FLIGHT.set(await poller._db(due.count_at_fal))

@@ -7,6 +7,8 @@ reads the account lock and the cool-down and takes a slot, a single Redis round 
   before it ends. Celery's ``rate_limit`` is per worker and cannot do this.
 * A cap on fal requests in flight (``IMAGEGEN_FAL_CONCURRENCY``): a semaphore whose slots
   are leases in a sorted set, so a worker that dies cannot leak its slot: it expires.
+* While jobs wait for a slot (the waiting flag), a new submit waits too: only the granter
+  (``worker.jobs.fairshare``) hands out freed slots, to the tenant furthest below its share.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from functools import lru_cache
 
 import redis
 
-from imagegen.worker.constants import ACCOUNT_LOCK_KEY, FAL_COOLDOWN_KEY, FAL_SLOTS_KEY
+from imagegen.worker.constants import (
+    ACCOUNT_LOCK_KEY,
+    FAL_COOLDOWN_KEY,
+    FAL_SLOTS_KEY,
+    FAL_WAITING_KEY,
+)
 from imagegen.worker.fal.account import AccountGuard
 from imagegen.worker.redis_client import shared_redis
 from imagegen.worker.settings import Settings
@@ -47,8 +54,9 @@ if ARGV[5] == '1' or redis.call('ZSCORE', KEYS[1], ARGV[4])
 end
 return 0
 """
-# KEYS: slots zset, cool-down key, account-lock key; ARGV: now, lease_s, limit (-1: none),
-# token. Returns {'locked', reason}, {'cool', until}, {'full', ''} or {'ok', ''|'held'}.
+# KEYS: slots zset, cool-down key, account-lock key, waiting flag; ARGV: now, lease_s,
+# limit (-1: none), token. Returns {'locked', reason}, {'cool', until}, {'full', ''} or
+# {'ok', ''|'held'}; while the waiting flag is set only a slot kept for the token admits.
 _ADMIT = """
 local reason = redis.call('GET', KEYS[3])
 if reason then return {'locked', reason} end
@@ -57,6 +65,7 @@ if cool_until > tonumber(ARGV[1]) then return {'cool', tostring(cool_until)} end
 if tonumber(ARGV[3]) < 0 then return {'ok', ''} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local held = redis.call('ZSCORE', KEYS[1], ARGV[4])
+if not held and redis.call('EXISTS', KEYS[4]) == 1 then return {'full', ''} end
 if held or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
   if held then return {'ok', 'held'} end
@@ -81,6 +90,7 @@ class FalLimiter:
         self._redis, self.limit, self.lease_s = client, limit, lease_s
         self._local_slots: dict[str, float] = {}
         self._local_cool_until = 0.0
+        self._local_waiting_until = 0.0
         self._lock = threading.Lock()
         self._acquire = client.register_script(_ACQUIRE) if client is not None else None
         self._admit = client.register_script(_ADMIT) if client is not None else None
@@ -112,10 +122,12 @@ class FalLimiter:
                 return Admission(False, cool_s=cooling)
             with self._lock:
                 held = self._local_slots.get(token, 0.0) > time.time()
+            if not held and self.limit is not None and self.anyone_waiting():
+                return Admission(False)
             return Admission(self.try_acquire(token), held_before=held)
         now = time.time()
         limit = -1 if self.limit is None else self.limit
-        keys = [FAL_SLOTS_KEY, FAL_COOLDOWN_KEY, ACCOUNT_LOCK_KEY]
+        keys = [FAL_SLOTS_KEY, FAL_COOLDOWN_KEY, ACCOUNT_LOCK_KEY, FAL_WAITING_KEY]
         verdict, value = self._admit(keys=keys, args=[now, self.lease_s, limit, token])
         if verdict == b"locked":
             return Admission(False, locked=value.decode(errors="replace"))
@@ -139,6 +151,24 @@ class FalLimiter:
         else:
             with self._lock:
                 self._local_cool_until = max(self._local_cool_until, until)
+
+    def mark_waiting(self, ttl_s: float) -> None:
+        """Jobs wait for a slot: new submits wait too for ``ttl_s`` (the granter renews it)."""
+        if self._redis is not None:
+            self._redis.set(FAL_WAITING_KEY, "1", px=max(int(ttl_s * 1000), 1))
+        else:
+            self._local_waiting_until = time.time() + ttl_s
+
+    def clear_waiting(self) -> None:
+        if self._redis is not None:
+            self._redis.delete(FAL_WAITING_KEY)
+        else:
+            self._local_waiting_until = 0.0
+
+    def anyone_waiting(self) -> bool:
+        if self._redis is not None:
+            return bool(self._redis.exists(FAL_WAITING_KEY))
+        return self._local_waiting_until > time.time()
 
     def try_acquire(self, token: str, *, force: bool = False, lease_s: float | None = None) -> bool:
         """Take (or renew) a slot; ``force`` for a request already in flight at fal."""

@@ -227,8 +227,8 @@ class Poller:
         return ("completed" if isinstance(status, fal_client.Completed) else "waiting"), None
 
     async def _completed(self, row: due.Due) -> None:
-        url = self.settings.database_url
-        won = await asyncio.to_thread(heard_completed, url, self.app, self.limiter, row.id)
+        args = (self.settings, self.app, self.limiter, row.id)
+        won = await asyncio.to_thread(heard_completed, *args)
         if won:
             self.counts["collected"] += 1
             self.collected.append(row.id)

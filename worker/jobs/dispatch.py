@@ -18,10 +18,11 @@ from imagegen.models import utcnow
 from imagegen.worker.constants import COLLECT_TASK, STORE_TASK, SUBMIT_TASK
 from imagegen.worker.db import write
 from imagegen.worker.fal.limits import FalLimiter
-from imagegen.worker.jobs import state
+from imagegen.worker.jobs import fairshare, state
 from imagegen.worker.jobs.hooks import fire
 from imagegen.worker.logs import get_logger
 from imagegen.worker.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
+from imagegen.worker.settings import Settings
 
 log = get_logger(__name__)
 #: how long a collect may take to be picked up before it is published again
@@ -59,7 +60,7 @@ def send_store(app: Celery, job_id: uuid.UUID, attempt: int) -> None:
 
 
 def heard_completed(
-    database_url: str,
+    settings: Settings,
     app: Celery,
     limiter: FalLimiter,
     job_id: uuid.UUID,
@@ -67,7 +68,8 @@ def heard_completed(
     also: state.Also | None = None,
 ) -> bool:
     """fal finished the job's request (poller, webhook or sweeper heard it): at_fal ->
-    collecting, give back the fal slot, publish the collect. False when another caller won.
+    collecting, give back the fal slot (granted to a waiting job, if any: the fair share),
+    publish the collect. False when another caller won.
 
     ``also``: more writes for the same transaction (the webhook stores fal's body).
     """
@@ -79,7 +81,7 @@ def heard_completed(
         until = utcnow() + timedelta(seconds=COLLECT_PUBLISH_GRACE_S)
         return state.move(db, job_id, "completed", values={"lease_until": until})
 
-    moved = write(database_url, work)
+    moved = write(settings.database_url, work)
     if moved is None:
         return False
     fire(moved, app)
@@ -92,4 +94,5 @@ def heard_completed(
         limiter.release(str(job_id))
     except REDIS_UNAVAILABLE as exc:  # the slot's lease runs out instead
         log.warning("fleet.slot_not_released", job_id=str(job_id), error=str(exc))
+    fairshare.grant(settings, app, limiter)
     return True

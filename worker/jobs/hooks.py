@@ -55,6 +55,8 @@ def _count(moved: Moved, _app: Celery | None) -> None:
             metrics.REFUSALS.labels(job.refusal_category, job.refusal_source).inc()
     elif moved.move.name == "requeue":
         metrics.RETRIES.inc()
+    elif moved.move.name == "grant":
+        metrics.SLOT_GRANTS.labels(str(job.tenant_id)).inc()
 
 
 @listen

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from imagegen.models import AttemptOutcome, JobStatus, utcnow
 from imagegen.worker.db import write
 from imagegen.worker.errors import AccountLocked, FalError, PolicyRefusal
-from imagegen.worker.jobs import attempts, state
+from imagegen.worker.jobs import attempts, fairshare, state
 from imagegen.worker.jobs.deps import Deps
 from imagegen.worker.jobs.hooks import fire
 from imagegen.worker.jobs.outcome import CANCELLED, SKIPPED, Outcome
@@ -175,6 +175,19 @@ class Settle:
             self.deps.limiter.release(str(self.job.id))
         except REDIS_UNAVAILABLE as exc:  # the slot's lease runs out instead
             log.warning("fleet.slot_not_released", job_id=str(self.job.id), error=str(exc))
+            return
+        fairshare.grant(self.deps.settings, self.deps.app, self.deps.limiter)
+
+    def park(self) -> Outcome:
+        """The fleet is at its cap: wait for a slot, granted fairly (``worker.jobs.fairshare``)."""
+        moved = write(
+            self.deps.settings.database_url, lambda db: fairshare.park(db, self.job.id, self.owner)
+        )
+        if moved is None:
+            return self._ended(moved, SKIPPED)
+        fire(moved, self.deps.app)
+        fairshare.waiting(self.deps.settings, self.deps.app, self.deps.limiter)
+        return Outcome("waiting", reason="waiting for a fal slot (IMAGEGEN_FAL_CONCURRENCY)")
 
     def cancel_at_fal(self) -> None:
         if self.request_id is None:
@@ -190,6 +203,4 @@ class Settle:
         from imagegen.worker.jobs.dispatch import heard_completed
 
         if write(self.deps.settings.database_url, lambda db: webhook_store.body(db, request_id)):
-            heard_completed(
-                self.deps.settings.database_url, self.deps.app, self.deps.limiter, self.job.id
-            )
+            heard_completed(self.deps.settings, self.deps.app, self.deps.limiter, self.job.id)

@@ -7,8 +7,9 @@ first: a cancel, the poller, the sweeper). Listeners (metrics, logs, callbacks) 
 moves in ``worker.jobs.hooks``; nothing here knows about them.
 
     queued ─claim─▶ submitting ─submitted─▶ at_fal ─completed─▶ collecting ─collected─▶ storing
-       ▲               │  └─ refuse / fail                         │   └─ refuse / fail   │
-       └── requeue ────┴──────────────── requeue (fal lost it) ────┘        succeed ◀─────┘
+     ▲ ▲               │ │└─ refuse / fail                         │   └─ refuse / fail   │
+     │ └── requeue ────┴─┼────────────── requeue (fal lost it) ────┘        succeed ◀─────┘
+     └─ grant ─ waiting ◀┘ wait (the fleet is at its cap: a freed slot is granted fairly)
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Move:
     leases: bool = False
 
 
-_OPEN = (S.QUEUED, S.SUBMITTING, S.AT_FAL, S.COLLECTING)
+_OPEN = (S.QUEUED, S.WAITING, S.SUBMITTING, S.AT_FAL, S.COLLECTING)
 _HELD = (S.SUBMITTING, S.COLLECTING)
 
 #: every allowed transition; nothing writes ``jobs.status`` but ``move``
@@ -61,8 +62,11 @@ MOVES: dict[str, Move] = {
         # submit task: take the job (a submit whose task died is taken over after its lease)
         Move("claim", (S.QUEUED, S.SUBMITTING), S.SUBMITTING, Guard.FREE, leases=True),
         Move("submitted", (S.SUBMITTING,), S.AT_FAL, Guard.OWNER),
-        # back in the queue: no fal slot yet, a transient error, or fal's request failed
+        # back in the queue: a transient error, or fal's request failed
         Move("requeue", _HELD, S.QUEUED, Guard.OWNER),
+        # the fleet is at its cap: no message, no slot, until a freed slot is granted to it
+        Move("wait", (S.SUBMITTING,), S.WAITING, Guard.OWNER),
+        Move("grant", (S.WAITING,), S.QUEUED, Guard.NONE),
         # the poller, fal's webhook or the sweeper heard COMPLETED (exactly one wins)
         Move("completed", (S.AT_FAL,), S.COLLECTING, Guard.NONE),
         Move("reschedule", (S.AT_FAL,), S.AT_FAL, Guard.NONE),

@@ -14,7 +14,6 @@ fal's submit has no idempotency key, so nothing else can tell.
 
 from __future__ import annotations
 
-import random
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -115,10 +114,10 @@ def _submit(settle: Settle) -> Outcome:
     admission = deps.limiter.admit(str(job.id), deps.guard)
     if admission.locked is not None:
         return settle.fail(f"not submitted: fal locked the account ({admission.locked})")
-    if not admission.admitted:  # the fleet is at its cap (or cooling down): wait in the queue
-        settle.holds_slot = False
-        wait = admission.cool_s if admission.cool_s > 0 else 0.5 + 1.5 * random.random()
-        return settle.requeue(wait, "waiting for a fal slot (IMAGEGEN_FAL_CONCURRENCY)")
+    if admission.cool_s > 0:  # after a 429: no worker submits before the cool-down ends
+        return settle.requeue(admission.cool_s, "fal asked us to slow down (429): cooling down")
+    if not admission.admitted:  # the fleet is at its cap: a freed slot is granted fairly
+        return settle.park()
     settle.holds_slot = True
     if job.attempts == 0:  # after the slot: a job waiting for one is not checked again
         _prefilter(deps, job)

@@ -6,7 +6,8 @@ re-publishes what a lost message or a dead task left: ``queued`` past its grace,
 a submit that died mid-POST falls under the unknown rule, ``worker.jobs.submit``). It
 checks once a request at fal with no news past its due time (a dead poller, a lost
 webhook), fails jobs past their deadline that no task holds (cancelling them at fal), and
-purges stored webhook bodies of terminal jobs.
+purges stored webhook bodies of terminal jobs. Free fal slots nobody granted (a slot
+whose lease ran out) go to waiting jobs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from imagegen.models import JobStatus, utcnow
 from imagegen.worker.db import write
 from imagegen.worker.errors import FalError
 from imagegen.worker.fal import webhook_store
-from imagegen.worker.jobs import state
+from imagegen.worker.jobs import fairshare, state
 from imagegen.worker.jobs.dispatch import heard_completed, send_collect, send_store, send_submit
 from imagegen.worker.jobs.hooks import fire
 from imagegen.worker.logs import get_logger
@@ -47,11 +48,14 @@ class SweepReport:
     expired: list[uuid.UUID] = field(default_factory=list)
     checked_at_fal: int = 0
     webhooks_purged: int = 0
+    #: free fal slots handed to waiting jobs (``worker.jobs.fairshare``)
+    granted: int = 0
 
     def summary(self) -> str:
         return (
             f"republished {len(self.republished)}, expired {len(self.expired)}, "
-            f"checked at fal {self.checked_at_fal}, webhooks purged {self.webhooks_purged}"
+            f"checked at fal {self.checked_at_fal}, webhooks purged {self.webhooks_purged}, "
+            f"slots granted {self.granted}"
         )
 
 
@@ -61,9 +65,10 @@ def sweep(settings: Settings, app: Celery) -> SweepReport:
     now = utcnow()
     report.expired = _expire_overdue(settings, app, now)
     report.republished = republish(settings, app, now)
+    report.granted = _grant(settings, app)
     report.checked_at_fal = _check_silent(settings, app, now)
     report.webhooks_purged = _purge_webhooks(settings)
-    if report.republished or report.expired or report.checked_at_fal:
+    if report.republished or report.expired or report.checked_at_fal or report.granted:
         log.warning("sweep", result=report.summary())
     return report
 
@@ -119,6 +124,12 @@ def republish(
     return [row[0] for row in rows]
 
 
+def _grant(settings: Settings, app: Celery) -> int:
+    from imagegen.worker.fal.limits import FalLimiter
+
+    return fairshare.grant(settings, app, FalLimiter.for_settings(settings), always=True)
+
+
 def _expire_overdue(settings: Settings, app: Celery, now: datetime) -> list[uuid.UUID]:
     """Fail the jobs past their deadline that no task holds, cancelling what fal has."""
     overdue = and_(J.status.in_(state.MOVES["expire"].sources), J.deadline_at < now, _lapsed(now))
@@ -161,7 +172,7 @@ def _check_silent(settings: Settings, app: Celery, now: datetime) -> int:
                 log.info("sweep.status_failed", job_id=str(job_id), error=exc.message)
                 continue
             if done:
-                heard_completed(settings.database_url, app, limiter, job_id)
+                heard_completed(settings, app, limiter, job_id)
             else:
                 again = utcnow() + timedelta(seconds=settings.poll_max_s)
                 write(settings.database_url, _reschedule(job_id, again))

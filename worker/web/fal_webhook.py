@@ -60,7 +60,7 @@ def _accept(
         log.info("fal.webhook_unmatched", fal_request_id=request_id)
         return {"status": "ignored", "reason": "no open job has this request"}
     limiter = FalLimiter.for_settings(settings)
-    collecting = heard_completed(settings.database_url, celery, limiter, job_id)
+    collecting = heard_completed(settings, celery, limiter, job_id)
     log.info(
         "fal.webhook_received",
         job_id=str(job_id),
