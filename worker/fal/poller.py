@@ -32,7 +32,7 @@ from imagegen.worker.fal import due
 from imagegen.worker.fal.gateway import resolve_key
 from imagegen.worker.fal.limits import FalLimiter
 from imagegen.worker.fal.schedule import Schedule
-from imagegen.worker.fal.status_client import StatusClients
+from imagegen.worker.fal.status_client import StatusClients, close_fal
 from imagegen.worker.jobs.dispatch import heard_completed
 from imagegen.worker.jobs.hooks import fire
 from imagegen.worker.logs import get_logger
@@ -54,6 +54,10 @@ DB_ATTEMPTS = 2
 MALFORMED_LIMIT = 3
 #: jobs whose status calls failed, remembered for their backoff (then forgotten at once)
 FAILURES_KEPT = 100_000
+#: while jobs wait for a slot: a request at fal is checked at least this often ...
+CROWDED_STEP_S = 0.5
+#: ... unless the cap is so big that this many status calls a second would not do
+CROWDED_STATUS_RATE = 100.0
 
 
 class StatusAPI(Protocol):
@@ -98,6 +102,7 @@ class Poller:
         #: what happened, for logs and tests: checks, collected, waiting, failed, deadline
         self.counts: Counter[str] = Counter()
         self.collected: list[uuid.UUID] = []
+        self._crowded_step_s: float | None = None
 
     async def _db(self, work: Callable[[Any], T]) -> T:
         """One short transaction in a thread; retried by the next tick rather than here
@@ -133,6 +138,7 @@ class Poller:
     async def _tick(self) -> bool:
         """Claim and start the due checks; True when more were due than it took."""
         await self._flush()
+        self._crowded_step_s = await asyncio.to_thread(self._crowded)
         room = self._room()
         if room == 0:
             return False
@@ -143,6 +149,15 @@ class Poller:
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
         return len(rows) == room
+
+    def _crowded(self) -> float | None:
+        """While jobs wait for a fal slot, how often a request at fal is checked at most:
+        every CROWDED_STEP_S, or slower for a big cap (at most CROWDED_STATUS_RATE calls a
+        second in all), so that a finished request frees its slot soon after."""
+        limit = self.limiter.limit
+        if limit is None or not self.limiter.anyone_waiting():
+            return None
+        return max(CROWDED_STEP_S, limit / CROWDED_STATUS_RATE)
 
     async def _drain(self) -> None:
         if self._checks:
@@ -257,6 +272,8 @@ class Poller:
     def _plan(self, row: due.Due, at: datetime) -> None:
         if row.deadline_at is not None:
             at = min(at, row.deadline_at)  # a deadline is noticed when it passes
+        if self._crowded_step_s is not None:  # a slot heard of sooner goes to a waiting job
+            at = min(at, utcnow() + timedelta(seconds=self._crowded_step_s))
         self._plans.append((row.id, at))
 
     async def _flush(self) -> None:
@@ -273,16 +290,6 @@ class Poller:
         lease_s = max(self.settings.lease_s, furthest_s + self.claim_s + 10.0)
         tokens = [str(job_id) for job_id, _ in plans]
         await asyncio.to_thread(self.limiter.renew_many, tokens, lease_s)
-
-
-async def close_fal(fal: object) -> None:
-    """Close fal-client's connections (its cached httpx client: a next use opens anew)."""
-    close = getattr(fal, "aclose", None)
-    if close is not None:
-        await close()
-    elif isinstance(fal, fal_client.AsyncClient) and "_client" in vars(fal):
-        await (await fal._client).aclose()
-        del fal._client
 
 
 async def _wait(stop: asyncio.Event, timeout_s: float) -> None:

@@ -96,3 +96,13 @@ class StatusClients:
             if "_client" in vars(client):  # opened (fal-client caches it): a next use reopens
                 await (await client._client).aclose()
                 del client._client
+
+
+async def close_fal(fal: object) -> None:
+    """Close fal-client's connections (its cached httpx client: a next use opens anew)."""
+    close = getattr(fal, "aclose", None)
+    if close is not None:
+        await close()
+    elif isinstance(fal, fal_client.AsyncClient) and "_client" in vars(fal):
+        await (await fal._client).aclose()
+        del fal._client
