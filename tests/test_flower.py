@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from imagegen.worker.constants import JOB_QUEUE, STORE_TASK, SUBMIT_TASK
+from imagegen.worker.constants import JOB_QUEUE, NEXT_QUEUE, STORE_TASK, SUBMIT_TASK
 from imagegen.worker.jobs.enqueue import enqueue_many
 from tests.conftest import ROOT, Stack, unique
 
@@ -239,7 +239,8 @@ def test_flower_shows_success_and_refusal_with_job_id_only(flower: Flower) -> No
         stages = _stage_tasks(flower, job_id)
         assert stages and stages[-1]["uuid"] in (str(job_id), f"{job_id}/store-1"), stages
         for task in stages:
-            assert task["routing_key"] == JOB_QUEUE, task
+            queue = JOB_QUEUE if task["name"] == SUBMIT_TASK else NEXT_QUEUE
+            assert task["routing_key"] == queue, task
             assert task["sent"] and task["received"], f"task-sent/received missing: {task}"
             _assert_only_the_job_id(task, job_id, prompt)
 

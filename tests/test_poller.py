@@ -208,13 +208,13 @@ async def _run(pollers: list[Any], until: Callable[[], bool], timeout_s: float =
 
 
 def _collect_messages(stack: Stack) -> Counter[str]:
-    """Collect task messages in the leased Redis db's imagegen queue, by job id."""
+    """Collect task messages in the leased Redis db's imagegen.next queue, by job id."""
     import redis
 
-    from imagegen.worker.constants import COLLECT_TASK, JOB_QUEUE
+    from imagegen.worker.constants import COLLECT_TASK, NEXT_QUEUE
 
     with redis.Redis.from_url(stack.redis_url) as client:
-        messages = [json.loads(m) for m in client.lrange(JOB_QUEUE, 0, -1)]
+        messages = [json.loads(m) for m in client.lrange(NEXT_QUEUE, 0, -1)]
     headers = [m["headers"] for m in messages]
     assert all(h["task"] == COLLECT_TASK for h in headers)
     return Counter(h["id"].split("/")[0] for h in headers)

@@ -39,6 +39,7 @@ from imagegen.worker.constants import (
     COLLECT_TASK,
     COOLDOWN_TASK,
     JOB_QUEUE,
+    NEXT_QUEUE,
     PURGE_INTERVAL_S,
     PURGE_TASK,
     STORE_TASK,
@@ -77,8 +78,8 @@ def create_app(settings: Settings) -> Celery:
         task_default_queue=JOB_QUEUE,
         task_routes={
             SUBMIT_TASK: {"queue": JOB_QUEUE},
-            COLLECT_TASK: {"queue": JOB_QUEUE},
-            STORE_TASK: {"queue": JOB_QUEUE},
+            COLLECT_TASK: {"queue": NEXT_QUEUE},
+            STORE_TASK: {"queue": NEXT_QUEUE},
             CALLBACK_TASK: {"queue": CALLBACK_QUEUE},
             COOLDOWN_TASK: {"queue": CALLBACK_QUEUE},
         },
@@ -125,7 +126,7 @@ def _quiet_reconnects(**_: Any) -> None:
 def worker_argv(*, concurrency: int, name: str | None = None, loglevel: str = "INFO") -> list[str]:
     """The documented way to start a worker process, as an argv (demo, tests, benchmarks)."""
     argv = [sys.executable, "-m", "celery", "-A", "imagegen.worker", "worker", "--pool", "threads"]
-    argv += ["--concurrency", str(concurrency), "-Q", f"{JOB_QUEUE},{CALLBACK_QUEUE}"]
+    argv += ["--concurrency", str(concurrency), "-Q", f"{JOB_QUEUE},{NEXT_QUEUE},{CALLBACK_QUEUE}"]
     argv += ["--without-gossip"]
     argv += ["--without-mingle", "-l", loglevel]
     return argv + (["-n", name] if name else [])

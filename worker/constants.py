@@ -23,6 +23,9 @@ CALLBACK_TASK = "imagegen.callback"
 #: Celery queues: generations, and job-event callbacks to web apps (their own lane).
 JOB_QUEUE = "imagegen"
 CALLBACK_QUEUE = "imagegen.callbacks"
+#: jobs under way (collects, stores, submits granted a fal slot): not behind a backlog of
+#: new submits, as Redis hands a worker its queues' messages in turn
+NEXT_QUEUE = "imagegen.next"
 
 #: Redis key set while fal reports the account locked (403 "User is locked"); value: reason.
 ACCOUNT_LOCK_KEY = "imagegen:fal:account-locked"

@@ -31,7 +31,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from imagegen.worker.constants import JOB_QUEUE
+from imagegen.worker.constants import JOB_QUEUE, NEXT_QUEUE
 from imagegen.worker.settings import Settings
 
 #: what a worker's runs count
@@ -181,7 +181,8 @@ def queue_depth(settings: Settings) -> int | None:
         return None
     from imagegen.worker.redis_client import shared_redis
 
-    return int(shared_redis(settings.redis_url).llen(JOB_QUEUE))
+    client = shared_redis(settings.redis_url)
+    return int(client.llen(JOB_QUEUE)) + int(client.llen(NEXT_QUEUE))
 
 
 def api_exposition(settings: Settings) -> tuple[bytes, str]:

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from imagegen.worker.constants import JOB_QUEUE
+from imagegen.worker.constants import JOB_QUEUE, NEXT_QUEUE
 from imagegen.worker.settings import Settings
 
 #: seconds each network check may take (Celery's ping waits this long for replies)
@@ -139,17 +139,18 @@ def _worker(settings: Settings) -> Check:
         return Check("worker", False, f"could not ask the workers: {_first_line(exc)}")
     finally:
         app.close()
-    consuming = sorted(
-        name for name, queues in replies.items() if any(q["name"] == JOB_QUEUE for q in queues)
-    )
-    if not consuming:
-        return Check(
-            "worker",
-            False,
-            f"no worker consumes the queue {JOB_QUEUE!r}",
-            "start one: celery -A imagegen.worker worker --pool threads "
-            "-Q imagegen,imagegen.callbacks",
+    for queue in (JOB_QUEUE, NEXT_QUEUE):  # no consumer of imagegen.next: nothing is collected
+        consuming = sorted(
+            name for name, queues in replies.items() if any(q["name"] == queue for q in queues)
         )
+        if not consuming:
+            return Check(
+                "worker",
+                False,
+                f"no worker consumes the queue {queue!r}",
+                "start one: celery -A imagegen.worker worker --pool threads "
+                "-Q imagegen,imagegen.next,imagegen.callbacks",
+            )
     return Check(
         "worker", True, f"{len(consuming)} consuming {JOB_QUEUE!r}: {', '.join(consuming)}"
     )

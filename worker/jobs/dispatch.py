@@ -15,7 +15,7 @@ from celery import Celery
 from sqlalchemy import Connection
 
 from imagegen.models import utcnow
-from imagegen.worker.constants import COLLECT_TASK, STORE_TASK, SUBMIT_TASK
+from imagegen.worker.constants import COLLECT_TASK, NEXT_QUEUE, STORE_TASK, SUBMIT_TASK
 from imagegen.worker.db import write
 from imagegen.worker.fal.limits import FalLimiter
 from imagegen.worker.jobs import fairshare, state
@@ -37,13 +37,17 @@ def collect_task_id(job_id: uuid.UUID, attempt: int) -> str:
     return f"{job_id}/collect-{attempt}"
 
 
-def send_submit(app: Celery, job_id: uuid.UUID, attempts: int, countdown: float = 0.0) -> None:
-    """Publish the job's next submit (``attempts``: submissions counted so far)."""
+def send_submit(
+    app: Celery, job_id: uuid.UUID, attempts: int, countdown: float = 0.0, *, granted: bool = False
+) -> None:
+    """Publish the job's next submit (``attempts``: submissions counted so far); ``granted``:
+    it holds a fal slot kept for it (``worker.jobs.fairshare``), not behind new submits."""
     app.send_task(
         SUBMIT_TASK,
         args=[str(job_id)],
         task_id=submit_task_id(job_id, attempts),
         countdown=countdown or None,
+        **({"queue": NEXT_QUEUE} if granted else {}),
     )
 
 

@@ -148,6 +148,6 @@ def _publish(app: Celery, job: state.JobRow) -> None:
     from imagegen.worker.jobs.dispatch import send_submit
 
     try:
-        send_submit(app, job.id, job.attempts)
+        send_submit(app, job.id, job.attempts, granted=True)
     except Exception as exc:  # the broker is away: republished after its grace
         log.warning("submit.not_published", job_id=str(job.id), error=str(exc))
