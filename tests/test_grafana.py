@@ -42,6 +42,7 @@ ROLE_OF_JOB = {"imagegen-api": "api", "imagegen-worker": "worker", "imagegen-pol
 #: What Prometheus adds to every target: series it writes itself, labels on every series.
 SYNTHETIC = ("up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added")
 TARGET_LABELS = {"job", "instance"}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum")}
 
 Catalog = dict[str, dict[str, set[str]]]  # scrape job -> series name -> label names
@@ -83,17 +84,21 @@ def _synthetic(catalog: Catalog) -> Catalog:
     return catalog
 
 
-@pytest.fixture
-def api_metrics(stack: Stack) -> str:
+def scrape_api(stack: Stack) -> str:
     """The real API's /metrics (Postgres and Redis behind it), as Prometheus would scrape it."""
     from imagegen.worker.web import create_app
 
     app = create_app(stack.settings(imagegen_api_key=API_KEY), celery=stack.app())
     with TestClient(app) as client:
-        client.get("/jobs", headers={"Authorization": f"Bearer {API_KEY}"})
-        answer = client.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        client.get("/jobs", headers=AUTH)
+        answer = client.get("/metrics", headers=AUTH)
     assert answer.status_code == 200, answer.text
     return answer.text
+
+
+@pytest.fixture
+def api_metrics(stack: Stack) -> str:
+    return scrape_api(stack)
 
 
 @pytest.fixture
