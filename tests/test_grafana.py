@@ -42,6 +42,9 @@ ROLE_OF_JOB = {"imagegen-api": "api", "imagegen-worker": "worker", "imagegen-pol
 #: What Prometheus adds to every target: series it writes itself, labels on every series.
 SYNTHETIC = ("up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added")
 TARGET_LABELS = {"job", "instance"}
+#: Panel types Grafana ships with (a dashboard needing a plugin would not import cleanly).
+CORE_PANELS = {"timeseries", "stat", "gauge", "bargauge", "piechart", "table", "text", "row"}
+CORE_PANELS |= {"barchart", "heatmap", "state-timeline", "status-history", "histogram"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum")}
 
@@ -198,7 +201,8 @@ def test_the_dashboard_is_grafana_dashboard_json() -> None:
     ids, cells = [], set[tuple[int, int]]()
     for panel in panels(DASHBOARD):
         ids.append(panel["id"])
-        assert isinstance(panel["id"], int) and panel["title"] and panel["type"], panel
+        assert isinstance(panel["id"], int) and panel["title"], panel
+        assert panel["type"] in CORE_PANELS, f"{panel['title']}: needs the {panel['type']} plugin"
         mine = _gridpos_cells(panel)
         assert not mine & cells, f"{panel['title']} overlaps another panel"
         cells |= mine
