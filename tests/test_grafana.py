@@ -171,16 +171,23 @@ def test_a_misspelt_metric_label_or_job_is_caught(catalog: Catalog) -> None:
         assert any(complaint in line for line in found), (old, found)
 
 
-def test_the_tokenizer_reads_names_matchers_and_grouping() -> None:
-    query = promql.parse(
-        'histogram_quantile(0.95, sum by (le, route) (rate(a_bucket{job=~"x|y"}[$__range])))'
-        " * 1e3 / ignoring(instance) group_left b offset 5m and on() c_total"
-    )
-    assert [s.name for s in query.selectors] == ["a_bucket", "b", "c_total"]
-    assert query.selectors[0].matchers == (("job", "=~", "x|y"),)
-    assert query.grouping == {"le", "route", "instance"}
-    with pytest.raises(ValueError):
-        promql.parse('{__name__="a"}')
+def test_the_job_table_panel_shows_every_open_state() -> None:
+    """``imagegen_jobs{status=~...}`` names real states, all the open ones: a new state
+    (``waiting`` came with the fair share) must not be missing from the dashboard."""
+    from imagegen.models import OPEN_STATUSES, JobStatus
+
+    asked: set[str] = set()
+    for _, expr in exprs(DASHBOARD):
+        for selector in promql.parse(expr).selectors:
+            if selector.name == "imagegen_jobs":
+                asked |= {
+                    v
+                    for label, _, value in selector.matchers
+                    if label == "status"
+                    for v in value.split("|")
+                }
+    assert asked <= {s.value for s in JobStatus}, asked - {s.value for s in JobStatus}
+    assert {s.value for s in OPEN_STATUSES} <= asked, "the dashboard misses open states"
 
 
 def _gridpos_cells(panel: dict[str, Any]) -> set[tuple[int, int]]:

@@ -159,6 +159,8 @@ def test_prometheus_scrapes_everything_the_dashboard_asks(
     )
     api = stack.start_api()
     job_id = stack.enqueue(unique("[[fal:429:1,ok]] a wren"))
+    listed = httpx.get(f"{api}/jobs", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    assert listed.status_code == 200, "the API counts its requests in the first scrape"
     assert stack.wait_terminal(job_id)["status"] == "succeeded"
     own, start = prometheus
     base = start(_local_config(tmp_path, api, ports, own))
@@ -178,5 +180,5 @@ def test_prometheus_scrapes_everything_the_dashboard_asks(
     }
     labelled = {f"imagegen_{n}_total" for n in ("refusals", "callbacks", "cooldowns_started")}
     labelled |= {"imagegen_moderation_unavailable_total", "imagegen_jobs_images_stored_total"}
-    labelled |= {"imagegen_spend_usd_total"}
+    labelled |= {"imagegen_spend_usd_total", "imagegen_slot_grants_total"}
     assert missing <= labelled, f"never scraped: {missing - labelled}"
