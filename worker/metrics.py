@@ -13,6 +13,7 @@ keeping only the metrics its role owns.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
@@ -31,7 +32,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from imagegen.worker.constants import JOB_QUEUE, NEXT_QUEUE
+from imagegen.worker.constants import FAL_COOLDOWN_KEY, JOB_QUEUE, NEXT_QUEUE
 from imagegen.worker.settings import Settings
 
 #: what a worker's runs count
@@ -97,6 +98,11 @@ IMAGES_STORED = Counter(
     ["stored"],
     registry=WORKER,
 )
+FAL_COOLDOWNS = Counter(
+    "imagegen_fal_cooldowns_total",
+    "429s from fal, each starting (or extending) the fleet-wide submit cool-down.",
+    registry=WORKER,
+)
 FAL_LATENCY = Histogram(
     "imagegen_fal_generation_seconds",
     "From fal accepting a submit to the request being COMPLETED.",
@@ -129,7 +135,8 @@ HTTP_DURATION = Histogram(
 
 
 class _TableCollector(Collector):
-    """Job counts by status (the job table) and broker queue depth, read at scrape time."""
+    """Job counts by status (the job table), broker queue depth and the fleet's 429
+    cool-down, read at scrape time."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -148,6 +155,13 @@ class _TableCollector(Collector):
         if depth is not None:
             yield GaugeMetricFamily(
                 "imagegen_queue_depth", "Messages waiting in the imagegen queue.", value=depth
+            )
+        cooling = fal_cooldown_s(self._settings)
+        if cooling is not None:
+            yield GaugeMetricFamily(
+                "imagegen_fal_cooldown_seconds",
+                "Seconds left of the fleet-wide submit cool-down after a 429 (0: none).",
+                value=cooling,
             )
 
 
@@ -183,6 +197,16 @@ def queue_depth(settings: Settings) -> int | None:
 
     client = shared_redis(settings.redis_url)
     return int(client.llen(JOB_QUEUE)) + int(client.llen(NEXT_QUEUE))
+
+
+def fal_cooldown_s(settings: Settings) -> float | None:
+    """What is left of the cool-down every worker honours (worker.fal.limits), in Redis."""
+    if not settings.redis_url.startswith(("redis", "unix")):
+        return None
+    from imagegen.worker.redis_client import shared_redis
+
+    until = shared_redis(settings.redis_url).get(FAL_COOLDOWN_KEY)
+    return max(float(until) - time.time(), 0.0) if until else 0.0
 
 
 def api_exposition(settings: Settings) -> tuple[bytes, str]:

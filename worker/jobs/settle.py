@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from imagegen.models import AttemptOutcome, JobStatus, utcnow
+from imagegen.worker import metrics
 from imagegen.worker.db import write
 from imagegen.worker.errors import AccountLocked, FalError, PolicyRefusal
 from imagegen.worker.jobs import attempts, fairshare, state
@@ -165,6 +166,7 @@ class Settle:
             log.critical("fal.auth_rejected", error=error.message, action="check FAL_KEY")
         if error.http_status == 429:  # every worker waits, not just this job
             retry_after = getattr(error, "retry_after_s", None)
+            metrics.FAL_COOLDOWNS.inc()
             self.deps.limiter.cool_down(retry_after or self.deps.policy.backoff_s(1))
 
     def free_slot(self) -> None:
