@@ -62,6 +62,17 @@ def test_enqueue_wait_and_read_typed_jobs(client: Client, stack: Stack) -> None:
         client.cancel(created.id)
 
 
+def test_the_operator_enqueues_for_a_tenant_and_its_end_user(client: Client, stack: Stack) -> None:
+    from imagegen.worker.tenants.keys import create_tenant
+
+    create_tenant(stack.database_url, "acme")
+    created = client.enqueue(unique("a kite"), tenant="acme", end_user="user-7")
+    job = client.get(created.id)
+    assert job.tenant == "acme" and job.end_user == "user-7"
+    with pytest.raises(JobRequestError, match="tenant"):
+        client.enqueue(unique("a kite"), tenant="nobody-here")
+
+
 def test_pages_stats_cancel_and_errors(client: Client, stack: Stack) -> None:
     done = add_jobs(stack.database_url, 5, JobStatus.SUCCEEDED)
     queued = client.enqueue(unique("a fox"), idempotency_key="fox-1").id

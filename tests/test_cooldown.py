@@ -46,6 +46,8 @@ def test_two_refusals_cool_the_end_user_down_until_lifted(stack: Stack) -> None:
     listed = imagegen(stack, "cooldown", "list")
     [entry] = json.loads(listed.stdout)
     assert (entry["tenant"], entry["end_user"], entry["refusals"]) == ("default", "u-1", 2)
+    [default] = json.loads(imagegen(stack, "stats", "--by", "tenant").stdout)
+    assert (default["cooldowns_started"], default["cooling_down"]) == (1, 1)
     base = stack.start_api()
     answer = httpx.post(
         f"{base}/jobs",
@@ -58,4 +60,6 @@ def test_two_refusals_cool_the_end_user_down_until_lifted(stack: Stack) -> None:
     assert lifted.returncode == 0 and lifted.stdout.strip() == "1", lifted.stderr
     again = stack.wait_terminal(stack.enqueue(unique("a kite"), end_user="u-1"))
     assert again["status"] == "succeeded"
+    [default] = json.loads(imagegen(stack, "stats", "--by", "tenant").stdout)
+    assert (default["cooldowns_started"], default["cooling_down"]) == (1, 0)
     assert "cooldown.started" in stack.logs()

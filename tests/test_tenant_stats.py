@@ -46,6 +46,8 @@ def test_spend_and_refusals_per_tenant(stack: Stack) -> None:
         "billed_usd": "0.300000",
         "spend_upper_bound_usd": "0.500000",
         "possibly_billed": 1,
+        "cooldowns_started": 0,
+        "cooling_down": 0,
     }
     # reached fal, bill not known: only in the upper bound
     assert (rows["default"]["billed_usd"], rows["default"]["spend_upper_bound_usd"]) == (

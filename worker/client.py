@@ -79,8 +79,13 @@ class Client:
         deadline_s: float | None = None,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
+        tenant: str | None = None,
+        end_user: str | None = None,
     ) -> JobCreated:
-        """Queue a generation (``POST /jobs``); a repeated idempotency key gives the same job."""
+        """Queue a generation (``POST /jobs``); a repeated idempotency key gives the same job.
+
+        ``tenant``: the operator key only (a tenant key's jobs are its own); ``end_user``:
+        the web app's user id, for the per-user cool-down."""
         fields = {
             "prompt": prompt,
             "image_size": dict(image_size) if isinstance(image_size, Mapping) else image_size,
@@ -89,6 +94,8 @@ class Client:
             "output_format": output_format,
             "deadline_s": deadline_s,
             "callback_url": callback_url,
+            "tenant": tenant,
+            "end_user": end_user,
         }
         body = {k: v for k, v in fields.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}

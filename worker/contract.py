@@ -175,6 +175,10 @@ class TenantStats(BaseModel):
         description="Plus the estimate of jobs that may have been billed without a known bill."
     )
     possibly_billed: int = Field(description="Jobs whose submit's answer was lost.")
+    cooldowns_started: int = Field(
+        0, description="Repeat-offender cool-downs started (in the window, with since)."
+    )
+    cooling_down: int = Field(0, description="Its end users (or itself) cooling down now.")
 
 
 class Health(BaseModel):

@@ -12,10 +12,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, func, or_, select, true
 from sqlalchemy.orm import Session
 
-from imagegen.models import Job, JobStatus, Tenant
+from imagegen.models import Cooldown, Job, JobStatus, Tenant, utcnow
 
 _MAYBE_BILLED = and_(
     Job.billed_cost_usd.is_(None),
@@ -54,6 +54,7 @@ def tenant_stats(
     by_category: dict[str, dict[str, int]] = {}
     for name, category, count in session.execute(refusals).all():
         by_category.setdefault(name, {})[category or "unspecified"] = count
+    cooldowns = _cooldowns(session, since, tenant_id)
     return [
         {
             "tenant": name,
@@ -63,9 +64,34 @@ def tenant_stats(
             "billed_usd": _money(billed),
             "spend_upper_bound_usd": _money(upper),
             "possibly_billed": possibly,
+            **cooldowns.get(name, {"cooldowns_started": 0, "cooling_down": 0}),
         }
         for name, jobs, refused, billed, upper, possibly in session.execute(totals).all()
     ]
+
+
+def _cooldowns(
+    session: Session, since: datetime | None, tenant_id: uuid.UUID | None
+) -> dict[str, dict[str, int]]:
+    """Repeat-offender cool-downs per tenant: started in the window, and running now."""
+    now = utcnow()
+    started = Cooldown.started_at >= since if since is not None else true()
+    running = and_(Cooldown.until > now, Cooldown.lifted_at.is_(None))
+    query = (
+        select(
+            Tenant.name,
+            func.count(Cooldown.id).filter(started),
+            func.count(Cooldown.id).filter(running),
+        )
+        .join(Tenant, Tenant.id == Cooldown.tenant_id)
+        .group_by(Tenant.name)
+    )
+    if tenant_id is not None:
+        query = query.where(Tenant.id == tenant_id)
+    return {
+        name: {"cooldowns_started": begun, "cooling_down": now_running}
+        for name, begun, now_running in session.execute(query).all()
+    }
 
 
 def _money(value: Any) -> str:
