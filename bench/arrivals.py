@@ -7,6 +7,7 @@ as lag (``max_lag_s``), never as a lower rate.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -71,9 +72,15 @@ class Arrivals(threading.Thread):
             self.error = exc
 
 
-def ours(settings: Settings, app: Celery) -> Send:
+def ours(settings: Settings, app: Celery, tenants: list[str] | None = None) -> Send:
+    """``tenants``: each job goes to one of them at random (the fair share under load)."""
+    pick = random.Random(7)
+
     def send(prompts: list[str]) -> list[str]:
-        return [str(i) for i in enqueue_many(prompts, settings=settings, app=app)]
+        items: list[str | dict[str, str]] = list(prompts)
+        if tenants:
+            items = [{"prompt": p, "tenant": pick.choice(tenants)} for p in prompts]
+        return [str(i) for i in enqueue_many(items, settings=settings, app=app)]
 
     return send
 

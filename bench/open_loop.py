@@ -32,6 +32,7 @@ from bench.runs import admin_sql, db_url, flush_redis, worker_env
 from imagegen.worker.celery_app import create_app
 from imagegen.worker.db import dispose_engines, upgrade
 from imagegen.worker.settings import Settings
+from imagegen.worker.tenants.keys import create_tenant
 
 SAMPLE_EVERY_S = 1.0
 BENCH_APP = "imagegen-bench"  # application_name of the bench's own connections
@@ -149,7 +150,10 @@ def run_once(
             send = arrivals.naive_sink(settings.database_url, app)
         else:
             app = create_app(settings)
-            send = arrivals.ours(settings, app)
+            names = [f"t{i:03d}" for i in range(getattr(args, "tenants", 0) or 0)]
+            for name in names:
+                create_tenant(settings.database_url, name)
+            send = arrivals.ours(settings, app, names)
         run.wait_ready(app)
         sampler = Sampler(settings.database_url, emulator, run)
         stack.callback(sampler.close)
@@ -185,6 +189,7 @@ def extra_figures(
         "concurrency": None if args.naive else args.concurrency,
         "pollers": 0 if args.naive else args.pollers,
         "fleet_cap": args.fleet_cap or args.fal_concurrency,
+        "tenants": getattr(args, "tenants", 0) or 0,
         "arrival_max_lag_s": round(load.max_lag_s, 3),
         "emulator_submissions": int(stats.get("submissions_total", 0)),
         "emulator_status_polls": int(stats.get("status_polls_total", 0)),

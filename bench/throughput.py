@@ -85,6 +85,9 @@ def _open_loop_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--fleet-cap", type=int, help="IMAGEGEN_FAL_CONCURRENCY (default C)")
     group.add_argument("--flower", action="store_true", help="check every outcome in Flower")
     group.add_argument(
+        "--tenants", type=int, default=0, help="N tenants, each job's at random (0: default)"
+    )
+    group.add_argument(
         "--naive", action="store_true", help="the naive pattern under the same arrivals"
     )
     group.add_argument(

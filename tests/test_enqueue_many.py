@@ -85,3 +85,26 @@ def test_a_big_batch_reaches_workers_while_it_is_still_being_published(
     finally:
         queue.delete(JOB_QUEUE)
         queue.close()
+
+
+def test_while_jobs_wait_for_a_fal_slot_new_ones_are_written_waiting_without_a_message(
+    stack: Stack,
+) -> None:
+    import redis
+
+    from imagegen.models import JobStatus
+    from imagegen.worker.constants import JOB_QUEUE
+    from imagegen.worker.fal.limits import FalLimiter
+
+    settings = stack.settings(imagegen_fal_concurrency=2)
+    FalLimiter.for_settings(settings).mark_waiting(30)  # a submit found the fleet full
+    ids = enqueue_many([unique("late a"), unique("late b")], settings=settings, app=stack.app())
+    with session_scope(stack.database_url) as session:
+        statuses = session.execute(select(Job.status).where(Job.id.in_(ids))).scalars().all()
+    assert set(statuses) == {JobStatus.WAITING}
+    with redis.Redis.from_url(stack.redis_url) as client:
+        assert client.llen(JOB_QUEUE) == 0  # the granter picks them; no message to queue behind
+    FalLimiter.for_settings(settings).clear_waiting()
+    third = enqueue_many([unique("on time")], settings=settings, app=stack.app())
+    with session_scope(stack.database_url) as session:
+        assert session.get(Job, third[0]).status is JobStatus.QUEUED  # type: ignore[union-attr]

@@ -122,6 +122,9 @@ class Job(BaseModel):
     deadline_at: datetime | None = Field(description="Failed with a timeout if not done by then.")
     lease_owner: str | None = Field(description="The stage task holding it (internal).")
     lease_until: datetime | None = Field(description="That task's lease (internal).")
+    slot_granted_at: datetime | None = Field(
+        None, description="queued: when a fal slot was kept for it (fair share, internal)."
+    )
     created_at: datetime
     started_at: datetime | None
     submitted_at: datetime | None = Field(description="at_fal: since when fal has the request.")

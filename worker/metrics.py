@@ -117,7 +117,9 @@ IN_FLIGHT = Gauge(
 )
 
 ENQUEUED = Counter(
-    "imagegen_jobs_enqueued_total", "Jobs published to the queue by this process.", registry=API
+    "imagegen_jobs_enqueued_total",
+    "Jobs enqueued by this process (published, or written waiting for a fal slot).",
+    registry=API,
 )
 HTTP_REQUESTS = Counter(
     "imagegen_http_requests_total",

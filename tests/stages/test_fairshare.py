@@ -107,10 +107,25 @@ def test_while_jobs_wait_a_new_submit_waits_too_and_the_granted_one_goes_through
     deps.limiter.release("another-job")  # freed without a grant: a newcomer must not take it
     newcomer = add_job(deps)
     assert submit.run(newcomer, deps).summary == "waiting"
-    # the newcomer's park granted the free slot to the job that waited longest
-    assert _granted(app) == [str(first)]
+    assert fairshare.grant(deps.settings, deps.app, deps.limiter, always=True) == 1
+    assert _granted(app) == [str(first)]  # the job that waited longest
     assert submit.run(first, deps).summary.startswith("at_fal:")
     assert job(deps, newcomer)["status"] is JobStatus.WAITING
+
+
+def test_a_park_grants_only_when_it_set_the_flag_itself(
+    url: str, fal: FakeFal, app: RecordingApp
+) -> None:
+    deps = make_deps(url, fal, app, limit=1)
+    assert deps.limiter.try_acquire("another-job")
+    first = add_job(deps)
+    assert submit.run(first, deps).summary == "waiting"
+    deps.limiter.release("another-job")  # freed without a grant
+    assert submit.run(add_job(deps), deps).summary == "waiting"  # the flag was set: no grant
+    assert _granted(app) == []
+    deps.limiter.clear_waiting()  # the flag lapsed: the next park sets it, and grants
+    assert fairshare.waiting(deps.settings, deps.app, deps.limiter) == 1
+    assert _granted(app) == [str(first)]
 
 
 def test_with_nobody_waiting_the_flag_goes_and_submits_take_free_slots_directly(

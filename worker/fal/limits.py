@@ -152,12 +152,16 @@ class FalLimiter:
             with self._lock:
                 self._local_cool_until = max(self._local_cool_until, until)
 
-    def mark_waiting(self, ttl_s: float) -> None:
-        """Jobs wait for a slot: new submits wait too for ``ttl_s`` (the granter renews it)."""
+    def mark_waiting(self, ttl_s: float) -> bool:
+        """Jobs wait for a slot: new submits wait too for ``ttl_s`` (the granter renews it).
+        True when the flag was not set before."""
         if self._redis is not None:
-            self._redis.set(FAL_WAITING_KEY, "1", px=max(int(ttl_s * 1000), 1))
-        else:
-            self._local_waiting_until = time.time() + ttl_s
+            before = self._redis.set(FAL_WAITING_KEY, "1", px=max(int(ttl_s * 1000), 1), get=True)
+            return before is None
+        with self._lock:
+            now = time.time()
+            new, self._local_waiting_until = self._local_waiting_until <= now, now + ttl_s
+        return new
 
     def clear_waiting(self) -> None:
         if self._redis is not None:

@@ -19,9 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from imagegen.models import DEFAULT_TENANT_ID, Job, JobStatus, utcnow
+from imagegen.worker import metrics
 from imagegen.worker.cost.record import estimate
 from imagegen.worker.db import session_scope
 from imagegen.worker.errors import IdempotencyConflict, JobRequestError
+from imagegen.worker.jobs import fairshare
 from imagegen.worker.jobs.params import ImageSize, JobRequest, validate_request
 from imagegen.worker.jobs.publish import (
     PUBLISH_BATCH,
@@ -128,6 +130,7 @@ def enqueue_request(
             settings, settings.edit_model, row["params"], len(sources)
         )
     inputs = edit_inputs(row, sources, settings)
+    to_publish = fairshare.arrivals_wait(settings, [row])
     try:
         existing = _insert(request, row, settings)
     except BaseException:
@@ -136,7 +139,7 @@ def enqueue_request(
     if existing is not None:
         discard_inputs(inputs, settings)  # the job that has the key keeps its own
         return existing
-    publish_many([row["id"]], settings, app)
+    _publish([row], to_publish, settings, app)
     return row["id"]
 
 
@@ -193,6 +196,7 @@ def enqueue_many(
             row = _row(request, settings, now, tenants[request.tenant])
             rows.append(row)
             ids.append(row["id"])
+        to_publish = fairshare.arrivals_wait(settings, rows)
         for who in {(row["tenant_id"], row["end_user"]) for row in rows}:
             cooldown.check(session, *who, now)
         for tenant_id in {row["tenant_id"] for row in rows}:
@@ -200,8 +204,19 @@ def enqueue_many(
             check_quotas(session, tenant_id, mine, now)
         if rows:
             session.execute(insert(Job), rows)
-    publish_many([row["id"] for row in rows], settings, app)
+    _publish(rows, to_publish, settings, app)
     return ids
+
+
+def _publish(
+    rows: list[dict[str, Any]],
+    to_publish: list[dict[str, Any]],
+    settings: Settings,
+    app: Celery | None,
+) -> None:
+    """The submit messages of the rows written ``queued`` (the others wait for a slot)."""
+    publish_many([row["id"] for row in to_publish], settings, app)
+    metrics.ENQUEUED.inc(len(rows) - len(to_publish))
 
 
 def _spec(index: int, item: str | Mapping[str, Any], settings: Settings) -> JobRequest:

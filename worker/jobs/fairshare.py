@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import Connection, Select, Table, and_, exists, func, or_, select
@@ -46,14 +47,33 @@ MAX_GRANTS = 200
 _LOCK_ID = 0x1A6E_F5A1  # pg_advisory_xact_lock: one granter at a time
 
 
+def arrivals_wait(settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Enqueue: while jobs wait for a slot, new rows are written ``waiting`` (no message:
+    the granter picks them, fairly, rather than after every message queued before them).
+    Returns the rows that still need a submit message."""
+    if not rows or settings.fal_concurrency is None or not settings.redis_url.startswith("redis"):
+        return rows
+    try:
+        waiting = FalLimiter.for_settings(settings).anyone_waiting()
+    except REDIS_UNAVAILABLE:  # the publish that follows will say the broker is away
+        return rows
+    if not waiting:
+        return rows
+    for row in rows:
+        row.update(status=JobStatus.WAITING, lease_until=None)
+    return []
+
+
 def park(db: Connection, job_id: uuid.UUID, owner: str) -> state.Moved | None:
     """submitting -> waiting: the fleet is at its cap (the caller then calls ``waiting``)."""
     return state.move(db, job_id, "wait", owner=owner, values={"lease_until": None})
 
 
 def waiting(settings: Settings, app: Celery, limiter: FalLimiter) -> int:
-    """After a park: set the flag, then grant (a slot may have freed meanwhile)."""
-    limiter.mark_waiting(WAITING_FLAG_S)
+    """After a park: set the flag, and grant if nobody had (a slot may have freed meanwhile;
+    with the flag set, whoever frees one grants it, and the housekeeping every second)."""
+    if not limiter.mark_waiting(WAITING_FLAG_S):
+        return 0
     return grant(settings, app, limiter)
 
 
