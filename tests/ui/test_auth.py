@@ -43,7 +43,9 @@ def test_operator_login_sets_a_signed_httponly_strict_cookie_without_the_key(das
     assert API_KEY not in cookie
     page = client.get("/ui/jobs")
     assert page.status_code == 200 and 'id="jobs"' in page.text
-    assert "<nav>" in page.text and 'href="/ui/overview"' in page.text and 'id="logout"' in page.text
+    assert (
+        "<nav>" in page.text and 'href="/ui/overview"' in page.text and 'id="logout"' in page.text
+    )
 
 
 def test_the_cookie_is_secure_over_https(dash: Dash) -> None:
