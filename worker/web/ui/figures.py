@@ -1,9 +1,9 @@
 """The overview's figures, each one query over a window (the last 24 h, 7 or 30 days).
 
-Windowed, so a page costs what the window holds, not what the table holds: jobs and
-refusals are counted by bucket from the (status, created_at) and partial
-(refusal_category, created_at) indexes; time at fal is over the last 2,000 completed
-submissions (the attempts' primary key, newest first), not over every row.
+On Postgres the windowed counts and spend come from the hourly totals that triggers keep
+(``worker.web.ui.rollup``, migration 0015), so a page costs a few thousand rows whatever the
+window holds; elsewhere (SQLite, the demo) the jobs of the window are counted. Time at fal
+is over the last 2,000 completed submissions (the attempts' primary key, newest first).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from imagegen.models import (
     JobStatus,
     utcnow,
 )
+from imagegen.worker.jobs.tenant_stats import tenant_stats
+
+from . import rollup
 
 
 @dataclass(frozen=True)
@@ -73,33 +76,53 @@ def _mine(tenant_id: uuid.UUID | None) -> list[Any]:
     return [] if tenant_id is None else [Job.tenant_id == tenant_id]
 
 
+def _kept(session: Session) -> bool:
+    """The hourly totals of migration 0015 are kept on Postgres only."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def jobs_by_bucket(
     session: Session, since: datetime, bucket: str, tenant_id: uuid.UUID | None
 ) -> dict[tuple[str, str], int]:
-    """(bucket, status) -> jobs created then."""
+    """(bucket, terminal status or ``open``) -> jobs created then."""
+    if _kept(session):
+        return rollup.jobs_by_bucket(session, since, bucket, tenant_id)
     slot = _bucket(session, bucket).label("slot")
     query = (
         select(slot, Job.status, func.count())
         .where(Job.created_at >= since, *_mine(tenant_id))
         .group_by(slot, Job.status)
     )
-    return {(_key(b), status.value): n for b, status, n in session.execute(query).all()}
+    found: dict[tuple[str, str], int] = {}
+    for when, status, n in session.execute(query).all():
+        key = (_key(when), status.value if status.terminal else "open")
+        found[key] = found.get(key, 0) + n
+    return found
 
 
 def refusals_by_bucket(
     session: Session, since: datetime, bucket: str, tenant_id: uuid.UUID | None
 ) -> list[tuple[str, str, str, int]]:
-    """(bucket, category, source, refusals), from the partial index on refusal_category."""
+    """(bucket, category, source, refused jobs)."""
+    if _kept(session):
+        return rollup.refusals_by_bucket(session, since, bucket, tenant_id)
     slot = _bucket(session, bucket).label("slot")
     query = (
         select(slot, Job.refusal_category, Job.refusal_source, func.count())
-        .where(Job.refusal_category.is_not(None), Job.created_at >= since, *_mine(tenant_id))
+        .where(Job.status == JobStatus.REFUSED, Job.created_at >= since, *_mine(tenant_id))
         .group_by(slot, Job.refusal_category, Job.refusal_source)
     )
     return [
-        (_key(b), str(category), source or "fal", n)
+        (_key(b), category or "unspecified", source or "fal", n)
         for b, category, source, n in session.execute(query).all()
     ]
+
+
+def spend(session: Session, since: datetime, tenant_id: uuid.UUID | None) -> list[dict[str, Any]]:
+    """Jobs, refusals and spend per tenant of the jobs created since ``since``."""
+    if _kept(session):
+        return rollup.spend(session, since, tenant_id)
+    return tenant_stats(session, since=since, tenant_id=tenant_id)
 
 
 def open_counts(session: Session, tenant_id: uuid.UUID | None) -> dict[str, int]:
@@ -112,6 +135,7 @@ def open_counts(session: Session, tenant_id: uuid.UUID | None) -> dict[str, int]
     found = {status: n for status, n in session.execute(query).all()}
     return {
         "queued": found.get(JobStatus.QUEUED, 0),
+        "waiting": found.get(JobStatus.WAITING, 0),  # for a slot of the fleet cap
         "in_flight": sum(found.get(s, 0) for s in IN_PROGRESS_STATUSES),
         "storing": found.get(JobStatus.STORING, 0),
     }

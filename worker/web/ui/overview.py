@@ -15,7 +15,6 @@ from fastapi.responses import Response
 
 from imagegen.worker.db import session_scope
 from imagegen.worker.fal.limits import FalLimiter
-from imagegen.worker.jobs.tenant_stats import tenant_stats
 from imagegen.worker.settings import Settings
 from imagegen.worker.tenants.cooldown import list_active
 
@@ -42,7 +41,7 @@ def render_overview(request: Request, viewer: Viewer) -> Response:
     with session_scope(settings.database_url) as db:
         jobs = figures.jobs_by_bucket(db, since, window.bucket, tenant_id)
         refusals = figures.refusals_by_bucket(db, since, window.bucket, tenant_id)
-        spend = tenant_stats(db, since=since, tenant_id=tenant_id)
+        spend = figures.spend(db, since, tenant_id)
         counts = figures.open_counts(db, tenant_id)
         latency = figures.fal_latency(db, tenant_id)
     cooldowns = [
@@ -80,10 +79,7 @@ def _charts(
     keys = [start.strftime("%Y-%m-%d %H") for start in window.starts(now)]
     labels = [_label(key, window.bucket) for key in keys]
     job_series = [svg.Series(s, [jobs.get((k, s), 0) for k in keys]) for s in _OUTCOMES]
-    open_values = [
-        sum(n for (k, s), n in jobs.items() if k == key and s not in _OUTCOMES) for key in keys
-    ]
-    job_series.append(svg.Series("open", open_values))
+    job_series.append(svg.Series("open", [jobs.get((k, "open"), 0) for k in keys]))
     by_cell: dict[tuple[str, str], int] = {}
     for key, category, _source, n in refusals:
         by_cell[(key, category)] = by_cell.get((key, category), 0) + n
