@@ -87,6 +87,12 @@ def jobs_by_bucket(
     """(bucket, terminal status or ``open``) -> jobs created then."""
     if _kept(session):
         return rollup.jobs_by_bucket(session, since, bucket, tenant_id)
+    return live_jobs_by_bucket(session, since, bucket, tenant_id)
+
+
+def live_jobs_by_bucket(
+    session: Session, since: datetime, bucket: str, tenant_id: uuid.UUID | None
+) -> dict[tuple[str, str], int]:
     slot = _bucket(session, bucket).label("slot")
     query = (
         select(slot, Job.status, func.count())
@@ -106,6 +112,12 @@ def refusals_by_bucket(
     """(bucket, category, source, refused jobs)."""
     if _kept(session):
         return rollup.refusals_by_bucket(session, since, bucket, tenant_id)
+    return live_refusals_by_bucket(session, since, bucket, tenant_id)
+
+
+def live_refusals_by_bucket(
+    session: Session, since: datetime, bucket: str, tenant_id: uuid.UUID | None
+) -> list[tuple[str, str, str, int]]:
     slot = _bucket(session, bucket).label("slot")
     query = (
         select(slot, Job.refusal_category, Job.refusal_source, func.count())

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from sqlalchemy.exc import OperationalError
 
 from imagegen.worker.db import session_scope
 from imagegen.worker.errors import JobRequestError
@@ -34,9 +35,16 @@ def render_jobs(request: Request, viewer: Viewer) -> Response:
     except queries.BadFilter as exc:
         return _page(request, viewer, [], {}, None, status=422, error=str(exc))
     tenant_id = viewer.caller.tenant_id
-    with session_scope(settings_of(request).database_url) as db:
-        rows = queries.list_rows(db, filters, tenant_id)
-        options = queries.choices(db, tenant_id)
+    try:
+        with session_scope(settings_of(request).database_url) as db:
+            options = queries.choices(db, tenant_id)
+            rows = queries.list_rows(db, filters, tenant_id)
+    except OperationalError as exc:
+        if not queries.timed_out(exc):
+            raise
+        seconds = queries.SEARCH_TIMEOUT_MS / 1000
+        why = f"this search took over {seconds:g} s: narrow it (since, until, status, tenant)"
+        return _page(request, viewer, [], filters.given, None, status=503, error=why)
     if filters.category and filters.category not in options["categories"]:
         options["categories"].append(filters.category)
     shown = [_row(row) for row in rows[: queries.PAGE]]
