@@ -76,6 +76,7 @@ def test_another_tenants_job_or_an_unknown_id_is_a_404_page(dash: Dash) -> None:
         answer = client.get(path)
         assert answer.status_code == 404, path
         assert "text/html" in answer.headers["content-type"]
+        assert "<nav>" in answer.text  # still logged in: the page keeps its nav
     assert dash.client(dash.b_key).get(f"/ui/jobs/{theirs}").status_code == 200
 
 

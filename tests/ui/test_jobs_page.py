@@ -119,3 +119,12 @@ def test_a_hostile_prompt_and_category_render_as_text(dash: Dash) -> None:
     shown = f'<pre id="prompt">{markupsafe.escape(HOSTILE)}</pre>'
     assert shown in client.get(f"/ui/jobs/{job}").text
     assert html.unescape(shown) == f'<pre id="prompt">{HOSTILE}</pre>'  # the whole prompt
+
+
+def test_the_category_options_are_the_viewers_own(dash: Dash) -> None:
+    dash.job(JobStatus.REFUSED, refusal_category="trademark_ip", refusal_source="fal")
+    dash.job(JobStatus.REFUSED, tenant="b", refusal_category="self_harm", refusal_source="fal")
+    mine = dash.client(dash.a_key).get("/ui/jobs").text
+    assert '<option value="trademark_ip">' in mine and "self_harm" not in mine
+    every = dash.client(API_KEY).get("/ui/jobs").text
+    assert '<option value="trademark_ip">' in every and '<option value="self_harm">' in every

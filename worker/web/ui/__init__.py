@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from . import detail, jobs_page, login, overview, thumbs
-from .guard import LoginRequired, PageError
+from .guard import LoginRequired, PageError, Viewer
 from .render import STATIC, page
 
 _TITLES = {401: "Not logged in", 403: "Forbidden", 404: "Not found", 422: "Bad request"}
@@ -32,4 +32,6 @@ def _to_login(_request: Request, _exc: Exception) -> Response:
 def _error_page(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PageError)
     title = _TITLES.get(exc.status, "Error")
-    return page(request, "error.html", None, status=exc.status, title=title, message=exc.message)
+    caller = getattr(request.state, "caller", None)  # logged in: the page keeps its nav
+    viewer = Viewer(caller, binding="", cookie=False) if caller is not None else None
+    return page(request, "error.html", viewer, status=exc.status, title=title, message=exc.message)

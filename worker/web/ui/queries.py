@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -151,18 +151,28 @@ def _conditions(session: Session, filters: Filters, tenant_id: uuid.UUID | None)
 
 def choices(session: Session, tenant_id: uuid.UUID | None) -> dict[str, list[str]]:
     """The filter form's options: tenants (the operator's only) and the refusal categories
-    seen (from the kept totals, not a scan of the table)."""
-    from imagegen.models import JobCount
+    of the viewer's jobs (from the hourly totals on Postgres, not a scan of the table)."""
+    from imagegen.models import JobHour
 
-    categories = session.execute(
-        select(JobCount.refusal_category).where(JobCount.refusal_category != "").distinct()
-    ).scalars()
+    found: Select[Any]
+    if session.get_bind().dialect.name == "postgresql":
+        mine = [] if tenant_id is None else [JobHour.tenant_id == tenant_id]
+        found = (
+            select(JobHour.refusal_category)
+            .where(JobHour.key == JobStatus.REFUSED.value, JobHour.refusal_category != "", *mine)
+            .group_by(JobHour.refusal_category)
+            .having(func.sum(JobHour.n) > 0)
+        )
+    else:
+        found = select(Job.refusal_category).where(Job.refusal_category.is_not(None)).distinct()
+        if tenant_id is not None:
+            found = found.where(Job.tenant_id == tenant_id)
     tenants: list[str] = []
     if tenant_id is None:
         tenants = list(session.execute(select(Tenant.name)).scalars())
     return {
         "statuses": [s.value for s in JobStatus],
-        "categories": sorted(categories),
+        "categories": sorted(str(c) for c in session.execute(found).scalars()),
         "tenants": sorted(tenants),
         "sources": list(SOURCES),
     }
