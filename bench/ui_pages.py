@@ -37,7 +37,13 @@ def _median_ms(client: Any, path: str, repeat: int) -> float:
 
 
 def time_pages(url: str, repeat: int = 7) -> dict[str, float]:
+    import logging
     import re
+
+    import structlog
+
+    # the access log's line per request (info) would bury the figures; warnings still show
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
     from fastapi.testclient import TestClient
 

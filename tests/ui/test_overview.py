@@ -142,3 +142,12 @@ def test_the_hourly_totals_equal_a_live_count(dash: Dash, bucket: str) -> None:
         assert kept_spend == [
             {k: v for k, v in s.items() if k != "refusals_by_category"} for s in live_spend
         ]
+
+
+def test_the_benchmark_times_every_page(dash: Dash, restore_structlog: None) -> None:
+    from bench.ui_pages import PAGES, time_pages
+
+    _fill(dash)
+    figures = time_pages(dash.database_url, repeat=1)
+    assert set(figures) == set(PAGES) - {"ui_jobs_page_2_ms"}  # one page of jobs: no next
+    assert all(ms > 0 for ms in figures.values())
