@@ -36,7 +36,8 @@ def _median_ms(client: Any, path: str, repeat: int) -> float:
     return statistics.median(took) * 1000
 
 
-def time_pages(url: str, repeat: int = 7) -> dict[str, float]:
+def time_pages(url: str, repeat: int = 7, **env: str) -> dict[str, float]:
+    """``env``: more settings by environment name (a test's REDIS_URL)."""
     import logging
     import re
 
@@ -50,7 +51,7 @@ def time_pages(url: str, repeat: int = 7) -> dict[str, float]:
     from imagegen.worker.settings import Settings
     from imagegen.worker.web.app import create_app
 
-    settings = Settings(DATABASE_URL=url, IMAGEGEN_API_KEY=API_KEY)  # type: ignore[call-arg]
+    settings = Settings(DATABASE_URL=url, IMAGEGEN_API_KEY=API_KEY, **env)  # type: ignore[call-arg]
     headers = {"Authorization": f"Bearer {API_KEY}"}
     figures: dict[str, float] = {}
     with TestClient(create_app(settings), headers=headers) as client:

@@ -148,6 +148,6 @@ def test_the_benchmark_times_every_page(dash: Dash, restore_structlog: None) -> 
     from bench.ui_pages import PAGES, time_pages
 
     _fill(dash)
-    figures = time_pages(dash.database_url, repeat=1)
+    figures = time_pages(dash.database_url, repeat=1, REDIS_URL=dash.settings.redis_url)
     assert set(figures) == set(PAGES) - {"ui_jobs_page_2_ms"}  # one page of jobs: no next
     assert all(ms > 0 for ms in figures.values())
