@@ -4,7 +4,8 @@
 
 Fills a throwaway Postgres database with N jobs (realistic mix of statuses and refusal
 categories, one attempt row per job) using generate_series, then times the exact queries
-the CLI runs (best of 5, warm) and prints their EXPLAIN ANALYZE plans. `stats` reads the
+the CLI runs (best of 5, warm) and prints their EXPLAIN ANALYZE plans; then the dashboard's
+pages (``ui_*_ms``: median server time, bench.ui_pages). `stats` reads the
 totals the triggers of migration 0006 keep, checked here against a live count (timed too).
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from bench.ui_pages import time_pages
 from imagegen.models import JobStatus
 from imagegen.worker.db import dispose_engines, session_scope, upgrade
 from imagegen.worker.jobs.queries import list_jobs, live_counts, stats
@@ -26,9 +28,12 @@ from imagegen.worker.jobs.queries import list_jobs, live_counts, stats
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 FILL = """
-INSERT INTO jobs (id, prompt, params, model, status, refusal_category, refusal_message,
-                  attempts, created_at, updated_at, finished_at)
-SELECT gen_random_uuid(), 'prompt ' || g, '{"quality": "high"}'::jsonb, 'openai/gpt-image-2',
+INSERT INTO jobs (id, tenant_id, prompt, params, model, status, refusal_category,
+                  refusal_message, refusal_source, images, attempts, created_at, updated_at,
+                  finished_at)
+SELECT gen_random_uuid(),
+       CASE WHEN g % 5 = 0 THEN :tenant_b ELSE :tenant_a END,
+       'prompt ' || g, '{"quality": "high"}'::jsonb, 'openai/gpt-image-2',
        (ARRAY['succeeded','succeeded','succeeded','succeeded','succeeded','succeeded',
               'refused','failed','cancelled','queued'])[1 + g % 10],
        CASE WHEN g % 10 = 6 THEN (ARRAY['celebrity_likeness','trademark_ip','sexual_minors',
@@ -36,12 +41,22 @@ SELECT gen_random_uuid(), 'prompt ' || g, '{"quality": "high"}'::jsonb, 'openai/
             [1 + (g / 10) % 6]
        END,
        CASE WHEN g % 10 = 6 THEN 'refused' END,
+       CASE WHEN g % 10 = 6 THEN (CASE WHEN g % 3 = 0 THEN 'prefilter' ELSE 'fal' END) END,
+       CASE WHEN g % 10 < 6 THEN jsonb_build_array(jsonb_build_object(
+            'url', 'https://fal.example/' || g || '.png', 'storage_key', 'jobs/' || g || '/0.png',
+            'content_type', 'image/png', 'width', 1024, 'height', 1024)) END,
        1, now() - (g || ' seconds')::interval, now(), now()
 FROM generate_series(1, :rows) AS g
 """
+TENANTS = (
+    "INSERT INTO tenants (id, name, created_at) "
+    "VALUES (:a, 'bench-a', now()), (:b, 'bench-b', now())"
+)
 ATTEMPTS = """
-INSERT INTO job_attempts (job_id, number, started_at, outcome)
-SELECT id, 1, created_at, 'succeeded' FROM jobs
+INSERT INTO job_attempts (job_id, number, started_at, finished_at, outcome)
+SELECT id, 1, created_at, created_at + (10 + abs(hashtext(id::text)) % 50) * interval '1 second',
+       'succeeded'
+FROM jobs
 """
 
 
@@ -84,8 +99,10 @@ def run(url: str, rows: int) -> None:
     upgrade(url)
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     start = time.perf_counter()
+    tenants = {"a": uuid.uuid4(), "b": uuid.uuid4()}
     with engine.connect() as conn:
-        conn.execute(text(FILL), {"rows": rows})
+        conn.execute(text(TENANTS), tenants)
+        conn.execute(text(FILL), {"rows": rows, "tenant_a": tenants["a"], "tenant_b": tenants["b"]})
         conn.execute(text(ATTEMPTS))
         conn.execute(text("VACUUM ANALYZE"))
     print(f"filled {rows:,} jobs (+ attempts) in {time.perf_counter() - start:.1f}s")
@@ -130,6 +147,7 @@ def run(url: str, rows: int) -> None:
         ("imagegen stats (kept totals)", _TOTALS_SQL),
     ):
         print(f"\n--- {label}\n{_plan(url, sql)}")
+    figures.update(time_pages(url))  # the dashboard's pages (issue 25 item 4)
     print(json.dumps({"rows": rows, **{k: round(v, 1) for k, v in figures.items()}}))
 
 

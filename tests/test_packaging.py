@@ -118,6 +118,8 @@ def test_a_built_wheel_carries_the_package_data(tmp_path: Path) -> None:
         "imagegen/worker/moderation/default_rules.toml",
         "imagegen/worker/cost/prices.toml",
         "imagegen/migrations/script.py.mako",
+        "imagegen/worker/web/ui/templates/jobs.html",  # the dashboard's pages and CSS
+        "imagegen/worker/web/ui/static/ui.css",
     }
     assert needed <= names, f"missing from the wheel: {needed - names}"
     assert any(n.startswith("imagegen/migrations/versions/") and n.endswith(".py") for n in names)

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
 
     # The HTTP API (`imagegen api`): clients send `Authorization: Bearer <IMAGEGEN_API_KEY>`.
     api_key: SecretStr | None = Field(default=None, alias="IMAGEGEN_API_KEY")
+    # Signs the dashboard's session cookie (/ui); unset: derived from IMAGEGEN_API_KEY by
+    # HMAC (worker.web.ui.session), so changing that key also ends every session.
+    ui_secret: SecretStr | None = Field(default=None, alias="IMAGEGEN_UI_SECRET")
     # Larger request bodies get a 413; /healthz waits this long for a worker's answer.
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024, alias="IMAGEGEN_API_MAX_BODY_BYTES")
     health_worker_timeout_s: float = Field(

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from imagegen.worker.errors import ConfigurationError
 from imagegen.worker.settings import Settings, get_settings
 
-from . import access, errors, fal_webhook, health, images, jobs, uploads
+from . import access, errors, fal_webhook, health, images, jobs, ui, uploads
 from .auth import require_caller, require_operator
 
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=[Depends(require_operator)])
     app.include_router(fal_webhook.router)
+    ui.mount(app)  # the dashboard's pages: their own login (cookie) or the same bearer key
     errors.install(app)
     app.add_middleware(access.AccessLog)  # outermost: logs the body cap's 413s too
     return app

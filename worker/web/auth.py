@@ -33,18 +33,22 @@ def require_caller(
 ) -> Caller:
     settings: Settings = request.app.state.settings
     given = credentials.credentials if credentials is not None else ""
+    caller = request.state.caller = caller_for_key(settings, given)
+    return caller
+
+
+def caller_for_key(settings: Settings, given: str) -> Caller:
+    """The operator or the key's tenant; Unauthorized for any other key (the dashboard's
+    login uses it too)."""
     expected = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-    if secrets.compare_digest(given.encode(), expected.encode()):
-        caller = OPERATOR
-    elif given.startswith(KEY_PREFIX):
+    if expected and secrets.compare_digest(given.encode(), expected.encode()):
+        return OPERATOR
+    if given.startswith(KEY_PREFIX):
         try:
-            caller = resolve_key(settings.database_url, given)
+            return resolve_key(settings.database_url, given)
         except Unauthenticated:
             raise Unauthorized from None
-    else:
-        raise Unauthorized
-    request.state.caller = caller
-    return caller
+    raise Unauthorized
 
 
 def require_operator(caller: Annotated[Caller, Depends(require_caller)]) -> None:
