@@ -1,0 +1,167 @@
+"""The real stack and one Chromium, started once for tests/browser (package scope).
+
+Postgres (a database cloned from the migrated template), Redis (a leased database), the fal
+emulator (HTTPS, started by tests/conftest.py), a Celery worker with the rules pre-filter,
+``imagegen poller`` and ``imagegen api`` (uvicorn, ``create_app``) as processes; the jobs of
+tests.browser.jobs made by them. Chromium is Debian's (``apt-get install chromium``), never
+one Playwright downloads: IMAGEGEN_CHROMIUM or ``chromium`` on PATH. Screenshots go to
+IMAGEGEN_ARTIFACTS (default tests/browser/artifacts/, git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from sqlalchemy import create_engine, text
+
+from tests.browser.jobs import Jobs, make_jobs
+from tests.conftest import API_KEY, FAST_ENV, PG_ADMIN_URL, REDIS_HOST, REDIS_PORT, Stack
+from tests.redis_lease import Lease, lease_free_db
+
+ARTIFACTS = Path(os.environ.get("IMAGEGEN_ARTIFACTS") or Path(__file__).parent / "artifacts")
+
+
+def chromium_path() -> str:
+    path = os.environ.get("IMAGEGEN_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        pytest.fail("no Chromium: apt-get install -y chromium (or set IMAGEGEN_CHROMIUM)")
+    return path
+
+
+@pytest.fixture(scope="package")
+def database(pg_template: str) -> Iterator[str]:
+    """A migrated Postgres database for the package."""
+    name = f"imagegen_ui_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {pg_template}"))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    from imagegen.worker.db import dispose_engines
+
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def _lease() -> Lease:
+    with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0) as locks:
+        lease = lease_free_db(locks)
+    if lease is None:
+        pytest.fail("no free Redis database (15 in use by other test runs)")
+    return lease
+
+
+@pytest.fixture(scope="package")
+def redis_pair() -> Iterator[tuple[str, str]]:
+    """The broker the worker reads, and one nobody reads (for a job that stays queued)."""
+    live, dead = _lease(), _lease()
+    try:
+        yield live.url, dead.url
+    finally:
+        live.release()
+        dead.release()
+
+
+@pytest.fixture(scope="package")
+def ui_stack(
+    database: str, redis_pair: tuple[str, str], emulator: Any, tmp_path_factory: Any
+) -> Iterator[Stack]:
+    """A worker (with the rules pre-filter) and the poller running."""
+    env = {"DATABASE_URL": database, "REDIS_URL": redis_pair[0], **emulator.env(), **FAST_ENV}
+    env["IMAGEGEN_MODERATION"] = "rules"
+    stack = Stack(database, redis_pair[0], emulator, env, log_dir=tmp_path_factory.mktemp("ui"))
+    try:
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="package")
+def jobs(ui_stack: Stack, redis_pair: tuple[str, str]) -> Jobs:
+    return make_jobs(ui_stack, API_KEY, redis_pair[1])
+
+
+@pytest.fixture(scope="package")
+def base_url(ui_stack: Stack, jobs: Jobs) -> str:
+    """``imagegen api`` (uvicorn, ``create_app``) on a free port, once every job is made;
+    ``ui_stack`` stops it with the worker."""
+    return ui_stack.start_api()
+
+
+@pytest.fixture(scope="package")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="package")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=chromium_path())
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser, base_url: str) -> Iterator[BrowserContext]:
+    """A fresh profile per test (no cookies carried over)."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(10_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A page that fails its test on any uncaught script error; a screenshot if it failed."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        shot(page, f"failed-{request.node.name}")
+    assert not errors, f"script errors in the page: {errors}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
+
+
+def shot(page: Page, name: str) -> Path:
+    """A full-page screenshot under the artifacts directory."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def log_in(page: Page, key: str) -> None:
+    """Through the login form, as a person would; ends on the jobs page."""
+    page.goto("/ui/login")
+    page.locator("#login-form input[name=key]").fill(key)
+    with page.expect_navigation():
+        page.locator("#login").click()
+    assert page.url.endswith("/ui/jobs"), page.url
+
+
+@pytest.fixture
+def login(page: Page) -> Callable[[str], Page]:
+    def _login(key: str) -> Page:
+        log_in(page, key)
+        return page
+
+    return _login
