@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,28 +75,38 @@ def redis_pair() -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="package")
 def ui_stack(
     database: str, redis_pair: tuple[str, str], emulator: Any, tmp_path_factory: Any
-) -> Iterator[Stack]:
-    """A worker (with the rules pre-filter) and the poller running."""
+) -> Iterator[tuple[Stack, str]]:
+    """A worker (with the rules pre-filter), the poller and ``imagegen api`` (uvicorn,
+    ``create_app``) on a free port, started side by side (each waits for its own start)."""
     env = {"DATABASE_URL": database, "REDIS_URL": redis_pair[0], **emulator.env(), **FAST_ENV}
     env["IMAGEGEN_MODERATION"] = "rules"
     stack = Stack(database, redis_pair[0], emulator, env, log_dir=tmp_path_factory.mktemp("ui"))
     try:
-        stack.start_worker()
-        yield stack
+        with ThreadPoolExecutor(2) as pool:
+            poller, api = pool.submit(stack.start_poller), pool.submit(stack.start_api)
+            stack.start_worker(poller=False)
+            poller.result()
+            base_url = api.result()
+        yield stack, base_url
     finally:
         stack.stop()
 
 
 @pytest.fixture(scope="package")
-def jobs(ui_stack: Stack, redis_pair: tuple[str, str]) -> Jobs:
-    return make_jobs(ui_stack, API_KEY, redis_pair[1])
+def jobs(ui_stack: tuple[Stack, str], redis_pair: tuple[str, str]) -> Jobs:
+    return make_jobs(ui_stack[0], API_KEY, redis_pair[1])
 
 
 @pytest.fixture(scope="package")
-def base_url(ui_stack: Stack, jobs: Jobs) -> str:
-    """``imagegen api`` (uvicorn, ``create_app``) on a free port, once every job is made;
-    ``ui_stack`` stops it with the worker."""
-    return ui_stack.start_api()
+def live_stack(ui_stack: tuple[Stack, str]) -> Stack:
+    """The package's running stack (to enqueue and to read Postgres)."""
+    return ui_stack[0]
+
+
+@pytest.fixture(scope="package")
+def base_url(ui_stack: tuple[Stack, str], jobs: Jobs) -> str:
+    """The app's URL, once every job is made."""
+    return ui_stack[1]
 
 
 @pytest.fixture(scope="package")

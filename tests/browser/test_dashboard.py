@@ -94,7 +94,7 @@ def test_a_jobs_page_shows_prompt_timeline_and_full_image(
 ) -> None:
     page = login(jobs.operator_key)
     with page.expect_navigation():
-        page.locator(f'tr.job[data-job-id="{jobs["lighthouse"]}"] a.job-link').click()
+        page.locator(f'tr.job[data-job-id="{jobs["lighthouse"]}"] a.job-link').first.click()
     assert page.url.endswith(f"/ui/jobs/{jobs['lighthouse']}")
     assert page.locator("#prompt").inner_text() == jobs.prompts["lighthouse"]
     assert page.locator("#timeline li.event").count() >= 1
