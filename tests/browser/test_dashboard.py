@@ -5,15 +5,31 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Locator, Page
 
 from tests.browser.conftest import log_in, shot
 from tests.browser.jobs import Jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-#: true once the image has loaded and decoded to a real picture
+#: true once the image has loaded (its size known: a header is enough for that)
 LOADED = "img => img.complete && img.naturalWidth > 0"
+#: the alpha of the image's middle pixel, drawn on a canvas: 0 when only its header decoded
+MIDDLE_ALPHA = """async img => {
+    await img.decode();
+    const canvas = document.createElement("canvas");
+    [canvas.width, canvas.height] = [img.naturalWidth, img.naturalHeight];
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    return ctx.getImageData(canvas.width >> 1, canvas.height >> 1, 1, 1).data[3];
+}"""
+
+
+def assert_shown(page: Page, img: Locator) -> None:
+    """The image loaded and decoded into pixels, as a person would see it."""
+    handle = img.element_handle()
+    page.wait_for_function(LOADED, arg=handle)
+    assert page.evaluate(MIDDLE_ALPHA, handle) == 255
 
 
 def listed_ids(page: Page) -> set[str]:
@@ -50,7 +66,7 @@ def test_the_thumbnail_loads_in_the_list(login: Callable[[str], Page], jobs: Job
     page = login(jobs.operator_key)
     thumb = page.locator(f'tr.job[data-job-id="{jobs["lighthouse"]}"] img.thumb')
     assert thumb.get_attribute("src") == f"/ui/jobs/{jobs['lighthouse']}/thumb/0"
-    page.wait_for_function(LOADED, arg=thumb.element_handle())
+    assert_shown(page, thumb)
     queued = page.locator(f'tr.job[data-job-id="{jobs["queued"]}"]')
     assert queued.get_attribute("data-status") == "queued"
     assert queued.locator("img.thumb").count() == 0
@@ -99,7 +115,7 @@ def test_a_jobs_page_shows_prompt_timeline_and_full_image(
     assert page.locator("#timeline li.event").count() >= 1
     full = page.locator("img.full")
     assert full.count() == 1
-    page.wait_for_function(LOADED, arg=full.element_handle())
+    assert_shown(page, full)
     assert page.locator("#cost").is_visible()
     assert page.locator("#cancel").count() == 0  # succeeded: nothing to cancel
     shot(page, "job-detail")
