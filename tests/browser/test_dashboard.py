@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page
@@ -102,6 +103,16 @@ def test_filtering_by_status_and_source(login: Callable[[str], Page], jobs: Jobs
     assert page.locator("#jobs .badge.refusal").count() == 3
     _filter(page, "source", "prefilter")
     assert listed_ids(page) == {str(jobs["prefilter_refused"])}
+
+
+def test_filtering_by_tenant_and_prompt_text(login: Callable[[str], Page], jobs: Jobs) -> None:
+    page = login(jobs.operator_key)
+    _filter(page, "tenant", "beta")
+    assert listed_ids(page) == {str(jobs["beta_ok"])}
+    page.goto("/ui")  # the dashboard's root is the jobs list
+    assert urlsplit(page.url).path == "/ui/jobs"
+    _filter(page, "q", "lighthouse")
+    assert listed_ids(page) == {str(jobs["lighthouse"])}
 
 
 def test_a_jobs_page_shows_prompt_timeline_and_full_image(

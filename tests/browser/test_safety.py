@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Page
 
-from tests.browser.conftest import shot
+from tests.browser.conftest import log_in, shot
 from tests.browser.jobs import Jobs, enqueue_unconsumed, job_status
 from tests.browser.test_dashboard import listed_ids
 from tests.conftest import Stack
@@ -110,3 +110,29 @@ def test_a_tenant_cannot_cancel_anothers_job(
     got = page.request.post(f"/ui/jobs/{queued_job}/cancel", form={"csrf": "x"}, max_redirects=0)
     assert got.status in (403, 404)
     assert job_status(live_stack, queued_job) == "queued"
+
+
+def test_no_key_or_prompt_reaches_the_apis_log(
+    page: Page, jobs: Jobs, live_stack: Stack, base_url: str
+) -> None:
+    """The pages' process logs each request (path, status), never a key or a prompt: after
+    logins with every key (a wrong one too), a search in prompts and a hostile job's page."""
+    wrong = "igk_wrong-key-that-must-not-be-logged"
+    _submit_login(page, wrong)
+    log_in(page, jobs.alpha_key)
+    log_in(page, jobs.operator_key)
+    page.goto("/ui/jobs?q=lighthouse")
+    assert listed_ids(page) == {str(jobs["lighthouse"])}
+    page.goto(f"/ui/jobs/{jobs['hostile']}")
+    page.context.request.get(f"{base_url}/healthz")  # a last line, so the ones above are out
+    log = "".join(p.read_text(errors="replace") for p in live_stack.log_dir.glob("api-*.log"))
+    assert f"/ui/jobs/{jobs['hostile']}" in log  # the log is the one written for these pages
+    for secret in (jobs.operator_key, jobs.alpha_key, wrong, "lighthouse", *jobs.prompts.values()):
+        assert secret not in log, secret
+
+
+def _submit_login(page: Page, key: str) -> None:
+    page.goto("/ui/login")
+    page.locator("#login-form input[name=key]").fill(key)
+    with page.expect_navigation():
+        page.locator("#login").click()
