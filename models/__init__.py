@@ -29,6 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 # the shared column types and helpers live in models.base (models.tenants needs them too);
 # re-exported here so ``from imagegen.models import Base, utcnow`` keeps working
 from .base import Base, JSONType, UTCDateTime, _enum, _not_null, utcnow
+from .deliveries import CallbackDelivery
 from .rollups import JobHour
 from .tenants import DEFAULT_TENANT_ID, Cooldown, Tenant, TenantKey
 
@@ -239,6 +240,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "AttemptOutcome",
     "Base",
+    "CallbackDelivery",
     "Cooldown",
     "FalWebhook",
     "JSONType",

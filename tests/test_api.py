@@ -381,3 +381,17 @@ def test_callbacks_are_signed_and_retried_until_the_web_app_takes_them(stack: St
     assert set(event["job"]) == set(contract.Job.model_fields)
     assert event["job"]["images"] == [] and event["job"]["callback_url"] == url
     assert "callback.failed" in stack.logs() and "callback.delivered" in stack.logs()
+    from sqlalchemy import select
+
+    from imagegen.models import CallbackDelivery
+    from imagegen.worker.db import session_scope
+
+    query = select(CallbackDelivery.attempt, CallbackDelivery.outcome, CallbackDelivery.http_status)
+    deadline = time.monotonic() + 10  # the row is written just after the answer
+    while True:
+        with session_scope(stack.database_url) as session:
+            recorded = session.execute(query.order_by(CallbackDelivery.attempt)).all()
+        if len(recorded) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [tuple(row) for row in recorded] == [(1, "failed", 503), (2, "delivered", 200)]

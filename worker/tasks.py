@@ -145,7 +145,8 @@ def callback_task(self: Task, job_id: str) -> str:
     """POST the finished job to its web app's callback_url (signed); retried with backoff."""
     log = get_logger(__name__).bind(job_id=job_id)
     try:
-        result = deliver(uuid.UUID(job_id), get_settings(), _callback_http())
+        attempt = self.request.retries + 1
+        result = deliver(uuid.UUID(job_id), get_settings(), _callback_http(), attempt)
     except CallbackRejected as exc:
         metrics.CALLBACKS.labels("rejected").inc()
         log.warning("callback.rejected", error=str(exc))

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import insert
 
-from imagegen.models import AttemptOutcome, JobAttempt, JobStatus, utcnow
+from imagegen.models import AttemptOutcome, CallbackDelivery, JobAttempt, JobStatus, utcnow
 from imagegen.worker.db import get_engine, session_scope
 from imagegen.worker.jobs.queries import get_job
 from tests.conftest import API_KEY
@@ -42,9 +42,15 @@ def test_the_page_shows_timeline_refusal_cost_and_callback(dash: Dash) -> None:
         {"number": 2, "outcome": AttemptOutcome.REFUSED, "fal_request_id": "req-2",
          "started_at": start + timedelta(seconds=11), "finished_at": start + timedelta(seconds=40)},
     ]  # fmt: skip
+    deliveries = [
+        {"attempt": 1, "outcome": "failed", "http_status": 503, "at": start},
+        {"attempt": 2, "outcome": "delivered", "http_status": 200, "at": start},
+    ]
     with get_engine(dash.database_url).begin() as db:
         for attempt in attempts:
             db.execute(insert(JobAttempt).values(job_id=job, **attempt))
+        for delivery in deliveries:
+            db.execute(insert(CallbackDelivery).values(job_id=job, **delivery))
     page = dash.client(API_KEY).get(f"/ui/jobs/{job}").text
     events = re.findall(r'<li class="event" data-kind="([a-z_]+)">', page)
     assert events == [
@@ -65,6 +71,11 @@ def test_the_page_shows_timeline_refusal_cost_and_callback(dash: Dash) -> None:
     assert "$0.0400" in cost and "$0.0123" in cost
     callbacks = page[page.index('id="callbacks"') :]
     assert "app.example" in callbacks and "s3cret" not in page  # the host, not its token
+    assert re.findall(r'<tr class="delivery" data-outcome="(\w+)">', callbacks) == [
+        "failed",
+        "delivered",
+    ]
+    assert "503" in callbacks
     assert 'id="cancel"' not in page  # it has ended
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from imagegen.models import CallbackDelivery
 from imagegen.worker.db import session_scope
 from imagegen.worker.errors import ConfigurationError, JobNotFound
 from imagegen.worker.jobs import queries
@@ -78,8 +79,9 @@ def event_body(job: dict[str, Any]) -> bytes:
     return json.dumps({"event": "job.finished", "job": job}).encode()
 
 
-def deliver(job_id: uuid.UUID, settings: Settings, http: httpx.Client) -> str:
-    """POST the finished job's JSON once; raises CallbackFailed / CallbackRejected."""
+def deliver(job_id: uuid.UUID, settings: Settings, http: httpx.Client, attempt: int = 1) -> str:
+    """POST the finished job's JSON once, recording what it came to (``callback_deliveries``);
+    raises CallbackFailed / CallbackRejected."""
     if settings.callback_secret is None:
         raise ConfigurationError("IMAGEGEN_CALLBACK_SECRET is not set: callbacks are not sent")
     with session_scope(settings.database_url) as session:
@@ -95,11 +97,31 @@ def deliver(job_id: uuid.UUID, settings: Settings, http: httpx.Client) -> str:
     headers = webhook_headers(key, event_id(data), body, int(time.time()))
     headers["content-type"] = "application/json"
     try:
-        response = http.post(url, content=body, headers=headers)
+        status = http.post(url, content=body, headers=headers).status_code
     except httpx.HTTPError as exc:
-        raise CallbackFailed(f"no answer from the callback URL ({type(exc).__name__})") from exc
-    if response.status_code in (408, 429) or response.status_code >= 500:
-        raise CallbackFailed(f"the callback URL answered {response.status_code}")
-    if response.status_code >= 400:
-        raise CallbackRejected(f"the callback URL answered {response.status_code}")
-    return f"delivered ({response.status_code})"
+        error = f"no answer from the callback URL ({type(exc).__name__})"
+        _record(settings, job_id, attempt, "failed", None, error)
+        raise CallbackFailed(error) from exc
+    if status in (408, 429) or status >= 500:
+        _record(settings, job_id, attempt, "failed", status)
+        raise CallbackFailed(f"the callback URL answered {status}")
+    if status >= 400:
+        _record(settings, job_id, attempt, "rejected", status)
+        raise CallbackRejected(f"the callback URL answered {status}")
+    _record(settings, job_id, attempt, "delivered", status)
+    return f"delivered ({status})"
+
+
+def _record(
+    settings: Settings,
+    job_id: uuid.UUID,
+    attempt: int,
+    outcome: str,
+    status: int | None,
+    detail: str | None = None,
+) -> None:
+    row = CallbackDelivery(
+        job_id=job_id, attempt=attempt, outcome=outcome, http_status=status, detail=detail
+    )
+    with session_scope(settings.database_url) as session:
+        session.add(row)

@@ -10,8 +10,9 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
 
-from imagegen.models import Job
+from imagegen.models import CallbackDelivery, Job
 from imagegen.worker.db import session_scope
 from imagegen.worker.errors import JobNotFound
 from imagegen.worker.jobs import queries
@@ -36,7 +37,18 @@ def _job(request: Request, viewer: Viewer, job_id: str) -> Any:
             job = queries.get_job(session=db, job_id=wanted, tenant_id=viewer.caller.tenant_id)
         except JobNotFound:
             raise PageError(404, "no such job") from None
-        return _shown(job)
+        shown = _shown(job)
+        shown["deliveries"] = _deliveries(db, wanted)
+        return shown
+
+
+def _deliveries(db: Any, job_id: uuid.UUID) -> list[Any]:
+    query = (
+        select(CallbackDelivery)
+        .where(CallbackDelivery.job_id == job_id)
+        .order_by(CallbackDelivery.attempt, CallbackDelivery.id)
+    )
+    return list(db.execute(query).scalars())
 
 
 def _shown(job: Job) -> dict[str, Any]:
