@@ -15,7 +15,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -121,31 +122,34 @@ def _db_url(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.fixture
-def database_url(pg_template: str) -> Iterator[str]:
-    """A fresh, migrated Postgres database for this test."""
+@contextmanager
+def _fresh_database(template: str) -> Iterator[str]:
     from sqlalchemy import create_engine, text
 
     name = f"imagegen_t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {pg_template}"))
-    yield _db_url(name)
-    from imagegen.worker.db import dispose_engines
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    try:
+        yield _db_url(name)
+    finally:
+        from imagegen.worker.db import dispose_engines
 
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A flushed Redis database for this test, held by a lease in db 0 (tests.redis_lease).
+def database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test."""
+    with _fresh_database(pg_template) as url:
+        yield url
 
-    The lease lets several pytest runs and benchmarks share one Redis server (16 databases):
-    a database is flushed, before and after the test, only while this test holds it.
-    """
+
+@contextmanager
+def _leased_redis() -> Iterator[str]:
     if not _port_open(REDIS_HOST, REDIS_PORT):
         pytest.exit(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT} (see README)", 2)
     import redis
@@ -162,6 +166,17 @@ def redis_url() -> Iterator[str]:
             lease.release()
 
 
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A flushed Redis database for this test, held by a lease in db 0 (tests.redis_lease).
+
+    The lease lets several pytest runs and benchmarks share one Redis server (16 databases):
+    a database is flushed, before and after the test, only while this test holds it.
+    """
+    with _leased_redis() as url:
+        yield url
+
+
 @dataclass
 class Stack:
     """One test's services: settings pointing at them, and helpers to drive them."""
@@ -173,6 +188,8 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log_dir: Path = field(default_factory=Path)
     poller: subprocess.Popen[bytes] | None = None
+    #: where each log file began for this test (a stack shared by a module's tests)
+    log_from: dict[str, int] = field(default_factory=dict)
 
     def settings(self, **overrides: Any) -> Any:
         from imagegen.worker.settings import Settings
@@ -268,7 +285,18 @@ class Stack:
             time.sleep(0.05)
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+        """The processes' logs, from where this test began (``since_now``)."""
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            with path.open("rb") as log:
+                log.seek(self.log_from.get(path.name, 0))
+                parts.append(log.read().decode(errors="replace"))
+        return "\n".join(parts)
+
+    def since_now(self) -> Stack:
+        """The same services and processes, with ``logs()`` from this moment on."""
+        offsets = {p.name: p.stat().st_size for p in self.log_dir.glob("*.log")}
+        return replace(self, log_from=offsets)
 
     def stop(self) -> None:
         procs = [*self.workers, *([self.poller] if self.poller is not None else [])]
@@ -295,6 +323,50 @@ def running(stack: Stack) -> Stack:
     """The stack with one real Celery worker running."""
     stack.start_worker()
     return stack
+
+
+@pytest.fixture(scope="module")
+def _module_running(
+    pg_template: str, emulator: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, list[str]]]:
+    with _fresh_database(pg_template) as database, _leased_redis() as redis:
+        env = {"DATABASE_URL": database, "REDIS_URL": redis, **emulator.env(), **FAST_ENV}
+        s = Stack(database, redis, emulator, env, log_dir=tmp_path_factory.mktemp("stack"))
+        try:
+            empty = _empty_tables(database)
+            s.start_worker()
+            yield s, empty
+        finally:
+            s.stop()
+
+
+def _empty_tables(database_url: str) -> list[str]:
+    """The tables a freshly migrated database has no rows in."""
+    from sqlalchemy import text
+
+    from imagegen.worker.db import get_engine
+
+    query = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    with get_engine(database_url).connect() as db:
+        names = db.execute(text(query)).scalars().all()
+        return [n for n in names if db.execute(text(f"SELECT NOT EXISTS (TABLE {n})")).scalar()]
+
+
+@pytest.fixture
+def shared_running(_module_running: tuple[Stack, list[str]]) -> Stack:
+    """Like ``running``, but one worker and poller (and database, Redis db) for the module's
+    tests: starting and stopping them costs ~5 s a test. Each test starts on tables as a
+    fresh database has them (no jobs, refusals or cool-downs of earlier tests), and its
+    ``logs()`` are its own lines. For tests that leave no other state behind (a locked
+    account, fleet keys) and wait for their own jobs to end."""
+    stack, empty = _module_running
+    from sqlalchemy import text
+
+    from imagegen.worker.db import get_engine
+
+    with get_engine(stack.database_url).begin() as db:
+        db.execute(text(f"TRUNCATE {', '.join(empty)} CASCADE"))
+    return stack.since_now()
 
 
 def unique(text: str) -> str:
