@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -211,9 +211,9 @@ class Stack:
         self, *args: str, extra_env: dict[str, str] | None = None, poller: bool = True
     ) -> None:
         """A Celery worker, and this stack's poller with the first one (``poller=False``:
-        none, e.g. to test what happens without it)."""
-        if poller and self.poller is None:
-            self.start_poller(extra_env=extra_env)
+        none, e.g. to test what happens without it). Both start side by side: each spends
+        a second or two importing, and CI has two cores."""
+        wait_poller = self._spawn_poller(extra_env) if poller and self.poller is None else None
         env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_dir / f"worker-{len(self.workers)}.log"
         from imagegen.worker.celery_app import worker_argv
@@ -224,9 +224,15 @@ class Stack:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         self._wait_ready(log, proc)
+        if wait_poller is not None:
+            wait_poller()
 
     def start_poller(self, extra_env: dict[str, str] | None = None) -> None:
         """``imagegen poller``: it hears fal's COMPLETED and publishes the collects."""
+        self._spawn_poller(extra_env)()
+
+    def _spawn_poller(self, extra_env: dict[str, str] | None) -> Callable[[], None]:
+        """Start the poller; returns what waits until it is ready."""
         from imagegen.worker.cli.demo import poller_argv
 
         env = {**os.environ, **self.env, **(extra_env or {})}
@@ -236,11 +242,15 @@ class Stack:
                 poller_argv(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         self.poller = proc
-        deadline = time.monotonic() + 30
-        while b"poller.ready" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"imagegen poller did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+
+        def wait() -> None:
+            deadline = time.monotonic() + 30
+            while b"poller.ready" not in log.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"imagegen poller did not start:\n{log.read_text()}")
+                time.sleep(0.05)
+
+        return wait
 
     def start_api(self, extra_env: dict[str, str] | None = None) -> str:
         """`imagegen api` on a free port (the documented command); returns its base URL."""
