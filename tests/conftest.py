@@ -348,14 +348,18 @@ def running(stack: Stack) -> Stack:
 
 @pytest.fixture(scope="module")
 def _module_running(
-    pg_template: str, emulator: Any, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    pg_template: str,
+    emulator: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Stack, list[str]]]:
+    """The module's worker gets the module's ``SHARED_WORKER_ENV`` (if any) on top."""
     with _fresh_database(pg_template) as database, _leased_redis() as redis:
         env = {"DATABASE_URL": database, "REDIS_URL": redis, **emulator.env(), **FAST_ENV}
         s = Stack(database, redis, emulator, env, log_dir=tmp_path_factory.mktemp("stack"))
         try:
             empty = _empty_tables(database)
-            s.start_worker()
+            s.start_worker(extra_env=getattr(request.module, "SHARED_WORKER_ENV", None))
             yield s, empty
         finally:
             s.kill()
