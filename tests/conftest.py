@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -211,21 +212,30 @@ class Stack:
         self, *args: str, extra_env: dict[str, str] | None = None, poller: bool = True
     ) -> None:
         """A Celery worker, and this stack's poller with the first one (``poller=False``:
-        none, e.g. to test what happens without it). Both start side by side: each spends
-        a second or two importing, and CI has two cores."""
-        wait_poller = self._spawn_poller(extra_env) if poller and self.poller is None else None
+        none, e.g. to test what happens without it)."""
+        self.start_workers(1, *args, extra_env=extra_env, poller=poller)
+
+    def start_workers(
+        self, count: int, *args: str, extra_env: dict[str, str] | None = None, poller: bool = True
+    ) -> None:
+        """``count`` workers (and the poller, as ``start_worker``) started side by side and
+        all ready on return: each spends a second or two importing, and CI has two cores."""
+        waits = [self._spawn_poller(extra_env)] if poller and self.poller is None else []
         env = {**os.environ, **self.env, **(extra_env or {})}
-        log = self.log_dir / f"worker-{len(self.workers)}.log"
         from imagegen.worker.celery_app import worker_argv
 
-        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
-        cmd = [*worker_argv(concurrency=8, name=name), *args]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.workers.append(proc)
-        self._wait_ready(log, proc)
-        if wait_poller is not None:
-            wait_poller()
+        for _ in range(count):
+            log = self.log_dir / f"worker-{len(self.workers)}.log"
+            name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
+            cmd = [*worker_argv(concurrency=8, name=name), *args]
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
+            self.workers.append(proc)
+            waits.append(partial(self._wait_ready, log, proc))
+        for wait in waits:
+            wait()
 
     def start_poller(self, extra_env: dict[str, str] | None = None) -> None:
         """``imagegen poller``: it hears fal's COMPLETED and publishes the collects."""
