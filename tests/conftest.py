@@ -395,13 +395,28 @@ def shared_running(_module_running: tuple[Stack, list[str]]) -> Stack:
     ``logs()`` are its own lines. For tests that leave no other state behind (a locked
     account, fleet keys) and wait for their own jobs to end."""
     stack, empty = _module_running
+    _truncate(stack.database_url, empty)
+    return stack.since_now()
+
+
+def _truncate(database_url: str, tables: list[str]) -> None:
+    """Empty the tables; tried again when it meets the worker's last writes of the test
+    before (a deadlock or a lock wait Postgres gives up on)."""
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
 
     from imagegen.worker.db import get_engine
 
-    with get_engine(stack.database_url).begin() as db:
-        db.execute(text(f"TRUNCATE {', '.join(empty)} CASCADE"))
-    return stack.since_now()
+    for attempt in range(5):
+        try:
+            with get_engine(database_url).begin() as db:
+                db.execute(text("SET LOCAL lock_timeout = '5s'"))
+                db.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+            return
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
 
 
 def unique(text: str) -> str:
