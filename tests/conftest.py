@@ -14,9 +14,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,31 +123,34 @@ def _db_url(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.fixture
-def database_url(pg_template: str) -> Iterator[str]:
-    """A fresh, migrated Postgres database for this test."""
+@contextmanager
+def _fresh_database(template: str) -> Iterator[str]:
     from sqlalchemy import create_engine, text
 
     name = f"imagegen_t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {pg_template}"))
-    yield _db_url(name)
-    from imagegen.worker.db import dispose_engines
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    try:
+        yield _db_url(name)
+    finally:
+        from imagegen.worker.db import dispose_engines
 
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A flushed Redis database for this test, held by a lease in db 0 (tests.redis_lease).
+def database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test."""
+    with _fresh_database(pg_template) as url:
+        yield url
 
-    The lease lets several pytest runs and benchmarks share one Redis server (16 databases):
-    a database is flushed, before and after the test, only while this test holds it.
-    """
+
+@contextmanager
+def _leased_redis() -> Iterator[str]:
     if not _port_open(REDIS_HOST, REDIS_PORT):
         pytest.exit(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT} (see README)", 2)
     import redis
@@ -162,6 +167,17 @@ def redis_url() -> Iterator[str]:
             lease.release()
 
 
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A flushed Redis database for this test, held by a lease in db 0 (tests.redis_lease).
+
+    The lease lets several pytest runs and benchmarks share one Redis server (16 databases):
+    a database is flushed, before and after the test, only while this test holds it.
+    """
+    with _leased_redis() as url:
+        yield url
+
+
 @dataclass
 class Stack:
     """One test's services: settings pointing at them, and helpers to drive them."""
@@ -173,6 +189,8 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log_dir: Path = field(default_factory=Path)
     poller: subprocess.Popen[bytes] | None = None
+    #: where each log file began for this test (a stack shared by a module's tests)
+    log_from: dict[str, int] = field(default_factory=dict)
 
     def settings(self, **overrides: Any) -> Any:
         from imagegen.worker.settings import Settings
@@ -195,21 +213,36 @@ class Stack:
     ) -> None:
         """A Celery worker, and this stack's poller with the first one (``poller=False``:
         none, e.g. to test what happens without it)."""
-        if poller and self.poller is None:
-            self.start_poller(extra_env=extra_env)
+        self.start_workers(1, *args, extra_env=extra_env, poller=poller)
+
+    def start_workers(
+        self, count: int, *args: str, extra_env: dict[str, str] | None = None, poller: bool = True
+    ) -> None:
+        """``count`` workers (and the poller, as ``start_worker``) started side by side and
+        all ready on return: each spends a second or two importing, and CI has two cores."""
+        waits = [self._spawn_poller(extra_env)] if poller and self.poller is None else []
         env = {**os.environ, **self.env, **(extra_env or {})}
-        log = self.log_dir / f"worker-{len(self.workers)}.log"
         from imagegen.worker.celery_app import worker_argv
 
-        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
-        cmd = [*worker_argv(concurrency=8, name=name), *args]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.workers.append(proc)
-        self._wait_ready(log, proc)
+        for _ in range(count):
+            log = self.log_dir / f"worker-{len(self.workers)}.log"
+            name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
+            cmd = [*worker_argv(concurrency=8, name=name), *args]
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
+            self.workers.append(proc)
+            waits.append(partial(self._wait_ready, log, proc))
+        for wait in waits:
+            wait()
 
     def start_poller(self, extra_env: dict[str, str] | None = None) -> None:
         """``imagegen poller``: it hears fal's COMPLETED and publishes the collects."""
+        self._spawn_poller(extra_env)()
+
+    def _spawn_poller(self, extra_env: dict[str, str] | None) -> Callable[[], None]:
+        """Start the poller; returns what waits until it is ready."""
         from imagegen.worker.cli.demo import poller_argv
 
         env = {**os.environ, **self.env, **(extra_env or {})}
@@ -219,11 +252,15 @@ class Stack:
                 poller_argv(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         self.poller = proc
-        deadline = time.monotonic() + 30
-        while b"poller.ready" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"imagegen poller did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+
+        def wait() -> None:
+            deadline = time.monotonic() + 30
+            while b"poller.ready" not in log.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"imagegen poller did not start:\n{log.read_text()}")
+                time.sleep(0.05)
+
+        return wait
 
     def start_api(self, extra_env: dict[str, str] | None = None) -> str:
         """`imagegen api` on a free port (the documented command); returns its base URL."""
@@ -268,10 +305,32 @@ class Stack:
             time.sleep(0.05)
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+        """The processes' logs, from where this test began (``since_now``)."""
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            with path.open("rb") as log:
+                log.seek(self.log_from.get(path.name, 0))
+                parts.append(log.read().decode(errors="replace"))
+        return "\n".join(parts)
+
+    def since_now(self) -> Stack:
+        """The same services and processes, with ``logs()`` from this moment on."""
+        offsets = {p.name: p.stat().st_size for p in self.log_dir.glob("*.log")}
+        return replace(self, log_from=offsets)
+
+    def _procs(self) -> list[subprocess.Popen[bytes]]:
+        return [*self.workers, *([self.poller] if self.poller is not None else [])]
+
+    def kill(self) -> None:
+        """The end of a test: no test looks at a shutdown then (``stop`` is the graceful
+        one), so SIGKILL instead of waiting out Celery's warm shutdown (~1.5 s a worker)."""
+        for proc in self._procs():
+            proc.kill()
+        for proc in self._procs():
+            proc.wait()
 
     def stop(self) -> None:
-        procs = [*self.workers, *([self.poller] if self.poller is not None else [])]
+        procs = self._procs()
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -287,7 +346,7 @@ def stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path) -> I
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **emulator.env(), **FAST_ENV}
     s = Stack(database_url, redis_url, emulator, env, log_dir=tmp_path)
     yield s
-    s.stop()
+    s.kill()
 
 
 @pytest.fixture
@@ -295,6 +354,69 @@ def running(stack: Stack) -> Stack:
     """The stack with one real Celery worker running."""
     stack.start_worker()
     return stack
+
+
+@pytest.fixture(scope="module")
+def _module_running(
+    request: pytest.FixtureRequest,
+    pg_template: str,
+    emulator: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Stack, list[str]]]:
+    """The module's worker gets the module's ``SHARED_WORKER_ENV`` (if any) on top."""
+    with _fresh_database(pg_template) as database, _leased_redis() as redis:
+        env = {"DATABASE_URL": database, "REDIS_URL": redis, **emulator.env(), **FAST_ENV}
+        s = Stack(database, redis, emulator, env, log_dir=tmp_path_factory.mktemp("stack"))
+        try:
+            empty = _empty_tables(database)
+            s.start_worker(extra_env=getattr(request.module, "SHARED_WORKER_ENV", None))
+            yield s, empty
+        finally:
+            s.kill()
+
+
+def _empty_tables(database_url: str) -> list[str]:
+    """The tables a freshly migrated database has no rows in."""
+    from sqlalchemy import text
+
+    from imagegen.worker.db import get_engine
+
+    query = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    with get_engine(database_url).connect() as db:
+        names = db.execute(text(query)).scalars().all()
+        return [n for n in names if db.execute(text(f"SELECT NOT EXISTS (TABLE {n})")).scalar()]
+
+
+@pytest.fixture
+def shared_running(_module_running: tuple[Stack, list[str]]) -> Stack:
+    """Like ``running``, but one worker and poller (and database, Redis db) for the module's
+    tests: starting and stopping them costs ~5 s a test. Each test starts on tables as a
+    fresh database has them (no jobs, refusals or cool-downs of earlier tests), and its
+    ``logs()`` are its own lines. For tests that leave no other state behind (a locked
+    account, fleet keys) and wait for their own jobs to end."""
+    stack, empty = _module_running
+    _truncate(stack.database_url, empty)
+    return stack.since_now()
+
+
+def _truncate(database_url: str, tables: list[str]) -> None:
+    """Empty the tables; tried again when it meets the worker's last writes of the test
+    before (a deadlock or a lock wait Postgres gives up on)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from imagegen.worker.db import get_engine
+
+    for attempt in range(5):
+        try:
+            with get_engine(database_url).begin() as db:
+                db.execute(text("SET LOCAL lock_timeout = '5s'"))
+                db.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+            return
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
 
 
 def unique(text: str) -> str:

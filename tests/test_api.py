@@ -25,10 +25,16 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # every test here runs
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+@pytest.fixture(scope="module")
+def _shared_api_url(_module_running: tuple[Stack, list[str]]) -> str:
+    """One API process next to the module's shared worker (stopped with it)."""
+    return _module_running[0].start_api()
+
+
 @pytest.fixture
-def api(stack: Stack) -> Iterator[httpx.Client]:
-    stack.start_worker()
-    with httpx.Client(base_url=stack.start_api(), headers=AUTH, timeout=10) as client:
+def api(shared_running: Stack, _shared_api_url: str) -> Iterator[httpx.Client]:
+    """A client of the API on the module's worker: each test on fresh tables."""
+    with httpx.Client(base_url=_shared_api_url, headers=AUTH, timeout=10) as client:
         yield client
 
 

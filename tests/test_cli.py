@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -36,6 +39,16 @@ def imagegen(
         timeout=timeout,
         check=False,
     )
+
+
+T = TypeVar("T")
+
+
+def at_once(calls: Iterable[Callable[[], T]]) -> list[T]:
+    """Independent commands run side by side, results in order: a call is mostly the
+    process's start-up (imports), and CI has two cores."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda call: call(), list(calls)))
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
@@ -104,14 +117,21 @@ def test_idempotency_key_returns_the_same_job_and_conflicts_on_other_params(stac
 
 
 def test_unknown_job_and_bad_database_url(stack: Stack) -> None:
-    one_line_error(imagegen(stack, "job", str(uuid.uuid4())), 3, "no job with id")
-    one_line_error(imagegen(stack, "job", "nope"), 2, "not a job id")
-    bad = imagegen(stack, "stats", env={"DATABASE_URL": "not a url"})
+    unknown, nope, bad, bad_redis, cancel = at_once(
+        [
+            lambda: imagegen(stack, "job", str(uuid.uuid4())),
+            lambda: imagegen(stack, "job", "nope"),
+            lambda: imagegen(stack, "stats", env={"DATABASE_URL": "not a url"}),
+            lambda: imagegen(stack, "enqueue", "a fox", env={"REDIS_URL": "http://nope"}),
+            lambda: imagegen(stack, "cancel", str(uuid.uuid4())),
+        ]
+    )
+    one_line_error(unknown, 3, "no job with id")
+    one_line_error(nope, 2, "not a job id")
     assert bad.returncode == 2 and "DATABASE_URL" in bad.stderr
     assert "Traceback" not in bad.stderr
-    bad_redis = imagegen(stack, "enqueue", "a fox", env={"REDIS_URL": "http://nope"})
     assert bad_redis.returncode == 2 and "REDIS_URL" in bad_redis.stderr
-    one_line_error(imagegen(stack, "cancel", str(uuid.uuid4())), 3, "no job with id")
+    one_line_error(cancel, 3, "no job with id")
 
 
 def test_sql_and_markup_are_stored_verbatim(stack: Stack) -> None:

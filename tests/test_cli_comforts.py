@@ -26,13 +26,14 @@ def imagegen(stack: Stack | None, *args: str, **options: Any) -> subprocess.Comp
 
 
 @pytest.fixture
-def running(stack: Stack) -> Stack:
-    """One worker with a small database pool (Postgres' 100 connections are shared)."""
-    stack.start_worker(extra_env=SMALL_POOL)
-    return stack
+def running(shared_running: Stack) -> Stack:
+    """One worker for the module (its tests wait for their own jobs), with a small database
+    pool (Postgres' 100 connections are shared)."""
+    return shared_running
 
 
 SMALL_POOL = {"IMAGEGEN_DB_POOL_SIZE": "3"}
+SHARED_WORKER_ENV = SMALL_POOL
 
 
 def _job(stack: Stack, job_id: str) -> dict[str, object]:

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Stack
-from tests.test_cli import _count_jobs, imagegen, one_line_error
+from tests.test_cli import _count_jobs, at_once, imagegen, one_line_error
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # every test here runs real processes
 
@@ -28,8 +29,10 @@ def test_in_an_empty_folder_read_commands_say_migrate_and_create_nothing(
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["REDIS_URL"] = stack.redis_url
     job_id = str(uuid.uuid4())
-    for args in (["jobs"], ["job", job_id], ["stats"], ["cancel", job_id], ["enqueue", "a fox"]):
-        done = subprocess.run(
+    commands = (["jobs"], ["job", job_id], ["stats"], ["cancel", job_id], ["enqueue", "a fox"])
+    runs = at_once(
+        partial(
+            subprocess.run,
             [sys.executable, "-m", "imagegen.worker.cli", *args],
             capture_output=True,
             text=True,
@@ -38,6 +41,9 @@ def test_in_an_empty_folder_read_commands_say_migrate_and_create_nothing(
             timeout=30,
             check=False,
         )
+        for args in commands
+    )
+    for done in runs:
         one_line_error(done, 69, "imagegen.db", "does not exist", "imagegen db upgrade")
         assert done.stdout == ""
     assert list(folder.iterdir()) == []
@@ -47,8 +53,8 @@ def test_postgres_unreachable_is_one_line_naming_the_dsn_without_its_password(
     stack: Stack,
 ) -> None:
     env = {"DATABASE_URL": "postgresql://u:secret@127.0.0.1:5999/x"}
-    for args in (["jobs"], ["stats"], ["enqueue", "a fox"], ["cancel", str(uuid.uuid4())]):
-        done = imagegen(stack, *args, env=env)
+    commands = (["jobs"], ["stats"], ["enqueue", "a fox"], ["cancel", str(uuid.uuid4())])
+    for done in at_once(partial(imagegen, stack, *args, env=env) for args in commands):
         one_line_error(done, 69, "u:***@127.0.0.1:5999/x", "unreachable")
         assert "secret" not in done.stderr
 
@@ -78,8 +84,9 @@ def test_postgres_refusing_connections_is_one_line(stack: Stack, limited_role: s
 
 def test_a_database_not_migrated_says_so_and_the_fix(stack: Stack) -> None:
     assert imagegen(stack, "db", "downgrade", "base").returncode == 0
-    for args in (["jobs"], ["enqueue", "a fox"], ["sweep"]):
-        one_line_error(imagegen(stack, *args), 69, "is not migrated", "imagegen db upgrade")
+    commands = (["jobs"], ["enqueue", "a fox"], ["sweep"])
+    for done in at_once(partial(imagegen, stack, *args) for args in commands):
+        one_line_error(done, 69, "is not migrated", "imagegen db upgrade")
     assert imagegen(stack, "db", "upgrade").returncode == 0
     assert imagegen(stack, "jobs").returncode == 0
 

@@ -11,6 +11,12 @@ from tests.conftest import Stack, unique
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # every test here runs real processes
 
 
+@pytest.fixture
+def running(shared_running: Stack) -> Stack:
+    """One worker and poller for this module: every test here waits for its own jobs only."""
+    return shared_running
+
+
 def test_success_records_images_and_one_submission(running: Stack) -> None:
     prompt = unique("a lighthouse at dawn")
     job_id = running.enqueue(prompt, size="1024x1536", num_images=2)
@@ -142,7 +148,9 @@ def test_runner_disconnected_resubmits(running: Stack) -> None:
     assert job["attempt_log"][0]["error_type"] == "runner_disconnected"
 
 
-def test_account_lock_stops_submitting(running: Stack) -> None:
+def test_account_lock_stops_submitting(stack: Stack) -> None:
+    stack.start_worker()  # its own: the lock would stop the shared worker's submits too
+    running = stack
     locked = unique("[[fal:403lock]] first")
     job = running.wait_terminal(running.enqueue(locked))
     assert job["status"] == "failed" and "locked" in job["error"], job

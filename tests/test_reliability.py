@@ -103,8 +103,7 @@ def test_fleet_wide_cap_means_zero_429s_from_an_account_limit(stack: Stack) -> N
     stack.emulator.configure(latency_s=0.5, concurrency_limit=3, reject_over_limit=True)
     stack.emulator.reset()
     cap = {"IMAGEGEN_FAL_CONCURRENCY": "3"}
-    stack.start_worker(extra_env=cap)
-    stack.start_worker(extra_env=cap)
+    stack.start_workers(2, extra_env=cap)
     ids = [stack.enqueue(unique(f"capped {i}")) for i in range(12)]
     jobs = [stack.wait_terminal(i, timeout_s=60) for i in ids]
     stats = stack.emulator.stats()
@@ -115,8 +114,7 @@ def test_fleet_wide_cap_means_zero_429s_from_an_account_limit(stack: Stack) -> N
 
 
 def test_a_429_cools_down_every_worker(stack: Stack) -> None:
-    stack.start_worker()
-    stack.start_worker()
+    stack.start_workers(2)
     limited = stack.enqueue(unique("[[fal:429:2,ok]] first"))
     _wait_for(lambda: _job(stack, limited)["attempts"] == 1)
     time.sleep(0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
@@ -15,7 +16,7 @@ from imagegen.worker.errors import JobRequestError, TenantConflict, TenantNotFou
 from imagegen.worker.tenants import keys
 from imagegen.worker.tenants.resolve import key_hash, resolve_key
 from tests.conftest import Stack, add_jobs
-from tests.test_cli import imagegen, one_line_error
+from tests.test_cli import at_once, imagegen, one_line_error
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -179,16 +180,19 @@ def test_cli_tenant_and_key_lifecycle(stack: Stack) -> None:
 
 @pytest.mark.slow
 def test_cli_errors_are_one_line_with_their_exit_codes(stack: Stack) -> None:
-    one_line_error(imagegen(stack, "tenant", "create", "Bad!"), 2, "invalid tenant name")
-    one_line_error(imagegen(stack, "tenant", "create", "default"), 4, "exists already")
-    one_line_error(imagegen(stack, "tenant", "key", "create", "nobody"), 3, "no tenant named")
-    one_line_error(imagegen(stack, "tenant", "key", "list", "nobody", "--json"), 3, "nobody")
-    one_line_error(imagegen(stack, "tenant", "key", "revoke", str(uuid.uuid4())), 3, "no API key")
-    one_line_error(imagegen(stack, "tenant", "key", "revoke", "nope"), 2, "not a key id")
-    one_line_error(
-        imagegen(stack, "enqueue", "a fox", "--tenant", "nobody"), 2, "unknown tenant 'nobody'"
-    )
-    one_line_error(imagegen(stack, "enqueue", "a fox", "--end-user", "a\x1bb"), 2, "end_user")
+    expected = [  # the arguments, the exit code, words of the one line
+        (["tenant", "create", "Bad!"], 2, "invalid tenant name"),
+        (["tenant", "create", "default"], 4, "exists already"),
+        (["tenant", "key", "create", "nobody"], 3, "no tenant named"),
+        (["tenant", "key", "list", "nobody", "--json"], 3, "nobody"),
+        (["tenant", "key", "revoke", str(uuid.uuid4())], 3, "no API key"),
+        (["tenant", "key", "revoke", "nope"], 2, "not a key id"),
+        (["enqueue", "a fox", "--tenant", "nobody"], 2, "unknown tenant 'nobody'"),
+        (["enqueue", "a fox", "--end-user", "a\x1bb"], 2, "end_user"),
+    ]
+    runs = at_once(partial(imagegen, stack, *args) for args, _, _ in expected)
+    for done, (_, code, words) in zip(runs, expected, strict=True):
+        one_line_error(done, code, words)
     assert _count_jobs(stack.database_url) == 0
     assert imagegen(stack, "tenant", "create", "acme").returncode == 0
     done = imagegen(stack, "enqueue", "a fox", "--tenant", "acme", "--end-user", "u-1")
