@@ -107,9 +107,20 @@ def test_pages_take_a_bearer_key_and_a_wrong_one_is_401(dash: Dash) -> None:
     assert dash.client(dash.a_key).get(f"/ui/jobs/{job}").status_code == 404
 
 
-def test_the_access_log_has_no_key_and_no_query_string(dash: Dash) -> None:
+def test_the_access_log_has_no_key_and_no_query_string(
+    dash: Dash, monkeypatch: pytest.MonkeyPatch, restore_structlog: None
+) -> None:
+    import structlog
+
+    from imagegen.worker.logs import get_logger
+    from imagegen.worker.web import access
+
     dash.job(JobStatus.REFUSED, prompt="a secret prompt", refusal_category="trademark_ip")
     client = dash.logged_in(API_KEY)
+    # an earlier test may have configured structlog (its level filter drops info lines) and
+    # cached the module's logger: defaults, and a fresh logger, for this one
+    structlog.reset_defaults()
+    monkeypatch.setattr(access, "log", get_logger("imagegen.access"))
     with capture_logs() as logs:
         client.get("/ui/jobs?q=secret+prompt&category=trademark_ip")
         client.post("/ui/login", data={"key": API_KEY})
