@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from bench.fairness_figures import HOLDING_SQL, Samples, Window, figures
+from bench.fairness_figures import Samples, Window, figures, held_by_table
 from bench.host import POLLER_CMD, Emulator, WorkerHost, one_run_at_a_time
 from bench.proc import process_tree
 from bench.runs import admin_sql, flush_redis, worker_env
@@ -89,7 +89,7 @@ def _sampler(
         with engine.connect() as db:
             while not stop.wait(0.25):
                 held = limiter.in_flight()
-                table = int(db.execute(HOLDING_SQL, {"lease_s": lease_s}).scalar_one())
+                table = held_by_table(db, lease_s)
                 db.rollback()
                 samples.rows.append((time.monotonic() - t0, held, table))
     finally:

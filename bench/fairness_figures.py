@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, func, select, text
 from sqlalchemy.pool import NullPool
+
+from imagegen.models import utcnow
+from imagegen.worker.jobs.fairshare import holds_slot
+from imagegen.worker.jobs.state import JOBS
 
 #: every submit that left (an attempt row), with its job's tenant and creation
 _SUBMITS = text(
@@ -25,13 +29,13 @@ _CREATED = text(
     ) FROM jobs j JOIN tenants t ON t.id = j.tenant_id
     """
 )
-#: what holds a slot by the job table (the granter's count), to compare with Redis's
-HOLDING_SQL = text(
-    """
-    SELECT count(*) FROM jobs WHERE status IN ('submitting', 'at_fal')
-       OR (status = 'queued' AND slot_granted_at > now() - make_interval(secs => :lease_s))
-    """
-)
+
+
+def held_by_table(db: Connection, lease_s: float) -> int:
+    """Slots held by the job table (the granter's rule), to compare with Redis's count."""
+    since = utcnow() - timedelta(seconds=lease_s)
+    query = select(func.count()).select_from(JOBS).where(holds_slot(JOBS, since))
+    return int(db.execute(query).scalar_one())
 
 
 @dataclass

@@ -124,7 +124,8 @@ def _db_url(name: str) -> str:
 
 
 @contextmanager
-def _fresh_database(template: str) -> Iterator[str]:
+def fresh_database(template: str) -> Iterator[str]:
+    """A database cloned from ``template`` (``pg_template``), dropped afterwards."""
     from sqlalchemy import create_engine, text
 
     name = f"imagegen_t_{uuid.uuid4().hex[:12]}"
@@ -145,7 +146,7 @@ def _fresh_database(template: str) -> Iterator[str]:
 @pytest.fixture
 def database_url(pg_template: str) -> Iterator[str]:
     """A fresh, migrated Postgres database for this test."""
-    with _fresh_database(pg_template) as url:
+    with fresh_database(pg_template) as url:
         yield url
 
 
@@ -364,7 +365,7 @@ def _module_running(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Stack, list[str]]]:
     """The module's worker gets the module's ``SHARED_WORKER_ENV`` (if any) on top."""
-    with _fresh_database(pg_template) as database, _leased_redis() as redis:
+    with fresh_database(pg_template) as database, _leased_redis() as redis:
         env = {"DATABASE_URL": database, "REDIS_URL": redis, **emulator.env(), **FAST_ENV}
         s = Stack(database, redis, emulator, env, log_dir=tmp_path_factory.mktemp("stack"))
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,10 +20,9 @@ from typing import Any
 import pytest
 import redis
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
-from sqlalchemy import create_engine, text
 
 from tests.browser.jobs import Jobs, make_jobs
-from tests.conftest import API_KEY, FAST_ENV, PG_ADMIN_URL, REDIS_HOST, REDIS_PORT, Stack
+from tests.conftest import API_KEY, FAST_ENV, REDIS_HOST, REDIS_PORT, Stack, fresh_database
 from tests.redis_lease import Lease, lease_free_db
 
 ARTIFACTS = Path(os.environ.get("IMAGEGEN_ARTIFACTS") or Path(__file__).parent / "artifacts")
@@ -40,17 +38,8 @@ def chromium_path() -> str:
 @pytest.fixture(scope="package")
 def database(pg_template: str) -> Iterator[str]:
     """A migrated Postgres database for the package."""
-    name = f"imagegen_ui_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {pg_template}"))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    from imagegen.worker.db import dispose_engines
-
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    with fresh_database(pg_template) as url:
+        yield url
 
 
 def _lease() -> Lease:

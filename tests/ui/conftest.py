@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from imagegen.models import JobStatus
 from imagegen.worker.media.storage import Storage, open_storage
 from imagegen.worker.tenants import keys
-from tests.conftest import API_KEY, PG_ADMIN_URL, add_jobs
+from tests.conftest import API_KEY, add_jobs, fresh_database
 from tests.stored_jobs import put
 
 
@@ -79,19 +79,8 @@ class Dash:
 def ui_database(pg_template: str) -> Iterator[str]:
     """One database for the dashboard's tests, emptied before each (faster than a clone
     and a drop per test: these tests run in the quick run)."""
-    from sqlalchemy import create_engine, text
-
-    from imagegen.worker.db import dispose_engines
-
-    name = f"imagegen_ui_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {pg_template}"))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    with fresh_database(pg_template) as url:
+        yield url
 
 
 #: what a test writes; the default tenant (a migration's row) stays

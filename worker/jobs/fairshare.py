@@ -25,6 +25,7 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy import Connection, Select, Table, and_, exists, func, or_, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from imagegen.models import JobStatus, Tenant, utcnow
 from imagegen.worker.db import write
@@ -141,6 +142,15 @@ def _next_job(db: Connection, settings: Settings, now: datetime) -> uuid.UUID | 
     return db.execute(query).scalar()
 
 
+def holds_slot(jobs: Any, since: datetime) -> ColumnElement[bool]:
+    """A row of ``jobs`` (the table or an alias) holds a fleet slot: submitting or at fal,
+    or queued with a slot granted after ``since`` (a lease ago)."""
+    return and_(
+        jobs.c.status.in_(HOLDING),
+        or_(jobs.c.status != JobStatus.QUEUED, jobs.c.slot_granted_at > since),
+    )
+
+
 def _furthest_below_share(since: datetime) -> Select[tuple[uuid.UUID]]:
     """The tenant with waiting jobs holding the fewest slots for its weight."""
     tenants, waiting, holding = TENANTS.c, state.JOBS.alias("w"), state.JOBS.alias("h")
@@ -148,11 +158,7 @@ def _furthest_below_share(since: datetime) -> Select[tuple[uuid.UUID]]:
     held = (
         select(func.count())
         .select_from(holding)
-        .where(
-            holding.c.tenant_id == tenants.id,
-            holding.c.status.in_(HOLDING),
-            or_(holding.c.status != JobStatus.QUEUED, holding.c.slot_granted_at > since),
-        )
+        .where(holding.c.tenant_id == tenants.id, holds_slot(holding, since))
         .scalar_subquery()
     )
     oldest = select(func.min(waiting.c.created_at)).where(its_waiting).scalar_subquery()
